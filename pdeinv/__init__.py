@@ -1,0 +1,19 @@
+"""pdeinv: PDE-constrained inverse problems on Firedrake, pyadjoint and PETSc.
+
+The data path, and where each step lives::
+
+    parameter m (Function)
+      -> forward model u = S(m)                   pdeinv.forward      (later issues)
+      -> observation d = B(u)                     pdeinv.observation  (later issues)
+      -> misfit + prior                           pdeinv.noise, pdeinv.prior
+      -> derivatives (JVP, VJP, GN Hessian)       pdeinv.maps, checked by pdeinv.verify
+      -> optimizer -> m_MAP                       pdeinv.optimize
+      -> Laplace posterior                        pdeinv.posterior
+
+Importing this package has no side effects: it imports neither Firedrake nor pyadjoint, starts no
+tape and prints nothing.  Submodules import Firedrake when they are imported themselves.
+"""
+
+__version__ = "0.1.0.dev0"
+
+__all__ = ["__version__"]

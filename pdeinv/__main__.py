@@ -1,0 +1,5 @@
+import sys
+
+from pdeinv.cli import main
+
+sys.exit(main())

@@ -1,0 +1,80 @@
+"""The ``pdeinv`` command line.
+
+``pdeinv selfcheck``
+    Check the installed stack (convergence of a Poisson solve, Taylor test of a pyadjoint gradient);
+    works under ``mpiexec``. Exit status 0 when both pass, 1 otherwise.
+``pdeinv info``
+    Versions of pdeinv and of the stack underneath.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+__all__ = ["main"]
+
+
+def _cmd_selfcheck(args) -> int:
+    from firedrake import COMM_WORLD
+
+    from pdeinv.log import RankZeroLog
+    from pdeinv.selfcheck import run_selfcheck
+
+    comm = COMM_WORLD  # a command-line entry point owns the whole MPI job
+    log = RankZeroLog(comm, quiet=args.quiet)
+    log.info(f"pdeinv selfcheck on {comm.size} MPI rank(s)")
+    with log.phase("selfcheck"):
+        result = run_selfcheck(comm=comm, log=log)
+    log.result(f"{'PASSED' if result.passed else 'FAILED'} in {log.timings['selfcheck']:.1f} s "
+             f"(P1 L2 rate {min(result.convergence.rates):.3f}, Taylor rate {result.taylor.min_rate:.3f})")
+    if args.json and comm.rank == 0:
+        summary = result.as_dict() | {"timings": log.timings}
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as fh:
+            json.dump(summary, fh, indent=2)
+        os.replace(tmp, args.json)  # never leave a half-written file
+    return 0 if result.passed else 1
+
+
+def _cmd_info(args) -> int:
+    import firedrake  # noqa: F401  (imports PETSc too)
+    import petsc4py
+    from firedrake import COMM_WORLD
+    from petsc4py import PETSc
+
+    import pdeinv
+
+    from importlib.metadata import version
+
+    from pdeinv.log import RankZeroLog
+
+    log = RankZeroLog(COMM_WORLD)
+    log.result(f"pdeinv     {pdeinv.__version__}")
+    log.result(f"firedrake  {version('firedrake')}")
+    log.result(f"pyadjoint  {version('pyadjoint-ad')}")
+    log.result(f"petsc4py   {petsc4py.__version__}")
+    log.result("PETSc      {}.{}.{}".format(*PETSc.Sys.getVersion()))
+    log.result(f"PETSC_DIR  {petsc4py.get_config().get('PETSC_DIR')}")
+    log.result(f"MPI ranks  {COMM_WORLD.size}")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="pdeinv", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("selfcheck", help="check the stack: Poisson convergence + adjoint Taylor test")
+    p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
+    p.add_argument("--quiet", action="store_true", help="print only the final line")
+    p.set_defaults(func=_cmd_selfcheck)
+    p = sub.add_parser("info", help="versions of pdeinv and the stack")
+    p.set_defaults(func=_cmd_info)
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+r"""Derivative verification that users run on their own models.
+
+Taylor test
+    For a smooth functional :math:`J`, a point :math:`m`, a direction :math:`h` and
+    :math:`\varepsilon_k = \varepsilon_0 2^{-k}`,
+
+    .. math::
+
+        R_0(\varepsilon) = |J(m + \varepsilon h) - J(m)| = O(\varepsilon), \qquad
+        R_1(\varepsilon) = |J(m + \varepsilon h) - J(m) - \varepsilon \langle J'(m), h\rangle|
+                         = O(\varepsilon^2).
+
+    A correct derivative shows rate 2 for :math:`R_1`; a wrong one drops it to 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = ["TaylorResult", "taylor_test", "dual_pairing"]
+
+
+@dataclass(frozen=True)
+class TaylorResult:
+    """Remainders and observed convergence rates of a Taylor test.
+
+    Attributes
+    ----------
+    epsilons : tuple of float
+        Step sizes :math:`\\varepsilon_k`.
+    remainder0, remainder1 : tuple of float
+        :math:`R_0(\\varepsilon_k)` and :math:`R_1(\\varepsilon_k)`.
+    rates0, rates1 : tuple of float
+        Observed orders between consecutive steps (expected 1 and 2).
+    """
+
+    epsilons: tuple[float, ...]
+    remainder0: tuple[float, ...]
+    remainder1: tuple[float, ...]
+    rates0: tuple[float, ...]
+    rates1: tuple[float, ...]
+
+    @property
+    def min_rate(self) -> float:
+        """The smallest observed rate of :math:`R_1` (≈ 2 for a correct gradient)."""
+        return min(self.rates1)
+
+    def __str__(self) -> str:
+        rows = ["      eps        R0          R1       rate0  rate1"]
+        for k, eps in enumerate(self.epsilons):
+            r0 = f"{self.rates0[k - 1]:6.3f}" if k else "     -"
+            r1 = f"{self.rates1[k - 1]:6.3f}" if k else "     -"
+            rows.append(f"  {eps:9.3e}  {self.remainder0[k]:9.3e}  {self.remainder1[k]:9.3e}  {r0} {r1}")
+        return "\n".join(rows)
+
+
+def _rates(eps, rem):
+    out = []
+    for k in range(1, len(eps)):
+        if rem[k] == 0.0 or rem[k - 1] == 0.0:
+            out.append(math.inf)  # exact (e.g. a linear functional): nothing left to converge
+        else:
+            out.append(math.log(rem[k - 1] / rem[k]) / math.log(eps[k - 1] / eps[k]))
+    return tuple(out)
+
+
+def dual_pairing(cofunction, function) -> float:
+    """Global dual pairing :math:`\\langle g, h\\rangle` of a Cofunction with a Function (all ranks agree)."""
+    if cofunction.function_space().dual() != function.function_space():
+        raise ValueError(
+            "dual_pairing: the Cofunction lives on the dual of "
+            f"{cofunction.function_space()} but the Function lives on {function.function_space()}"
+        )
+    with cofunction.dat.vec_ro as g, function.dat.vec_ro as h:
+        return g.dot(h)
+
+
+def taylor_test(
+    functional: Callable,
+    m,
+    h,
+    *,
+    derivative,
+    epsilon0: float = 1e-2,
+    steps: int = 4,
+) -> TaylorResult:
+    """Taylor test of a scalar functional's derivative at ``m`` in direction ``h``.
+
+    Parameters
+    ----------
+    functional : callable
+        ``functional(m) -> float``; must not modify its argument.
+    m, h : firedrake.Function
+        Point and direction, on the same space.
+    derivative : firedrake.Cofunction or float
+        The derivative :math:`J'(m)` as a Cofunction (paired with ``h``), or the directional
+        derivative :math:`\\langle J'(m), h\\rangle` as a number.
+    epsilon0 : float
+        Largest step.
+    steps : int
+        Number of halvings (at least 2).
+
+    Returns
+    -------
+    TaylorResult
+    """
+    from firedrake import Function
+
+    if steps < 2:
+        raise ValueError(f"taylor_test: steps must be >= 2 to give a rate, got {steps}")
+    if h.function_space() != m.function_space():
+        raise ValueError("taylor_test: direction h must be on the same space as m")
+    dJdh = derivative if isinstance(derivative, (int, float)) else dual_pairing(derivative, h)
+    J0 = float(functional(m))
+    eps = tuple(epsilon0 * 2.0**-k for k in range(steps))
+    r0, r1 = [], []
+    mp = Function(m.function_space())
+    for e in eps:
+        mp.assign(m + e * h)
+        Je = float(functional(mp))
+        r0.append(abs(Je - J0))
+        r1.append(abs(Je - J0 - e * dJdh))
+    return TaylorResult(eps, tuple(r0), tuple(r1), _rates(eps, r0), _rates(eps, r1))

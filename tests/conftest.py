@@ -1,0 +1,20 @@
+"""Suite-wide guards.
+
+Every test must leave pyadjoint's global state as it found it: annotation off and the global tape
+empty.  pdeinv records only on private tapes (pdeinv._tape.recording); this fixture makes any leak
+a test failure instead of a silent slowdown of the user's own adjoint code.
+"""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def global_tape_untouched():
+    from pyadjoint import get_working_tape
+    from pyadjoint.tape import annotate_tape
+
+    assert not annotate_tape(), "annotation was switched on before the test"
+    n_before = len(get_working_tape().get_blocks())
+    yield
+    assert not annotate_tape(), "the test left annotation switched on"
+    assert len(get_working_tape().get_blocks()) == n_before, "the test recorded on the global tape"
