@@ -25,17 +25,14 @@ def recording():
     import pyadjoint
     from pyadjoint.tape import annotate_tape
 
-    previous_tape = pyadjoint.get_working_tape()
     was_annotating = annotate_tape()
-    tape = pyadjoint.Tape()
-    pyadjoint.set_working_tape(tape)
-    pyadjoint.continue_annotation()
-    try:
-        yield tape
-    finally:
-        if not was_annotating:
-            pyadjoint.pause_annotation()
-        pyadjoint.set_working_tape(previous_tape)
+    with pyadjoint.set_working_tape() as tape:  # restores the previous working tape on exit
+        pyadjoint.continue_annotation()
+        try:
+            yield tape
+        finally:
+            if not was_annotating:
+                pyadjoint.pause_annotation()
 
 
 @contextmanager

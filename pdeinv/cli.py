@@ -3,6 +3,8 @@
 ``pdeinv selfcheck``
     Check the installed stack (convergence of a Poisson solve, Taylor test of a pyadjoint gradient);
     works under ``mpiexec``. Exit status 0 when both pass, 1 otherwise.
+
+PETSc options are read from the ``PETSC_OPTIONS`` environment variable, not from the command line.
 ``pdeinv info``
     Versions of pdeinv and of the stack underneath.
 """
@@ -40,15 +42,14 @@ def _cmd_selfcheck(args) -> int:
 
 
 def _cmd_info(args) -> int:
+    from importlib.metadata import version
+
     import firedrake  # noqa: F401  (imports PETSc too)
     import petsc4py
     from firedrake import COMM_WORLD
     from petsc4py import PETSc
 
     import pdeinv
-
-    from importlib.metadata import version
-
     from pdeinv.log import RankZeroLog
 
     log = RankZeroLog(COMM_WORLD)
@@ -62,6 +63,17 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _init_petsc() -> None:
+    """Start PETSc without our own command line (Firedrake would pass sys.argv to PETSc, which then
+    reports `--json` etc. as unused options).  PETSc options go in the PETSC_OPTIONS variable."""
+    import warnings
+
+    import petsc4py
+
+    petsc4py.init(sys.argv[:1])
+    warnings.filterwarnings("ignore", message="Calling petsctools.init but PETSc has already")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="pdeinv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -73,6 +85,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("info", help="versions of pdeinv and the stack")
     p.set_defaults(func=_cmd_info)
     args = parser.parse_args(argv)
+    _init_petsc()
     return args.func(args)
 
 

@@ -73,7 +73,7 @@ class SelfCheckResult:
         }
 
 
-def poisson_convergence(ns=(4, 8, 16, 32), *, degree: int = 1, comm=None) -> ConvergenceStudy:
+def poisson_convergence(ns=(8, 16, 32, 64), *, degree: int = 1, comm=None) -> ConvergenceStudy:
     """Solve the manufactured Poisson problem on ``UnitSquareMesh(n, n)`` for each ``n``.
 
     Parameters
@@ -114,7 +114,8 @@ def poisson_convergence(ns=(4, 8, 16, 32), *, degree: int = 1, comm=None) -> Con
 
 
 def poisson_gradient_taylor(n: int = 8, *, comm=None, steps: int = 4) -> TaylorResult:
-    """Taylor test of the pyadjoint gradient of :math:`J(m)=\\int u^2` for the log-coefficient Poisson problem."""
+    """Taylor test of the pyadjoint gradient of :math:`J(m)=\\int u^2` for the log-coefficient Poisson
+    problem (the gradient recorded on a private tape)."""
     import firedrake as fd
     from firedrake.adjoint import Control, ReducedFunctional
 

@@ -13,14 +13,27 @@ from firedrake import COMM_WORLD
 
 from pdeinv.selfcheck import poisson_convergence, poisson_gradient_taylor
 
+
 @pytest.mark.parallel(nprocs=[1, 2])
 def test_poisson_p1_converges_at_rate_2():
-    study = poisson_convergence((4, 8, 16, 32), degree=1)
+    study = poisson_convergence((8, 16, 32), degree=1)
     assert study.ranks == COMM_WORLD.size
     # Rate 2 is the theory for P1 in L2; the window catches both a broken solve and a lucky
     # superconvergent artefact.
     assert all(1.9 < r < 2.2 for r in study.rates), study.rates
-    assert study.errors[-1] < 2e-3
+    assert study.errors[-1] < 2e-3  # 1.35e-3 measured at n = 32
+
+
+# L2 errors of the P1 problem on n = 8, 16, 32, measured in serial.  The discrete problem does not
+# depend on the partition, so every number of ranks must reproduce them to round-off.
+P1_ERRORS_SERIAL = (0.021133637419633658, 0.005377489515533565, 0.0013504396629738557)
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_errors_identical_on_any_number_of_ranks():
+    study = poisson_convergence((8, 16, 32), degree=1)
+    for got, ref in zip(study.errors, P1_ERRORS_SERIAL, strict=True):
+        assert abs(got - ref) <= 1e-10 * ref
 
 
 @pytest.mark.parallel(nprocs=[1, 2])
@@ -74,7 +87,8 @@ def test_import_has_no_side_effects():
         "import pdeinv.verify, pdeinv.selfcheck, pdeinv.log, pdeinv._tape, pdeinv.cli\n"
         "from pyadjoint import get_working_tape\n"
         "from pyadjoint.tape import annotate_tape\n"
-        "assert not annotate_tape() and not get_working_tape().get_blocks()\n"
+        "assert not annotate_tape()\n"
+        "assert get_working_tape() is None or not get_working_tape().get_blocks()\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr

@@ -18,11 +18,15 @@ case "${1:-}" in
 esac
 
 status=0
+mkdir -p results/test-logs
+rm -f results/test-logs/*.xml
+color=()
+[ -t 1 ] || color=(--color=no)  # mpiexec hands pytest a pty; keep CI logs free of escape codes
 if [ $serial = 1 ]; then
   echo "=== serial tests ==="
   t0=$SECONDS
   # mpi-pytest marks unmarked tests parallel[1]; parallel(nprocs=[1, 2]) tests give a parallel[1] copy.
-  timeout "${TEST_TIMEOUT:-2400}" $PY -m pytest -m "parallel[1]" "$@"
+  timeout "${TEST_TIMEOUT:-2400}" $PY -m pytest -m "parallel[1]" --junitxml=results/test-logs/serial.xml "$@"
   rc=$?
   [ $rc = 5 ] && echo "serial pass collected no tests: that is a failure"
   [ $rc = 124 ] && echo "serial pass timed out"
@@ -34,11 +38,11 @@ if [ $parallel = 1 ]; then
   t0=$SECONDS
   # MPMD launch: rank 0 reports as usual; the other ranks run the same tests quietly into a log that
   # is shown when the pass fails (a failure seen only on rank 1 still fails mpiexec's exit status).
-  mkdir -p results/test-logs
   others=results/test-logs/parallel-other-ranks.log
   quiet=(-q --tb=short --no-header -p no:cacheprovider)
   printf -v quiet_cmd '%q ' $PY -m pytest -m "parallel[$NPROCS]" "${quiet[@]}" "$@"
-  timeout "${TEST_TIMEOUT:-2400}" $MPIEXEC -n 1 $PY -m pytest -m "parallel[$NPROCS]" "$@" \
+  timeout "${TEST_TIMEOUT:-2400}" $MPIEXEC -n 1 \
+    $PY -m pytest -m "parallel[$NPROCS]" "${color[@]}" --junitxml=results/test-logs/parallel.xml "$@" \
     : -n $((NPROCS - 1)) bash -c "exec $quiet_cmd > $others 2>&1"
   rc=$?
   [ $rc = 5 ] && echo "parallel pass collected no tests: that is a failure"
@@ -49,4 +53,17 @@ if [ $parallel = 1 ]; then
   fi
   echo "=== parallel tests: exit $rc in $((SECONDS - t0)) s ==="
 fi
+# One closing line over both passes (from pytest's JUnit reports).
+$PY - <<'PYEOF'
+import glob
+import xml.etree.ElementTree as ET
+tot = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
+for f in sorted(glob.glob("results/test-logs/*.xml")):
+    for suite in ET.parse(f).getroot().iter("testsuite"):
+        for k in tot:
+            tot[k] += int(suite.get(k, 0))
+failed = tot["failures"] + tot["errors"]
+passed = tot["tests"] - failed - tot["skipped"]
+print(f"tests: {passed} passed, {failed} failed, {tot['skipped']} skipped")
+PYEOF
 exit $status

@@ -107,7 +107,7 @@ stage_petsc4py() {
 }
 
 stage_h5py() {
-  HDF5_MPI=ON CC=mpicc HDF5_DIR="$_HDF5_LIB" HDF5_INCLUDEDIR="$_HDF5_INC" HDF5_LIBDIR="$_HDF5_LIB" \
+  HDF5_MPI=ON CC=mpicc HDF5_DIR="$_HDF5_LIB" \
     "$D/venv/bin/python" -m pip install --no-build-isolation --no-deps --no-binary h5py "h5py==$H5PY_VERSION"
 }
 
