@@ -101,19 +101,23 @@ stage_petsc() {
   rm -rf "$D/petsc/$PETSC_ARCH_NAME/obj"   # object files: ~1 GB, not needed once the library is linked
 }
 
+# --no-cache-dir for everything compiled against this stack's PETSc/HDF5: pip's wheel cache would
+# otherwise hand a later build (another cache key, another PETSC_DIR) a wheel linked to this one.
 stage_petsc4py() {
   PETSC_DIR="$D/petsc" PETSC_ARCH="$PETSC_ARCH_NAME" \
-    "$D/venv/bin/python" -m pip install --no-build-isolation --no-deps "petsc4py==$PETSC4PY_VERSION"
+    "$D/venv/bin/python" -m pip install --no-cache-dir --no-build-isolation --no-deps \
+      "petsc4py==$PETSC4PY_VERSION"
 }
 
 stage_h5py() {
   HDF5_MPI=ON CC=mpicc HDF5_DIR="$_HDF5_LIB" \
-    "$D/venv/bin/python" -m pip install --no-build-isolation --no-deps --no-binary h5py "h5py==$H5PY_VERSION"
+    "$D/venv/bin/python" -m pip install --no-cache-dir --no-build-isolation --no-deps --no-binary h5py \
+      "h5py==$H5PY_VERSION"
 }
 
 stage_firedrake() {
   PETSC_DIR="$D/petsc" PETSC_ARCH="$PETSC_ARCH_NAME" CC=mpicc CXX=mpicxx HDF5_MPI=ON \
-    "$D/venv/bin/python" -m pip install --no-build-isolation "firedrake==$FIREDRAKE_VERSION"
+    "$D/venv/bin/python" -m pip install --no-cache-dir --no-build-isolation "firedrake==$FIREDRAKE_VERSION"
 }
 
 stage_env() {
