@@ -32,6 +32,8 @@ CACHE=${PDEINV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pdeinv}
 PY=${PDEINV_PYTHON:-python3}
 JOBS=${PDEINV_JOBS:-$(nproc 2>/dev/null || echo 2)}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 OMP_NUM_THREADS=1
+# Called from `make`: the parent's MAKEFLAGS would make PETSc's build run with -j1.
+unset MAKEFLAGS MFLAGS MAKELEVEL
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 fi

@@ -1,0 +1,126 @@
+"""An assembled linear operator with Dirichlet conditions and one reusable solver.
+
+The forward, tangent-linear and adjoint models of a linear(ised) PDE all solve with the same
+operator :math:`A` (the adjoint with :math:`A^T`).  :class:`DirichletOperator` assembles :math:`A`
+once per parameter value, with Dirichlet rows *and* columns eliminated (Firedrake's symmetric
+elimination), builds one PETSc KSP on it, and offers
+
+- :meth:`solve` (with lifting of the boundary values, for the forward model),
+- :meth:`solve_homogeneous` (zero boundary values: tangent-linear model),
+- :meth:`solve_transpose` (zero boundary values: adjoint model),
+
+all reusing the same factorisation (a direct solver factorises at the first solve after
+:meth:`reassemble`).  Right-hand sides are PETSc Vecs: the time loops run on PETSc objects only,
+with no UFL or form assembly per step.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+DEFAULT_SOLVER_PARAMETERS = {
+    "ksp_type": "preonly",
+    "pc_type": "lu",
+    "pc_factor_mat_solver_type": "mumps",
+}
+
+_prefix_counter = itertools.count()
+
+
+class DirichletOperator:
+    """Operator of the bilinear form ``a`` with Dirichlet conditions ``bcs`` and its solver.
+
+    Parameters
+    ----------
+    a : ufl.Form
+        Bilinear form; its coefficients may change, then call :meth:`reassemble`.
+    bcs : list of firedrake.DirichletBC
+    solver_parameters : dict, optional
+        PETSc options for the KSP (default: MUMPS LU).
+    options_prefix : str, optional
+        Prefix so the user can set options on the command line / PETSC_OPTIONS.
+    """
+
+    def __init__(self, a, bcs=(), *, solver_parameters=None, options_prefix=None):
+        import firedrake as fd
+        import petsctools
+        from firedrake.petsc import PETSc
+
+        self.a = a
+        self.bcs = list(bcs)
+        V = a.arguments()[0].function_space()
+        self.space = V
+        self.comm = V.mesh().comm
+        self.matrix = fd.assemble(a, bcs=self.bcs, mat_type="aij")
+        params = dict(DEFAULT_SOLVER_PARAMETERS if solver_parameters is None else solver_parameters)
+        self.ksp = PETSc.KSP().create(comm=self.comm)
+        self.ksp.setOperators(self.matrix.petscmat)
+        prefix = options_prefix or f"pdeinv_{next(_prefix_counter)}_"
+        petsctools.set_from_options(self.ksp, parameters=params, options_prefix=prefix)
+        # Boundary nodes owned by this rank, and the prescribed values there.
+        n_owned = V.dof_dset.size
+        nodes = [bc.nodes[bc.nodes < n_owned] for bc in self.bcs]
+        self.bc_nodes = np.unique(np.concatenate(nodes)) if nodes else np.empty(0, dtype=np.int32)
+        g = fd.Function(V)
+        for bc in self.bcs:
+            bc.apply(g)
+        self.boundary_values = fd.Function(V)  # g on the boundary, 0 inside
+        self.boundary_values.dat.data[self.bc_nodes] = g.dat.data_ro[self.bc_nodes]
+        self._lift = fd.Cofunction(V.dual())
+        self._update_lift()
+        self.solves = 0
+        self.factorisations = 0
+        self._stale = True
+
+    def _update_lift(self):
+        import firedrake as fd
+
+        # A_full g restricted to the interior: moves the known boundary values to the right-hand side.
+        if self.bcs:  # collective: every rank assembles, even with no boundary nodes of its own
+            fd.assemble(fd.action(self.a, self.boundary_values), tensor=self._lift)
+            self._lift.dat.data[self.bc_nodes] = 0.0
+
+    def reassemble(self) -> None:
+        """Re-assemble A after its coefficients changed (the next solve re-factorises)."""
+        import firedrake as fd
+
+        fd.assemble(self.a, bcs=self.bcs, mat_type="aij", tensor=self.matrix)
+        self.ksp.setOperators(self.matrix.petscmat)
+        self._update_lift()
+        self._stale = True
+
+    def _ksp_solve(self, b, x, transpose=False):
+        import petsctools
+
+        with petsctools.inserted_options(self.ksp):
+            if self._stale:
+                self.ksp.setUp()
+                self.factorisations += 1
+                self._stale = False
+            (self.ksp.solveTranspose if transpose else self.ksp.solve)(b, x)
+        self.solves += 1
+        reason = self.ksp.getConvergedReason()
+        if reason < 0:
+            raise RuntimeError(f"linear solve failed to converge (KSP reason {reason})")
+
+    def solve(self, b, x) -> None:
+        """Solve :math:`A x = b` with :math:`x = g` on the boundary.  ``b`` (a PETSc Vec, dual) is
+        overwritten with the lifted right-hand side."""
+        with self._lift.dat.vec_ro as lift:
+            b.axpy(-1.0, lift)
+        arr = b.getArray()
+        arr[self.bc_nodes] = self.boundary_values.dat.data_ro[self.bc_nodes]
+        self._ksp_solve(b, x)
+
+    def solve_homogeneous(self, b, x) -> None:
+        """Solve :math:`A x = b` with :math:`x = 0` on the boundary (``b`` is modified)."""
+        b.getArray()[self.bc_nodes] = 0.0
+        self._ksp_solve(b, x)
+
+    def solve_transpose(self, b, x) -> None:
+        """Solve :math:`A^T x = b` with :math:`x = 0` on the boundary (``b`` is modified)."""
+        b.getArray()[self.bc_nodes] = 0.0
+        self._ksp_solve(b, x, transpose=True)
+        x.getArray()[self.bc_nodes] = 0.0

@@ -1,0 +1,163 @@
+r"""Parameter-to-observable maps :math:`F = B \circ S` and their derivatives.
+
+For a parameter :math:`m \in V_m` (a ``Function``), a map gives
+
+- ``F(m)``: predicted data, a ``Function`` on the data space :math:`D`;
+- ``jvp(m, dm)``: :math:`J\,\delta m = F'(m)\,\delta m \in D` (tangent-linear model);
+- ``vjp(m, w)``: :math:`J^T w \in V_m^*` for a data-space ``Cofunction`` :math:`w` (adjoint model),
+  returned as a ``Cofunction``; apply a Riesz map to get a gradient ``Function``.
+
+The point of linearisation is always passed explicitly.  Each map keeps the state it computed at
+the last point (the forward trajectory, factorised operators) and reuses it while ``m`` is unchanged,
+so ``F(m)``, then ``vjp(m, .)`` and any number of ``jvp(m, .)`` cost one forward solve in all.
+
+:class:`Misfit` combines a map, a noise model and data into
+:math:`\Phi(m) = \phi(F(m); d)` with gradient :math:`J^T \partial_p\phi` and Gauss–Newton Hessian
+action :math:`J^T W J\,\delta m`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter
+
+import numpy as np
+
+__all__ = ["ParameterToObservable", "Misfit", "check_function"]
+
+
+def check_function(f, space, name: str, *, dual: bool = False):
+    """Raise one clear error unless ``f`` is a Function (or Cofunction if ``dual``) on ``space``."""
+    import firedrake as fd
+
+    kind = fd.Cofunction if dual else fd.Function
+    want = space.dual() if dual else space
+    if not isinstance(f, kind):
+        raise TypeError(f"{name}: expected a firedrake.{kind.__name__} on {want}, got {type(f).__name__}")
+    if f.function_space() != want:
+        raise ValueError(f"{name}: expected a {kind.__name__} on {want}, got one on {f.function_space()}")
+
+
+class ParameterToObservable(ABC):
+    """Base class of parameter-to-observable maps.
+
+    Subclasses implement :meth:`_solve` (forward solve at a new point, storing what the derivatives
+    need and writing the prediction), :meth:`_jvp` and :meth:`_vjp`.
+
+    Attributes
+    ----------
+    parameter_space : firedrake.FunctionSpace
+    observation : pdeinv.observation.PointObservation
+    data_space : firedrake.FunctionSpace
+        ``observation.space``.
+    counts : collections.Counter
+        ``forward``, ``jvp``, ``vjp`` calls that did work, and ``linear_solves`` (factorised
+        solves) and ``factorisations`` — the cost model in numbers.
+    """
+
+    def __init__(self, parameter_space, observation):
+        self.parameter_space = parameter_space
+        self.observation = observation
+        self.data_space = observation.space
+        self.comm = parameter_space.mesh().comm
+        self.counts: Counter = Counter()
+        self._point = None  # copy of the m at which the stored state is valid
+        self._prediction = None
+
+    # ------------------------------------------------------------------------------ public interface
+    def __call__(self, m):
+        """Predicted data :math:`F(m)` (a new data-space Function)."""
+        check_function(m, self.parameter_space, "m")
+        self._linearise(m)
+        return self._prediction.copy(deepcopy=True)
+
+    def jvp(self, m, dm):
+        """Tangent-linear action :math:`F'(m)\\,\\delta m` (a data-space Function)."""
+        check_function(m, self.parameter_space, "m")
+        check_function(dm, self.parameter_space, "dm")
+        self._linearise(m)
+        self.counts["jvp"] += 1
+        return self._jvp(dm)
+
+    def vjp(self, m, w):
+        """Adjoint action :math:`F'(m)^T w` for a data-space Cofunction ``w`` (a Cofunction on
+        :math:`V_m^*`)."""
+        check_function(m, self.parameter_space, "m")
+        check_function(w, self.data_space, "w", dual=True)
+        self._linearise(m)
+        self.counts["vjp"] += 1
+        return self._vjp(w)
+
+    # ------------------------------------------------------------------------------- for subclasses
+    @abstractmethod
+    def _solve(self, m, prediction) -> None:
+        """Forward solve at ``m``; store what jvp/vjp need; write F(m) into ``prediction``."""
+
+    @abstractmethod
+    def _jvp(self, dm): ...
+
+    @abstractmethod
+    def _vjp(self, w): ...
+
+    def _linearise(self, m) -> None:
+        if self._point is not None and _same_values(self._point, m):
+            return
+        if self._prediction is None:
+            self._prediction = self.observation.zero_data(name="prediction")
+        self._solve(m, self._prediction)
+        self.counts["forward"] += 1
+        self._point = m.copy(deepcopy=True)
+
+    def invalidate(self) -> None:
+        """Forget the stored linearisation (call after changing the model's fixed inputs in place)."""
+        self._point = None
+
+
+def _same_values(a, b) -> bool:
+    local = bool(np.array_equal(a.dat.data_ro, b.dat.data_ro))
+    from mpi4py import MPI
+
+    return a.function_space().mesh().comm.allreduce(local, op=MPI.LAND)
+
+
+class Misfit:
+    r"""Data misfit :math:`\Phi(m) = \phi(F(m); d)` of a map, a noise model and observed data.
+
+    Parameters
+    ----------
+    forward_map : ParameterToObservable
+    noise : pdeinv.noise.NoiseModel
+        On the same observation as the map.
+    data : firedrake.Function
+        Observed data on the map's data space (e.g. from ``observation.from_array`` or
+        ``noise.sample``).
+    """
+
+    def __init__(self, forward_map, noise, data):
+        if noise.space != forward_map.data_space:
+            raise ValueError("Misfit: the noise model and the map live on different data spaces")
+        check_function(data, forward_map.data_space, "data")
+        if not np.all(np.isfinite(data.dat.data_ro)):
+            raise ValueError("Misfit: data contain NaN or inf")
+        self.map = forward_map
+        self.noise = noise
+        self.data = data
+
+    @property
+    def parameter_space(self):
+        return self.map.parameter_space
+
+    def __call__(self, m) -> float:
+        """:math:`\\Phi(m)`."""
+        return self.noise.misfit(self.map(m), self.data)
+
+    def gradient(self, m):
+        """:math:`\\Phi'(m) = J^T \\partial_p\\phi` as a Cofunction (the VJP of the weighted residual)."""
+        pred = self.map(m)
+        return self.map.vjp(m, self.noise.gradient(pred, self.data))
+
+    def gauss_newton_action(self, m, dm):
+        """:math:`J^T W J\\,\\delta m` as a Cofunction (one JVP, one VJP)."""
+        pred = self.map(m)
+        jdm = self.map.jvp(m, dm)
+        return self.map.vjp(m, self.noise.gauss_newton_weight(pred, self.data, jdm))

@@ -1,0 +1,252 @@
+r"""Noise models: the negative log-likelihood of data given a prediction, its derivatives, sampling.
+
+Each model defines, for predicted data :math:`p = F(m)` and observed data :math:`d` (both
+data-space Functions, see :mod:`pdeinv.observation`):
+
+- ``misfit(p, d)``: :math:`\Phi(p; d)`, the negative log-likelihood up to a constant;
+- ``gradient(p, d)``: :math:`\partial\Phi/\partial p` as a data-space **Cofunction** — for the Gaussian
+  model the weighted residual :math:`\Gamma^{-1}(p - d)`;
+- ``gauss_newton_weight(p, d, dp)``: :math:`W\,\delta p`, the (Fisher) weight of the Gauss–Newton
+  Hessian :math:`J^T W J` — :math:`\Gamma^{-1}` for the Gaussian model;
+- ``sample(p, seed=...)``: synthetic data drawn from the model around :math:`p`.
+
+========  =========================================================  =================================
+model     :math:`\Phi(p;d)`                                            GN weight :math:`W`
+========  =========================================================  =================================
+Gaussian  :math:`\tfrac12\sum_i (p_i-d_i)^2/\sigma_i^2`                :math:`1/\sigma_i^2`
+Laplace   :math:`\sum_i \sqrt{(p_i-d_i)^2+\varepsilon^2}/b_i`          :math:`\varepsilon^2/(b_i(r_i^2+\varepsilon^2)^{3/2})`
+Poisson   :math:`\sum_i s p_i - d_i \log(s p_i)` (counts, intensity s)   :math:`s/p_i` (Fisher information)
+========  =========================================================  =================================
+
+Random draws are made from one NumPy ``Generator(PCG64(seed))`` over the whole data array in the
+order the points were given, so the same seed gives the same data on any number of ranks.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+__all__ = ["NoiseModel", "GaussianNoise", "LaplaceNoise", "PoissonNoise"]
+
+
+def _global_sum(comm, local: float) -> float:
+    return comm.allreduce(float(local))
+
+
+class NoiseModel(ABC):
+    """Base class; ``observation`` is the :class:`~pdeinv.observation.PointObservation` whose data
+    space the model lives on."""
+
+    def __init__(self, observation):
+        self.observation = observation
+        self.space = observation.space
+        self.comm = observation.comm
+
+    # local views of dats (owned entries) ---------------------------------------------------------
+    def _check(self, f, name):
+        if f.function_space() != self.space:
+            raise ValueError(f"{type(self).__name__}: {name} is not on the observation's data space")
+        return f.dat.data_ro
+
+    def _cofunction(self, values):
+        import firedrake as fd
+
+        c = fd.Cofunction(self.space.dual())
+        c.dat.data[:] = values
+        return c
+
+    @abstractmethod
+    def misfit(self, pred, data) -> float: ...
+
+    @abstractmethod
+    def gradient(self, pred, data): ...
+
+    @abstractmethod
+    def gauss_newton_weight(self, pred, data, dpred): ...
+
+    @abstractmethod
+    def _draw(self, pred: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
+
+    def sample(self, pred, *, seed: int, name: str = "data"):
+        """Synthetic data: one draw from the noise law around ``pred`` (same on any number of ranks)."""
+        self._check(pred, "pred")
+        p = self.observation.to_array(pred)
+        rng = np.random.Generator(np.random.PCG64(seed))
+        return self.observation.from_array(self._draw(p, rng), name=name)
+
+    def _per_observation(self, value, name):
+        """A positive scalar or (N, channels) array -> local owned values of a data-space Function."""
+        arr = np.asarray(value, dtype=float)
+        if arr.ndim == 0:
+            if not np.isfinite(arr) or arr <= 0:
+                raise ValueError(f"{type(self).__name__}: {name} must be positive and finite, got {value}")
+            return float(arr)
+        f = self.observation.from_array(arr, name=name)
+        if np.any(np.asarray(value) <= 0):
+            raise ValueError(f"{type(self).__name__}: every {name} must be positive, "
+                             f"got minimum {np.min(value)}")
+        return np.array(f.dat.data_ro)
+
+
+class GaussianNoise(NoiseModel):
+    r"""Independent Gaussian noise with standard deviation :math:`\sigma_i` per observation.
+
+    Parameters
+    ----------
+    observation : PointObservation
+    sigma : float or array of shape (N, channels)
+        Standard deviations, positive.
+    """
+
+    def __init__(self, observation, sigma):
+        super().__init__(observation)
+        self.sigma = self._per_observation(sigma, "sigma")
+        self._inv_var = 1.0 / np.square(self.sigma)
+
+    @classmethod
+    def relative(cls, observation, data, fraction: float = 0.01):
+        """Noise with :math:`\\sigma = \\text{fraction}\\cdot\\max_i |d_i|` (e.g. 1 % of max |d|)."""
+        if not (0 < fraction < np.inf):
+            raise ValueError(f"GaussianNoise.relative: fraction must be positive, got {fraction}")
+        dmax = observation.comm.allreduce(float(np.max(np.abs(data.dat.data_ro), initial=0.0)),
+                                          op=_mpi_max())
+        if dmax == 0:
+            raise ValueError("GaussianNoise.relative: the data are identically zero, sigma would be 0")
+        return cls(observation, fraction * dmax)
+
+    def weighted_residual(self, r):
+        """:math:`\\Gamma^{-1} r` as a data-space Cofunction."""
+        return self._cofunction(self._check(r, "r") * self._inv_var)
+
+    def misfit(self, pred, data) -> float:
+        r = self._check(pred, "pred") - self._check(data, "data")
+        return 0.5 * _global_sum(self.comm, np.sum(r * r * self._inv_var))
+
+    def gradient(self, pred, data):
+        return self._cofunction((self._check(pred, "pred") - self._check(data, "data")) * self._inv_var)
+
+    def gauss_newton_weight(self, pred, data, dpred):
+        return self.weighted_residual(dpred)
+
+    def _draw(self, pred, rng):
+        sigma = np.broadcast_to(self.observation.to_array(self._sigma_function()), pred.shape)
+        return pred + sigma * rng.standard_normal(pred.shape)
+
+    def _sigma_function(self):
+        import firedrake as fd
+
+        f = fd.Function(self.space)
+        f.dat.data[:] = self.sigma
+        return f
+
+
+class LaplaceNoise(NoiseModel):
+    r"""Independent Laplace (double-exponential) noise with scale :math:`b_i`: an L1 misfit, robust
+    to outliers.
+
+    Parameters
+    ----------
+    observation : PointObservation
+    scale : float or array of shape (N, channels)
+        Scale :math:`b_i > 0` (standard deviation :math:`\sqrt2\,b_i`).
+    smoothing : float
+        :math:`\varepsilon \ge 0` in :math:`\sqrt{r^2+\varepsilon^2}`; must be positive for
+        Gauss–Newton / Newton methods (the exact L1 misfit has no second derivative).
+    """
+
+    def __init__(self, observation, scale, *, smoothing: float = 0.0):
+        super().__init__(observation)
+        self.scale = self._per_observation(scale, "scale")
+        if not (np.isfinite(smoothing) and smoothing >= 0):
+            raise ValueError(f"LaplaceNoise: smoothing must be >= 0, got {smoothing}")
+        self.smoothing = float(smoothing)
+
+    def _r(self, pred, data):
+        return self._check(pred, "pred") - self._check(data, "data")
+
+    def misfit(self, pred, data) -> float:
+        r = self._r(pred, data)
+        return _global_sum(self.comm, np.sum(np.sqrt(r * r + self.smoothing**2) / self.scale))
+
+    def gradient(self, pred, data):
+        r = self._r(pred, data)
+        if self.smoothing > 0:
+            g = r / np.sqrt(r * r + self.smoothing**2)
+        else:
+            g = np.sign(r)
+        return self._cofunction(g / self.scale)
+
+    def gauss_newton_weight(self, pred, data, dpred):
+        if self.smoothing == 0:
+            raise ValueError("LaplaceNoise: the exact L1 misfit has no Hessian; give smoothing > 0 to "
+                             "use Gauss-Newton/Newton methods")
+        r = self._r(pred, data)
+        w = self.smoothing**2 / (self.scale * (r * r + self.smoothing**2) ** 1.5)
+        return self._cofunction(w * self._check(dpred, "dpred"))
+
+    def _draw(self, pred, rng):
+        import firedrake as fd
+
+        f = fd.Function(self.space)
+        f.dat.data[:] = self.scale
+        b = np.broadcast_to(self.observation.to_array(f), pred.shape)
+        return pred + rng.laplace(0.0, 1.0, pred.shape) * b
+
+
+class PoissonNoise(NoiseModel):
+    r"""Photon/particle counts: :math:`d_i \sim \mathrm{Poisson}(s\,p_i)` with source intensity
+    :math:`s` (expected counts for :math:`p_i = 1`), the natural model of transmission tomography.
+
+    Predictions must be positive.
+    """
+
+    def __init__(self, observation, intensity: float):
+        super().__init__(observation)
+        if not (np.isfinite(intensity) and intensity > 0):
+            raise ValueError(f"PoissonNoise: intensity must be positive, got {intensity}")
+        self.intensity = float(intensity)
+
+    def _lam(self, pred):
+        p = self._check(pred, "pred")
+        pmin = self.comm.allreduce(float(np.min(p, initial=np.inf)), op=_mpi_min())
+        if pmin <= 0:
+            raise ValueError(f"PoissonNoise: predicted intensities must be positive, got minimum {pmin}")
+        return self.intensity * p
+
+    def _counts(self, data):
+        d = self._check(data, "data")
+        dmin = self.comm.allreduce(float(np.min(d, initial=np.inf)), op=_mpi_min())
+        if dmin < 0:
+            raise ValueError(f"PoissonNoise: counts must be >= 0, got minimum {dmin}")
+        return d
+
+    def misfit(self, pred, data) -> float:
+        lam, d = self._lam(pred), self._counts(data)
+        return _global_sum(self.comm, np.sum(lam - d * np.log(lam)))
+
+    def gradient(self, pred, data):
+        lam, d = self._lam(pred), self._counts(data)
+        return self._cofunction(self.intensity * (1.0 - d / lam))
+
+    def gauss_newton_weight(self, pred, data, dpred):
+        lam = self._lam(pred)
+        return self._cofunction(self.intensity**2 / lam * self._check(dpred, "dpred"))
+
+    def _draw(self, pred, rng):
+        if np.min(pred) <= 0:
+            raise ValueError("PoissonNoise.sample: predicted intensities must be positive")
+        return rng.poisson(self.intensity * pred).astype(float)
+
+
+def _mpi_max():
+    from mpi4py import MPI
+
+    return MPI.MAX
+
+
+def _mpi_min():
+    from mpi4py import MPI
+
+    return MPI.MIN

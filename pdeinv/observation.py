@@ -1,0 +1,158 @@
+r"""Observation operators: point values of a state field, via Firedrake's VertexOnlyMesh.
+
+An observation of a state :math:`u \in V` at points :math:`x_1, \dots, x_N` is the linear map
+:math:`B u = (u(x_1), \dots, u(x_N))`.  pdeinv represents observed data as a ``Function`` on a
+*data space*: a vector-valued P0 space on the VertexOnlyMesh with one component per *channel*
+(observation time for the heat model, direction for transport, a single channel for a steady model).
+So a time series at :math:`N` points and :math:`T` times is one Function with values of shape
+:math:`(N, T)`, and data-space inner products are plain sums over points and channels.
+
+:math:`B` is assembled once as a sparse interpolation matrix (PETSc Mat) and applied by
+matrix-vector products; its transpose gives :math:`B^T` exactly, which the adjoint sweeps use.
+
+Ordering across ranks
+    The VertexOnlyMesh distributes points over the ranks that own them.  :meth:`to_array` and
+    :meth:`from_array` convert to and from NumPy arrays in the *input* order (the order the points
+    were given), identical on every rank and for any number of ranks.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["PointObservation", "ObservationPointsOutsideMesh"]
+
+
+class ObservationPointsOutsideMesh(ValueError):
+    """Some observation points do not lie in the mesh."""
+
+
+class PointObservation:
+    """Point observations of a scalar state field in ``channels`` channels.
+
+    Parameters
+    ----------
+    state_space : firedrake.FunctionSpace
+        Scalar space of the observed field.
+    points : array_like, shape (N, gdim)
+        Observation points, the same array on every rank.
+    channels : int
+        Number of channels (observation times, directions, ...); the data space has this many
+        components.
+    tolerance : float, optional
+        Relative tolerance for points on the boundary of the mesh (passed to VertexOnlyMesh).
+
+    Raises
+    ------
+    ObservationPointsOutsideMesh
+        If any point lies outside the mesh; the message lists them.
+    """
+
+    def __init__(self, state_space, points, *, channels: int = 1, tolerance: float | None = None):
+        import firedrake as fd
+
+        mesh = state_space.mesh()
+        points = np.asarray(points, dtype=float)
+        gdim = mesh.geometric_dimension()
+        if points.ndim == 1 and gdim == 1:
+            points = points.reshape(-1, 1)
+        if points.ndim != 2 or points.shape[1] != gdim or points.shape[0] == 0:
+            raise ValueError(f"PointObservation: points must have shape (N, {gdim}) with N >= 1, "
+                             f"got {points.shape}")
+        if not np.all(np.isfinite(points)):
+            raise ValueError("PointObservation: points contain NaN or inf")
+        if not isinstance(channels, (int, np.integer)) or channels < 1:
+            raise ValueError(f"PointObservation: channels must be a positive integer, got {channels!r}")
+        if state_space.value_shape != ():
+            raise ValueError("PointObservation: the observed state must be scalar-valued")
+        kw = {} if tolerance is None else {"tolerance": tolerance}
+        try:
+            vom = fd.VertexOnlyMesh(mesh, points, missing_points_behaviour="error", **kw)
+        except fd.VertexOnlyMeshMissingPointsError:
+            raise ObservationPointsOutsideMesh(self._missing_message(mesh, points, tolerance)) from None
+        self.state_space = state_space
+        self.points = points
+        self.n_points = points.shape[0]
+        self.channels = int(channels)
+        self.comm = mesh.comm
+        self.vom = vom
+        scalar = fd.FunctionSpace(vom, "DG", 0)
+        self.space = fd.VectorFunctionSpace(vom, "DG", 0, dim=self.channels)
+        self._io_space = fd.VectorFunctionSpace(vom.input_ordering, "DG", 0, dim=self.channels)
+        # The interpolation matrix B: V -> P0(vom); one sparse Mat, applied per channel.
+        self.matrix = fd.assemble(fd.interpolate(fd.TrialFunction(state_space), scalar)).petscmat
+        self._tmp = self.matrix.createVecLeft()
+
+    @staticmethod
+    def _missing_message(mesh, points, tolerance):
+        tol = 0.5 if tolerance is None else tolerance
+        local = np.array([mesh.locate_cell(p, tolerance=tol) is not None for p in points], dtype=np.int32)
+        found = np.zeros_like(local)
+        from mpi4py import MPI
+
+        mesh.comm.Allreduce(local, found, op=MPI.MAX)
+        missing = np.flatnonzero(found == 0)
+        listed = ", ".join(f"#{i} {tuple(points[i])}" for i in missing[:5])
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        return (f"PointObservation: {len(missing)} of {len(points)} observation points lie outside the "
+                f"mesh: {listed}{more}")
+
+    # ------------------------------------------------------------------------------------- B, B^T
+    def observe(self, u_vec, data, channel: int) -> None:
+        """Write :math:`B u` into channel ``channel`` of the data Function ``data``.
+
+        ``u_vec`` is the PETSc Vec of a state Function (``u.dat.vec_ro``).
+        """
+        self.matrix.mult(u_vec, self._tmp)
+        data.dat.data[:, channel] = self._tmp.array_r
+
+    def observe_transpose_add(self, w, channel: int, out_vec) -> None:
+        """Add :math:`B^T w_{channel}` to the PETSc Vec ``out_vec`` (a dual state vector)."""
+        self._tmp.array = w.dat.data_ro[:, channel]
+        self.matrix.multTransposeAdd(self._tmp, out_vec, out_vec)
+
+    # -------------------------------------------------------------------------- NumPy, input order
+    def to_array(self, d) -> np.ndarray:
+        """Values of a data-space Function (or Cofunction) as an array of shape (N, channels), in the
+        order the points were given, on every rank."""
+        import firedrake as fd
+
+        if d.function_space() not in (self.space, self.space.dual()):
+            raise ValueError("to_array: argument is not on this observation's data space")
+        src = d if isinstance(d, fd.Function) else fd.Function(self.space, val=d.dat)
+        io = fd.Function(self._io_space).interpolate(src)
+        arr = np.array(io.dat.data_ro).reshape(-1, self.channels)
+        return self.comm.bcast(arr if self.comm.rank == 0 else None, root=0)
+
+    def from_array(self, values, *, name: str = "data"):
+        """A data-space Function holding ``values`` (shape (N, channels), or (N,) for one channel),
+        given in the order of the points, the same array on every rank.
+
+        Raises
+        ------
+        ValueError
+            If ``values`` has the wrong shape or contains NaN/inf.
+        """
+        import firedrake as fd
+
+        arr = np.asarray(values, dtype=float)
+        if arr.ndim == 1 and self.channels == 1:
+            arr = arr.reshape(-1, 1)
+        expected = (self.n_points, self.channels)
+        if arr.shape != expected:
+            raise ValueError(f"{name}: expected {expected[0]} points x {expected[1]} channels = shape "
+                             f"{expected}, got shape {arr.shape}")
+        if not np.all(np.isfinite(arr)):
+            bad = np.argwhere(~np.isfinite(arr))[0]
+            raise ValueError(f"{name}: contains NaN or inf (first at point {bad[0]}, channel {bad[1]})")
+        io = fd.Function(self._io_space)
+        n_local = io.dat.data_ro.shape[0]
+        if self.comm.rank == 0:
+            io.dat.data[:] = arr[:n_local]
+        return fd.Function(self.space, name=name).interpolate(io)
+
+    def zero_data(self, name: str | None = None):
+        """A zero data-space Function."""
+        import firedrake as fd
+
+        return fd.Function(self.space, name=name)
