@@ -53,7 +53,7 @@ class PointObservation:
 
         mesh = state_space.mesh()
         points = np.asarray(points, dtype=float)
-        gdim = mesh.geometric_dimension()
+        gdim = mesh.geometric_dimension
         if points.ndim == 1 and gdim == 1:
             points = points.reshape(-1, 1)
         if points.ndim != 2 or points.shape[1] != gdim or points.shape[0] == 0:

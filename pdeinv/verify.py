@@ -19,7 +19,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["TaylorResult", "taylor_test", "dual_pairing"]
+__all__ = ["TaylorResult", "taylor_test", "dual_pairing", "data_pairing", "DotTestResult", "dot_test",
+           "SymmetryResult", "symmetry_test"]
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,50 @@ def taylor_test(
         r0.append(abs(Je - J0))
         r1.append(abs(Je - J0 - e * dJdh))
     return TaylorResult(eps, tuple(r0), tuple(r1), _rates(eps, r0), _rates(eps, r1))
+
+
+@dataclass(frozen=True)
+class DotTestResult:
+    """:math:`\\langle w, J\\,\\delta m\\rangle` vs :math:`\\langle J^T w, \\delta m\\rangle`."""
+
+    forward: float
+    adjoint: float
+
+    @property
+    def relative_error(self) -> float:
+        scale = max(abs(self.forward), abs(self.adjoint), 1e-300)
+        return abs(self.forward - self.adjoint) / scale
+
+
+def data_pairing(w, d) -> float:
+    """Global pairing of a data-space Cofunction ``w`` with a data-space Function ``d``."""
+    with w.dat.vec_ro as a, d.dat.vec_ro as b:
+        return a.dot(b)
+
+
+def dot_test(forward_map, m, dm, w) -> DotTestResult:
+    """Check that ``vjp`` is the adjoint of ``jvp`` at ``m``: :math:`\\langle w, J\\delta m\\rangle
+    = \\langle J^T w, \\delta m\\rangle`.  A correct pair gives a relative error near machine precision.
+    """
+    jdm = forward_map.jvp(m, dm)
+    jtw = forward_map.vjp(m, w)
+    return DotTestResult(data_pairing(w, jdm), dual_pairing(jtw, dm))
+
+
+@dataclass(frozen=True)
+class SymmetryResult:
+    """:math:`\\langle \\delta m_1, H\\delta m_2\\rangle` vs :math:`\\langle \\delta m_2, H\\delta m_1\\rangle`."""
+
+    a12: float
+    a21: float
+
+    @property
+    def relative_error(self) -> float:
+        scale = max(abs(self.a12), abs(self.a21), 1e-300)
+        return abs(self.a12 - self.a21) / scale
+
+
+def symmetry_test(hessian_action, dm1, dm2) -> SymmetryResult:
+    """Symmetry of a Hessian action ``hessian_action(dm) -> Cofunction`` (e.g. a Gauss–Newton
+    action ``lambda dm: misfit.gauss_newton_action(m, dm)``)."""
+    return SymmetryResult(dual_pairing(hessian_action(dm2), dm1), dual_pairing(hessian_action(dm1), dm2))

@@ -1,0 +1,1 @@
+"""Forward models (plain Firedrake) wrapped as parameter-to-observable maps."""
