@@ -54,8 +54,22 @@ class NoiseModel(ABC):
         import firedrake as fd
 
         c = fd.Cofunction(self.space.dual())
-        c.dat.data[:] = values
+        c.dat.data[:] = values if self.observation.mask is None else values * self.observation.mask
         return c
+
+    def _observed(self, values):
+        """Zero the entries the observation does not observe (its mask)."""
+        return values if self.observation.mask is None else values * self.observation.mask
+
+    def _observed_array(self):
+        """The mask as an (N, channels) array in input order, or None."""
+        if self.observation.mask is None:
+            return None
+        import firedrake as fd
+
+        f = fd.Function(self.space)
+        f.dat.data[:] = self.observation.mask
+        return self.observation.to_array(f) > 0.5
 
     @abstractmethod
     def misfit(self, pred, data) -> float: ...
@@ -74,7 +88,13 @@ class NoiseModel(ABC):
         self._check(pred, "pred")
         p = self.observation.to_array(pred)
         rng = np.random.Generator(np.random.PCG64(seed))
-        return self.observation.from_array(self._draw(p, rng), name=name)
+        observed = self._observed_array()
+        if observed is not None:
+            p = np.where(observed, p, 1.0)  # a harmless value where nothing is observed
+        draw = self._draw(p, rng)
+        if observed is not None:
+            draw = np.where(observed, draw, 0.0)
+        return self.observation.from_array(draw, name=name)
 
     def _per_observation(self, value, name):
         """A positive scalar or (N, channels) array -> local owned values of a data-space Function."""
@@ -121,7 +141,7 @@ class GaussianNoise(NoiseModel):
         return self._cofunction(self._check(r, "r") * self._inv_var)
 
     def misfit(self, pred, data) -> float:
-        r = self._check(pred, "pred") - self._check(data, "data")
+        r = self._observed(self._check(pred, "pred") - self._check(data, "data"))
         return 0.5 * _global_sum(self.comm, np.sum(r * r * self._inv_var))
 
     def gradient(self, pred, data):
@@ -164,11 +184,12 @@ class LaplaceNoise(NoiseModel):
         self.smoothing = float(smoothing)
 
     def _r(self, pred, data):
-        return self._check(pred, "pred") - self._check(data, "data")
+        return self._observed(self._check(pred, "pred") - self._check(data, "data"))
 
     def misfit(self, pred, data) -> float:
         r = self._r(pred, data)
-        return _global_sum(self.comm, np.sum(np.sqrt(r * r + self.smoothing**2) / self.scale))
+        terms = self._observed(np.sqrt(r * r + self.smoothing**2) / self.scale)
+        return _global_sum(self.comm, np.sum(terms))
 
     def gradient(self, pred, data):
         r = self._r(pred, data)
@@ -210,6 +231,8 @@ class PoissonNoise(NoiseModel):
 
     def _lam(self, pred):
         p = self._check(pred, "pred")
+        if self.observation.mask is not None:
+            p = np.where(self.observation.mask > 0.5, p, 1.0)  # unobserved entries: never used
         pmin = self.comm.allreduce(float(np.min(p, initial=np.inf)), op=_mpi_min())
         if pmin <= 0:
             raise ValueError(f"PoissonNoise: predicted intensities must be positive, got minimum {pmin}")
@@ -224,7 +247,7 @@ class PoissonNoise(NoiseModel):
 
     def misfit(self, pred, data) -> float:
         lam, d = self._lam(pred), self._counts(data)
-        return _global_sum(self.comm, np.sum(lam - d * np.log(lam)))
+        return _global_sum(self.comm, np.sum(self._observed(lam - d * np.log(lam))))
 
     def gradient(self, pred, data):
         lam, d = self._lam(pred), self._counts(data)

@@ -41,6 +41,9 @@ class PointObservation:
         components.
     tolerance : float, optional
         Relative tolerance for points on the boundary of the mesh (passed to VertexOnlyMesh).
+    mask : array_like of bool, shape (N, channels), optional
+        Which (point, channel) pairs are observed (e.g. detectors that see a given direction).
+        Unobserved entries are predicted as 0 and ignored by the noise models.
 
     Raises
     ------
@@ -48,7 +51,8 @@ class PointObservation:
         If any point lies outside the mesh; the message lists them.
     """
 
-    def __init__(self, state_space, points, *, channels: int = 1, tolerance: float | None = None):
+    def __init__(self, state_space, points, *, channels: int = 1, tolerance: float | None = None,
+                 mask=None):
         import firedrake as fd
 
         mesh = state_space.mesh()
@@ -82,6 +86,12 @@ class PointObservation:
         # The interpolation matrix B: V -> P0(vom); one sparse Mat, applied per channel.
         self.matrix = fd.assemble(fd.interpolate(fd.TrialFunction(state_space), scalar)).petscmat
         self._tmp = self.matrix.createVecLeft()
+        self.mask = None  # local (owned) 0/1 array in data-space layout, or None: all observed
+        if mask is not None:
+            mask_arr = np.asarray(mask, dtype=bool).reshape(self.n_points, -1) if np.ndim(mask) else None
+            if mask_arr is None or mask_arr.shape != (self.n_points, self.channels):
+                raise ValueError(f"PointObservation: mask must have shape ({self.n_points}, {self.channels})")
+            self.mask = np.array(self.from_array(mask_arr.astype(float), name="mask").dat.data_ro)
 
     @staticmethod
     def _missing_message(mesh, points, tolerance):
@@ -104,11 +114,13 @@ class PointObservation:
         ``u_vec`` is the PETSc Vec of a state Function (``u.dat.vec_ro``).
         """
         self.matrix.mult(u_vec, self._tmp)
-        data.dat.data[:, channel] = self._tmp.array_r
+        values = self._tmp.array_r
+        data.dat.data[:, channel] = values if self.mask is None else values * self.mask[:, channel]
 
     def observe_transpose_add(self, w, channel: int, out_vec) -> None:
         """Add :math:`B^T w_{channel}` to the PETSc Vec ``out_vec`` (a dual state vector)."""
-        self._tmp.array = w.dat.data_ro[:, channel]
+        values = w.dat.data_ro[:, channel]
+        self._tmp.array = values if self.mask is None else values * self.mask[:, channel]
         self.matrix.multTransposeAdd(self._tmp, out_vec, out_vec)
 
     # -------------------------------------------------------------------------- NumPy, input order

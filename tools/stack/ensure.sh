@@ -30,9 +30,10 @@ source "$HERE/spec.sh"
 
 CACHE=${PDEINV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pdeinv}
 PY=${PDEINV_PYTHON:-python3}
-JOBS=${PDEINV_JOBS:-$(nproc 2>/dev/null || echo 2)}
+# Not nproc: it obeys OMP_NUM_THREADS=1, which the Makefile exports.
+JOBS=${PDEINV_JOBS:-$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2)}
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 OMP_NUM_THREADS=1
-# Called from `make`: the parent's MAKEFLAGS would make PETSc's build run with -j1.
+# Called from `make`: the parent's MAKEFLAGS must not leak into PETSc's own make.
 unset MAKEFLAGS MFLAGS MAKELEVEL
 if [ "$(id -u)" = 0 ]; then
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
