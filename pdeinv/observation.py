@@ -107,6 +107,10 @@ class PointObservation:
         return (f"PointObservation: {len(missing)} of {len(points)} observation points lie outside the "
                 f"mesh: {listed}{more}")
 
+    def _columns(self, arr):
+        """(points, channels) view of a data-space dat array (1-D when there is one channel)."""
+        return arr.reshape(-1, self.channels)
+
     # ------------------------------------------------------------------------------------- B, B^T
     def observe(self, u_vec, data, channel: int) -> None:
         """Write :math:`B u` into channel ``channel`` of the data Function ``data``.
@@ -115,12 +119,14 @@ class PointObservation:
         """
         self.matrix.mult(u_vec, self._tmp)
         values = self._tmp.array_r
-        data.dat.data[:, channel] = values if self.mask is None else values * self.mask[:, channel]
+        if self.mask is not None:
+            values = values * self._columns(self.mask)[:, channel]
+        self._columns(data.dat.data)[:, channel] = values
 
     def observe_transpose_add(self, w, channel: int, out_vec) -> None:
         """Add :math:`B^T w_{channel}` to the PETSc Vec ``out_vec`` (a dual state vector)."""
-        values = w.dat.data_ro[:, channel]
-        self._tmp.array = values if self.mask is None else values * self.mask[:, channel]
+        values = self._columns(w.dat.data_ro)[:, channel]
+        self._tmp.array = values if self.mask is None else values * self._columns(self.mask)[:, channel]
         self.matrix.multTransposeAdd(self._tmp, out_vec, out_vec)
 
     # -------------------------------------------------------------------------- NumPy, input order
@@ -160,7 +166,7 @@ class PointObservation:
         io = fd.Function(self._io_space)
         n_local = io.dat.data_ro.shape[0]
         if self.comm.rank == 0:
-            io.dat.data[:] = arr[:n_local]
+            io.dat.data[:] = arr[:n_local].reshape(io.dat.data.shape)
         return fd.Function(self.space, name=name).interpolate(io)
 
     def zero_data(self, name: str | None = None):

@@ -16,7 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Dirichlet", "Neumann", "Robin", "split_boundary_conditions"]
+__all__ = ["Dirichlet", "Neumann", "Robin", "split_boundary_conditions", "as_coefficient"]
+
+
+def as_coefficient(value):
+    """Python numbers become Constants: UFL drops ``0 * v * dx`` to an empty form, which cannot be
+    assembled, whereas ``Constant(0) * v * dx`` stays a form (and its value can change later)."""
+    import firedrake as fd
+
+    return fd.Constant(float(value)) if isinstance(value, (int, float)) else value
 
 
 def _markers(markers):

@@ -52,7 +52,7 @@ import math
 import numpy as np
 
 from pdeinv.forward._linear import DirichletOperator
-from pdeinv.forward.boundary import Dirichlet, split_boundary_conditions
+from pdeinv.forward.boundary import Dirichlet, as_coefficient, split_boundary_conditions
 from pdeinv.maps import ParameterToObservable
 from pdeinv.observation import PointObservation
 
@@ -127,7 +127,7 @@ class HeatModel(ParameterToObservable):
         u, v = fd.TrialFunction(V), fd.TestFunction(V)
         self._m = fd.Function(Vm, name="m")  # current parameter value (the forms refer to it)
         kappa = fd.exp(self._m) if parameter == "log_conductivity" else conductivity
-        f = self._m if parameter == "source" else source
+        f = self._m if parameter == "source" else as_coefficient(source)
         bcs, a_bdy, L_bdy = split_boundary_conditions(V, boundary)
         stiffness = kappa * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx
         if a_bdy is not None:

@@ -20,7 +20,7 @@ Derivatives (discrete, exact)
 from __future__ import annotations
 
 from pdeinv.forward._linear import DirichletOperator
-from pdeinv.forward.boundary import Dirichlet, split_boundary_conditions
+from pdeinv.forward.boundary import Dirichlet, as_coefficient, split_boundary_conditions
 from pdeinv.maps import ParameterToObservable
 from pdeinv.observation import PointObservation
 
@@ -71,7 +71,7 @@ class PoissonModel(ParameterToObservable):
         a = fd.exp(self._m) * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx
         if a_bdy is not None:
             a = a + a_bdy
-        L = source * v * fd.dx
+        L = as_coefficient(source) * v * fd.dx
         if L_bdy is not None:
             L = L + L_bdy
         self._A = DirichletOperator(a, bcs, solver_parameters=solver_parameters)
