@@ -102,7 +102,7 @@ class PointObservation:
 
         mesh.comm.Allreduce(local, found, op=MPI.MAX)
         missing = np.flatnonzero(found == 0)
-        listed = ", ".join(f"#{i} {tuple(points[i])}" for i in missing[:5])
+        listed = ", ".join(f"#{i} {tuple(float(c) for c in points[i])}" for i in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         return (f"PointObservation: {len(missing)} of {len(points)} observation points lie outside the "
                 f"mesh: {listed}{more}")
@@ -165,8 +165,10 @@ class PointObservation:
             raise ValueError(f"{name}: contains NaN or inf (first at point {bad[0]}, channel {bad[1]})")
         io = fd.Function(self._io_space)
         n_local = io.dat.data_ro.shape[0]
-        if self.comm.rank == 0:
-            io.dat.data[:] = arr[:n_local].reshape(io.dat.data.shape)
+        start = self.comm.exscan(n_local) or 0
+        # Written on every rank (even with no local rows): a write marks halos dirty, and ranks that
+        # disagree on that would enter different collectives in the interpolation below.
+        io.dat.data[:] = arr[start:start + n_local].reshape(io.dat.data_ro.shape)
         return fd.Function(self.space, name=name).interpolate(io)
 
     def zero_data(self, name: str | None = None):
