@@ -21,7 +21,7 @@ REFERENCE = {
     "heat-initial_condition": (29.50420427098031, 241.74572156237224),
     "heat-log_conductivity": (11.928524557473292, 33.1500024797536),
     "poisson": (1.9709536099888523, 21.571618938260716),
-    "transport-log_absorption": (22.889823621214138, 115.78890850632779),
+    "transport-log_absorption": (21.59415405031552, 110.92221278733258),
 }
 
 
@@ -31,7 +31,7 @@ def _model(name):
         return HeatModel(mesh, parameter=name.split("-")[1], end_time=0.1, steps=5, observation_points=POINTS,
                          initial_condition=fd.Constant(0.5), source=1.0)
     if name.startswith("transport"):
-        return TransportModel(mesh, directions=[[1, 0], [1, 1], [0, -1]], detectors=boundary_detectors(3),
+        return TransportModel(mesh, directions=[[1, 0], [1, 1], [0, -1]], detectors=boundary_detectors(4),
                               parameter="log_absorption")
     return PoissonModel(mesh, observation_points=POINTS)
 

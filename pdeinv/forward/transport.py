@@ -73,6 +73,24 @@ def outflow_mask(mesh, points, directions, *, step: float = 1e-6):
     return (glob & 2 > 0) & (glob & 1 == 0)
 
 
+def _reject_detectors_on_vertices(mesh, points, rtol=1e-9):
+    """A DG field jumps across cells, so its value at a mesh vertex depends on which cell is asked
+    (and so on the partition): refuse detectors that sit on a vertex."""
+    from mpi4py import MPI
+    from scipy.spatial import cKDTree
+
+    coords = mesh.coordinates.dat.data_ro_with_halos.reshape(-1, points.shape[1])
+    scale = rtol * max(1.0, float(np.max(np.abs(points))))
+    dist, _ = cKDTree(coords).query(points) if len(coords) else (np.full(len(points), np.inf), None)
+    on_vertex = np.zeros(len(points), dtype=np.int32)
+    mesh.comm.Allreduce((dist <= scale).astype(np.int32), on_vertex, op=MPI.MAX)
+    bad = np.flatnonzero(on_vertex)
+    if len(bad):
+        listed = ", ".join(f"#{i} {tuple(float(c) for c in points[i])}" for i in bad[:5])
+        raise ValueError(f"TransportModel: {len(bad)} detector(s) lie on mesh vertices, where the DG "
+                         f"solution is two-valued: {listed}; move them off the vertices")
+
+
 class TransportModel(ParameterToObservable):
     """Multi-direction steady transport map :math:`m \\mapsto (\\psi_k(x_i))_{i,k}`.
 
@@ -116,7 +134,11 @@ class TransportModel(ParameterToObservable):
             raise ValueError("TransportModel: parameter_space must be on the model's mesh")
         self.state_space = V
         detectors = np.asarray(detectors, dtype=float)
-        mask = outflow_mask(mesh, detectors, self.directions) if detectors.ndim == 2 else None
+        if detectors.ndim == 2 and detectors.shape[1] == gdim:
+            _reject_detectors_on_vertices(mesh, detectors)
+            mask = outflow_mask(mesh, detectors, self.directions)
+        else:
+            mask = None  # PointObservation reports the shape error
         observation = PointObservation(V, detectors, channels=len(self.directions), mask=mask)
         super().__init__(Vm, observation)
 
