@@ -10,13 +10,11 @@ data-space Functions, see :mod:`pdeinv.observation`):
   Hessian :math:`J^T W J` — :math:`\Gamma^{-1}` for the Gaussian model;
 - ``sample(p, seed=...)``: synthetic data drawn from the model around :math:`p`.
 
-========  =========================================================  =================================
-model     :math:`\Phi(p;d)`                                            GN weight :math:`W`
-========  =========================================================  =================================
-Gaussian  :math:`\tfrac12\sum_i (p_i-d_i)^2/\sigma_i^2`                :math:`1/\sigma_i^2`
-Laplace   :math:`\sum_i \sqrt{(p_i-d_i)^2+\varepsilon^2}/b_i`          :math:`\varepsilon^2/(b_i(r_i^2+\varepsilon^2)^{3/2})`
-Poisson   :math:`\sum_i s p_i - d_i \log(s p_i)` (counts, intensity s)   :math:`s/p_i` (Fisher information)
-========  =========================================================  =================================
+- Gaussian: :math:`\Phi = \tfrac12\sum_i (p_i-d_i)^2/\sigma_i^2`, weight :math:`1/\sigma_i^2`;
+- Laplace: :math:`\Phi = \sum_i \sqrt{r_i^2+\varepsilon^2}/b_i` with :math:`r = p - d`, weight
+  :math:`\varepsilon^2/(b_i(r_i^2+\varepsilon^2)^{3/2})` (its exact second derivative);
+- Poisson (counts, source intensity :math:`s`): :math:`\Phi = \sum_i s p_i - d_i\log(s p_i)`, weight
+  :math:`s/p_i` (the Fisher information, positive where the exact Hessian need not be).
 
 Random draws are made from one NumPy ``Generator(PCG64(seed))`` over the whole data array in the
 order the points were given, so the same seed gives the same data on any number of ranks.

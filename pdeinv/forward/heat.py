@@ -85,7 +85,7 @@ class HeatModel(ParameterToObservable):
         condition.
     conductivity, source, initial_condition : number or UFL expression
         The fixed inputs that are not the parameter.
-    boundary : sequence of Dirichlet / Neumann / Robin
+    boundary : sequence of Dirichlet / Neumann / Robin, optional
         Default: :math:`u = 0` on the whole boundary.
     solver_parameters : dict, optional
         PETSc options for the linear solves (default: MUMPS LU).
@@ -94,7 +94,7 @@ class HeatModel(ParameterToObservable):
     def __init__(self, mesh, *, parameter: str, end_time: float, steps: int, observation_points,
                  observation_times=None, theta: float = 1.0, degree: int = 1, parameter_space=None,
                  conductivity=1.0, source=0.0, initial_condition=0.0,
-                 boundary=(Dirichlet("on_boundary", 0.0),), solver_parameters=None):
+                 boundary=None, solver_parameters=None):
         import firedrake as fd
 
         if parameter not in HEAT_PARAMETERS:
@@ -128,6 +128,8 @@ class HeatModel(ParameterToObservable):
         self._m = fd.Function(Vm, name="m")  # current parameter value (the forms refer to it)
         kappa = fd.exp(self._m) if parameter == "log_conductivity" else conductivity
         f = self._m if parameter == "source" else as_coefficient(source)
+        if boundary is None:
+            boundary = (Dirichlet("on_boundary", 0.0),)
         bcs, a_bdy, L_bdy = split_boundary_conditions(V, boundary)
         stiffness = kappa * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx
         if a_bdy is not None:
