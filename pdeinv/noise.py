@@ -26,7 +26,15 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-__all__ = ["NoiseModel", "GaussianNoise", "LaplaceNoise", "PoissonNoise"]
+__all__ = ["NoiseModel", "GaussianNoise", "LaplaceNoise", "PoissonNoise", "synthetic_data"]
+
+
+def synthetic_data(forward_map, truth, noise, *, seed: int, name: str = "data"):
+    """Synthetic observations: ``truth`` -> :math:`F(\text{truth})` -> one seeded draw of ``noise``.
+
+    The same seed gives the same data on any number of ranks.
+    """
+    return noise.sample(forward_map(truth), seed=seed, name=name)
 
 
 def _global_sum(comm, local: float) -> float:
