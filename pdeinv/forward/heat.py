@@ -160,6 +160,16 @@ class HeatModel(ParameterToObservable):
             self._dK_form = fd.exp(self._m) * self._dm * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx
             psi = fd.TestFunction(Vm)
             self._dK_adj_form = fd.exp(self._m) * psi * fd.inner(fd.grad(self._w), fd.grad(self._lam)) * fd.dx
+            # P1 state on an affine mesh: grad w and grad lambda are constant per cell, so
+            # sum_n grad(w_n).grad(lambda_n) accumulates in a DG0 field G with two sparse products per
+            # step (D: V -> DG0^d, the cellwise gradient), and the adjoint needs one assembly of
+            # int e^m psi G dx in all instead of one per step.
+            self._grad_accumulate = degree == 1 and mesh.coordinates.function_space().ufl_element().degree() == 1
+            if self._grad_accumulate:
+                Q = fd.VectorFunctionSpace(mesh, "DG", 0)
+                self._D = fd.assemble(fd.interpolate(fd.grad(u), Q)).petscmat
+                self._G = fd.Function(fd.FunctionSpace(mesh, "DG", 0))
+                self._dK_adj_accumulated = fd.exp(self._m) * psi * self._G * fd.dx
             self._dK_matrix = None
         self._trajectory = None  # list of PETSc Vecs u_0..u_N (log-conductivity only)
 
@@ -293,6 +303,10 @@ class HeatModel(ParameterToObservable):
         if self.parameter == "log_conductivity":
             tmp = fd.Cofunction(Vm.dual())
             wn = self._vec()
+            if self._grad_accumulate:
+                gw, gl = self._D.createVecLeft(), self._D.createVecLeft()
+                gdim = self.state_space.mesh().geometric_dimension
+                G = np.zeros(gw.getLocalSize() // gdim)
         for n in range(self.steps, 0, -1):
             if n < self.steps:
                 self._B.multTranspose(lam_next, rhs)
@@ -310,13 +324,22 @@ class HeatModel(ParameterToObservable):
                 self._trajectory[n].copy(wn)
                 wn.scale(self.theta)
                 wn.axpy(1.0 - self.theta, self._trajectory[n - 1])
-                with self._w.dat.vec_wo as wv:
-                    wn.copy(wv)
-                with self._lam.dat.vec_wo as lv:
-                    lam.copy(lv)
-                fd.assemble(self._dK_adj_form, tensor=tmp)
-                result.dat.data[:] -= self.dt * tmp.dat.data_ro
+                if self._grad_accumulate:
+                    self._D.mult(wn, gw)
+                    self._D.mult(lam, gl)
+                    G += (gw.array_r * gl.array_r).reshape(-1, gdim).sum(axis=1)
+                else:
+                    with self._w.dat.vec_wo as wv:
+                        wn.copy(wv)
+                    with self._lam.dat.vec_wo as lv:
+                        lam.copy(lv)
+                    fd.assemble(self._dK_adj_form, tensor=tmp)
+                    result.dat.data[:] -= self.dt * tmp.dat.data_ro
             lam, lam_next = lam_next, lam
+        if self.parameter == "log_conductivity" and self._grad_accumulate:
+            self._G.dat.data[:] = G
+            fd.assemble(self._dK_adj_accumulated, tensor=tmp)
+            result.dat.data[:] -= self.dt * tmp.dat.data_ro
         # lam_next now holds lambda_1
         with result.dat.vec as r:
             if self.parameter == "initial_condition":
