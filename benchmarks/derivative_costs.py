@@ -8,8 +8,8 @@ operation first).  ``forward_s`` is F(m) at a new m (the map's stored state is i
 ``derivative()`` reuses its tape); ``gn_action_s`` is one Gauss-Newton Hessian action (JVP + VJP).
 
 ``--baseline`` (heat only) also times plain Firedrake + pyadjoint on the same heat problem (u0 as the
-control, a LinearVariationalSolver built once with constant_jacobian=True and MUMPS LU, functional
-sum_n int u_n^2 dx): replay, derivative, tlm and hessian, each divided by the same untaped forward loop.
+control, a LinearVariationalSolver built once with constant_jacobian=True and the same direct solver,
+functional sum_n int u_n^2 dx): replay, derivative, tlm and hessian, each divided by the same untaped forward loop.
 """
 
 from __future__ import annotations
@@ -29,13 +29,19 @@ warnings.filterwarnings("ignore", message="Calling petsctools.init but PETSc has
 import firedrake as fd  # noqa: E402
 import numpy as np  # noqa: E402
 
+from pdeinv.forward._linear import MUMPS_LU, default_solver_parameters  # noqa: E402
 from pdeinv.forward.heat import HeatModel  # noqa: E402
 from pdeinv.forward.poisson import PoissonModel  # noqa: E402
 from pdeinv.forward.transport import TransportModel, boundary_detectors  # noqa: E402
 from pdeinv.maps import Misfit  # noqa: E402
 from pdeinv.noise import GaussianNoise  # noqa: E402
 
-LU = {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
+
+def solver_parameters(args, symmetric):
+    """The same direct solver for pdeinv and for the pyadjoint baseline."""
+    if args.solver == "mumps":
+        return dict(MUMPS_LU)
+    return default_solver_parameters(fd.COMM_WORLD, symmetric=symmetric)
 
 
 def timed(fn, repeats):
@@ -58,19 +64,22 @@ def build(args):
         pts = 0.1 + 0.8 * rng.random((args.points, 2))
         model = HeatModel(mesh, parameter=args.parameter or "initial_condition", end_time=args.end_time,
                           steps=args.steps, theta=1.0, observation_points=pts,
-                          initial_condition=fd.Constant(0.0), source=fd.Constant(0.0))
+                          initial_condition=fd.Constant(0.0), source=fd.Constant(0.0),
+                          solver_parameters=solver_parameters(args, True))
         size = {"steps": args.steps}
     elif args.model == "transport":
         mesh = fd.UnitSquareMesh(n, n)
         angles = np.linspace(0, np.pi, args.directions, endpoint=False) + 0.1
         model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)],
                                detectors=boundary_detectors(args.points // 4 + 1),
-                               parameter=args.parameter or "log_absorption")
+                               parameter=args.parameter or "log_absorption",
+                               solver_parameters=solver_parameters(args, False))
         size = {"directions": args.directions}
     else:
         mesh = fd.UnitSquareMesh(n, n)
         rng = np.random.default_rng(1)
-        model = PoissonModel(mesh, observation_points=0.1 + 0.8 * rng.random((args.points, 2)))
+        model = PoissonModel(mesh, observation_points=0.1 + 0.8 * rng.random((args.points, 2)),
+                             solver_parameters=solver_parameters(args, True))
         size = {"steps": 1}
     x, y = fd.SpatialCoordinate(mesh)
     m = fd.Function(model.parameter_space).interpolate(0.5 + 0.3 * fd.sin(fd.pi * x) * fd.sin(fd.pi * y))
@@ -92,7 +101,8 @@ def measure(args):
     res = {"model": args.model, "parameter": getattr(model, "parameter", "log_coefficient"),
            "dofs": model.state_space.dim(), "parameter_dofs": model.parameter_space.dim(),
            "observations": model.observation.n_points * model.observation.channels, **size,
-           "ranks": fd.COMM_WORLD.size, "repeats": args.repeats}
+           "ranks": fd.COMM_WORLD.size, "repeats": args.repeats,
+           "solver": solver_parameters(args, args.model != "transport")}
     res["forward_s"] = timed(forward, args.repeats)
     model(m)
     res["gradient_s"] = timed(lambda: misfit.gradient(m), args.repeats)
@@ -124,7 +134,7 @@ def pyadjoint_baseline(args):
         a = (u * v + dt * fd.inner(fd.grad(u), fd.grad(v))) * fd.dx
         problem = fd.LinearVariationalProblem(a, u_old * v * fd.dx, u_new, fd.DirichletBC(V, 0, "on_boundary"),
                                               constant_jacobian=True)
-        solver = fd.LinearVariationalSolver(problem, solver_parameters=LU)
+        solver = fd.LinearVariationalSolver(problem, solver_parameters=solver_parameters(args, True))
         J = 0.0
         for _ in range(args.steps):
             solver.solve()
@@ -161,6 +171,8 @@ def main():
     p.add_argument("--points", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--baseline", action="store_true", help="also time plain pyadjoint (heat only)")
+    p.add_argument("--solver", choices=["default", "mumps"], default="default",
+                   help="direct solver for both pdeinv and the baseline (default: pdeinv's default)")
     args = p.parse_args()
     if args.n is None:
         args.n = {"heat": 64, "transport": 32, "poisson": 32}[args.model]

@@ -20,11 +20,21 @@ import itertools
 
 import numpy as np
 
-DEFAULT_SOLVER_PARAMETERS = {
-    "ksp_type": "preonly",
-    "pc_type": "lu",
-    "pc_factor_mat_solver_type": "mumps",
-}
+MUMPS_LU = {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
+
+
+def default_solver_parameters(comm, *, symmetric: bool) -> dict:
+    """Direct solver defaults.
+
+    In serial, PETSc's own sparse Cholesky (symmetric operators) or LU with nested-dissection
+    ordering: for the small 2D systems of a time loop its triangular solves are several times faster
+    than MUMPS's (measured on the 64x64 heat problem: 0.046 s vs 0.22 s for 200 steps).  In parallel,
+    MUMPS LU.
+    """
+    if comm.size == 1:
+        return {"ksp_type": "preonly", "pc_type": "cholesky" if symmetric else "lu",
+                "pc_factor_mat_solver_type": "petsc", "pc_factor_mat_ordering_type": "nd"}
+    return dict(MUMPS_LU)
 
 _prefix_counter = itertools.count()
 
@@ -38,12 +48,14 @@ class DirichletOperator:
         Bilinear form; its coefficients may change, then call :meth:`reassemble`.
     bcs : list of firedrake.DirichletBC
     solver_parameters : dict, optional
-        PETSc options for the KSP (default: MUMPS LU).
+        PETSc options for the KSP (default: :func:`default_solver_parameters`).
+    symmetric : bool
+        Whether ``a`` is symmetric (picks Cholesky over LU by default).
     options_prefix : str, optional
         Prefix so the user can set options on the command line / PETSC_OPTIONS.
     """
 
-    def __init__(self, a, bcs=(), *, solver_parameters=None, options_prefix=None):
+    def __init__(self, a, bcs=(), *, solver_parameters=None, options_prefix=None, symmetric=False):
         import firedrake as fd
         import petsctools
         from firedrake.petsc import PETSc
@@ -54,7 +66,9 @@ class DirichletOperator:
         self.space = V
         self.comm = V.mesh().comm
         self.matrix = fd.assemble(a, bcs=self.bcs, mat_type="aij")
-        params = dict(DEFAULT_SOLVER_PARAMETERS if solver_parameters is None else solver_parameters)
+        if solver_parameters is None:
+            solver_parameters = default_solver_parameters(self.comm, symmetric=symmetric)
+        params = dict(solver_parameters)
         self.ksp = PETSc.KSP().create(comm=self.comm)
         self.ksp.setOperators(self.matrix.petscmat)
         prefix = options_prefix or f"pdeinv_{next(_prefix_counter)}_"

@@ -88,7 +88,7 @@ class HeatModel(ParameterToObservable):
     boundary : sequence of Dirichlet / Neumann / Robin, optional
         Default: :math:`u = 0` on the whole boundary.
     solver_parameters : dict, optional
-        PETSc options for the linear solves (default: MUMPS LU).
+        PETSc options for the linear solves (default: sparse Cholesky in serial, MUMPS in parallel).
     """
 
     def __init__(self, mesh, *, parameter: str, end_time: float, steps: int, observation_points,
@@ -142,7 +142,7 @@ class HeatModel(ParameterToObservable):
         if L_bdy is not None:
             load = load + L_bdy
         self._load_form = load
-        self._A = DirichletOperator(self._a, bcs, solver_parameters=solver_parameters)
+        self._A = DirichletOperator(self._a, bcs, solver_parameters=solver_parameters, symmetric=True)
         self._B_matrix = fd.assemble(self._b, mat_type="aij")
         self._B = self._B_matrix.petscmat
         self._load = fd.assemble(load)

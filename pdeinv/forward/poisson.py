@@ -51,7 +51,7 @@ class PoissonModel(ParameterToObservable):
     boundary : sequence of Dirichlet / Neumann / Robin, optional
         Default :func:`hippylib_boundary`.
     solver_parameters : dict, optional
-        PETSc options (default MUMPS LU).
+        PETSc options (default: sparse Cholesky in serial, MUMPS in parallel).
     """
 
     def __init__(self, mesh, *, observation_points, degree: int = 2, parameter_space=None, source=0.0,
@@ -74,7 +74,7 @@ class PoissonModel(ParameterToObservable):
         L = as_coefficient(source) * v * fd.dx
         if L_bdy is not None:
             L = L + L_bdy
-        self._A = DirichletOperator(a, bcs, solver_parameters=solver_parameters)
+        self._A = DirichletOperator(a, bcs, solver_parameters=solver_parameters, symmetric=True)
         self._load = fd.assemble(L)
         self._u = fd.Function(V, name="u")
         self._lam = fd.Function(V, name="lambda")

@@ -109,7 +109,7 @@ class TransportModel(ParameterToObservable):
     absorption, source, inflow : number or UFL expression
         The fixed :math:`\\mu`, :math:`q` (whichever is not the parameter) and the inflow value :math:`g`.
     solver_parameters : dict, optional
-        PETSc options (default MUMPS LU).
+        PETSc options (default: sparse LU in serial, MUMPS in parallel).
     """
 
     def __init__(self, mesh, *, directions, detectors, parameter: str, degree: int = 1,
