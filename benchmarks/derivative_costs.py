@@ -71,7 +71,7 @@ def build(args):
         mesh = fd.UnitSquareMesh(n, n)
         angles = np.linspace(0, np.pi, args.directions, endpoint=False) + 0.1
         model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)],
-                               detectors=boundary_detectors(args.points // 4 + 1),
+                               detectors=boundary_detectors(max(1, args.points // 4)),
                                parameter=args.parameter or "log_absorption",
                                solver_parameters=solver_parameters(args, False))
         size = {"directions": args.directions}
@@ -164,7 +164,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", choices=["heat", "transport", "poisson"], required=True)
     p.add_argument("--parameter", help="which parameter of the model (default: the classic one)")
-    p.add_argument("--n", type=int, default=None, help="cells per side (default: heat 64, transport 32, poisson 32)")
+    p.add_argument("--n", type=int, default=None, help="cells per side (default: heat 64, transport 30, poisson 64)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--end-time", type=float, default=0.1)
     p.add_argument("--directions", type=int, default=8)
@@ -175,7 +175,8 @@ def main():
                    help="direct solver for both pdeinv and the baseline (default: pdeinv's default)")
     args = p.parse_args()
     if args.n is None:
-        args.n = {"heat": 64, "transport": 32, "poisson": 32}[args.model]
+        # transport: 30 cells and 12 detectors a side keep every detector off the mesh vertices
+        args.n = {"heat": 64, "transport": 30, "poisson": 64}[args.model]
     res = measure(args)
     if args.baseline:
         if args.model != "heat":

@@ -204,6 +204,15 @@ class HeatModel(ParameterToObservable):
         self.counts["linear_solves"] = self._A.solves
         self.counts["factorisations"] = self._A.factorisations
 
+    def _theta_average(self, n, work):
+        """:math:`\theta u_n + (1-\theta) u_{n-1}` from the stored trajectory (no copy for θ = 1)."""
+        if self.theta == 1.0:
+            return self._trajectory[n]
+        self._trajectory[n].copy(work)
+        work.scale(self.theta)
+        work.axpy(1.0 - self.theta, self._trajectory[n - 1])
+        return work
+
     # ------------------------------------------------------------------------------------- forward
     def _solve(self, m, prediction):
         self._m.assign(m)
@@ -278,10 +287,7 @@ class HeatModel(ParameterToObservable):
                 rhs.axpy(1.0, extra)
             if self.parameter == "log_conductivity":
                 # w = θ u_{n+1} + (1-θ) u_n ;  rhs -= dt K'[dm] w
-                self._trajectory[n + 1].copy(w)
-                w.scale(self.theta)
-                w.axpy(1.0 - self.theta, self._trajectory[n])
-                dK.mult(w, kw)
+                dK.mult(self._theta_average(n + 1, w), kw)
                 rhs.axpy(-self.dt, kw)
             self._A.solve_homogeneous(rhs, x_new)
             x, x_new = x_new, x
@@ -304,9 +310,10 @@ class HeatModel(ParameterToObservable):
             tmp = fd.Cofunction(Vm.dual())
             wn = self._vec()
             if self._grad_accumulate:
-                gw, gl = self._D.createVecLeft(), self._D.createVecLeft()
+                gw, gl, gprod = (self._D.createVecLeft() for _ in range(3))
+                gsum = self._D.createVecLeft()  # sum_n grad(w_n) * grad(lambda_n), componentwise
+                gsum.zeroEntries()
                 gdim = self.state_space.mesh().geometric_dimension
-                G = np.zeros(gw.getLocalSize() // gdim)
         for n in range(self.steps, 0, -1):
             if n < self.steps:
                 self._B.multTranspose(lam_next, rhs)
@@ -321,23 +328,22 @@ class HeatModel(ParameterToObservable):
                 lam_sum.axpy(1.0, lam)
             elif self.parameter == "log_conductivity":
                 # -dt * int e^m psi grad(θ u_n + (1-θ) u_{n-1}) . grad(lambda_n)
-                self._trajectory[n].copy(wn)
-                wn.scale(self.theta)
-                wn.axpy(1.0 - self.theta, self._trajectory[n - 1])
+                wavg = self._theta_average(n, wn)
                 if self._grad_accumulate:
-                    self._D.mult(wn, gw)
+                    self._D.mult(wavg, gw)
                     self._D.mult(lam, gl)
-                    G += (gw.array_r * gl.array_r).reshape(-1, gdim).sum(axis=1)
+                    gprod.pointwiseMult(gw, gl)
+                    gsum.axpy(1.0, gprod)
                 else:
                     with self._w.dat.vec_wo as wv:
-                        wn.copy(wv)
+                        wavg.copy(wv)
                     with self._lam.dat.vec_wo as lv:
                         lam.copy(lv)
                     fd.assemble(self._dK_adj_form, tensor=tmp)
                     result.dat.data[:] -= self.dt * tmp.dat.data_ro
             lam, lam_next = lam_next, lam
         if self.parameter == "log_conductivity" and self._grad_accumulate:
-            self._G.dat.data[:] = G
+            self._G.dat.data[:] = gsum.array_r.reshape(-1, gdim).sum(axis=1)  # the dot product, once
             fd.assemble(self._dK_adj_accumulated, tensor=tmp)
             result.dat.data[:] -= self.dt * tmp.dat.data_ro
         # lam_next now holds lambda_1
