@@ -223,8 +223,11 @@ install_project() {
   stamp="$("$py" -c 'import sys; print(sys.prefix)')/.pdeinv-editable"
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
   log "installing pdeinv (editable) from $ROOT"
-  "$py" -m pip install -q --no-build-isolation --no-deps -e "$ROOT" \
-    || die "editable install of pdeinv failed"
+  local out
+  if ! out=$("$py" -m pip install -q --no-build-isolation --no-deps -e "$ROOT" 2>&1); then
+    printf '%s\n' "$out" >&2
+    die "editable install of pdeinv failed"
+  fi
   echo "$want" > "$stamp"
 }
 
