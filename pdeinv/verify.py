@@ -126,6 +126,10 @@ def taylor_test(
     return TaylorResult(eps, tuple(r0), tuple(r1), _rates(eps, r0), _rates(eps, r1))
 
 
+def _relative_difference(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(a), abs(b), 1e-300)
+
+
 @dataclass(frozen=True)
 class DotTestResult:
     """:math:`\\langle w, J\\,\\delta m\\rangle` vs :math:`\\langle J^T w, \\delta m\\rangle`."""
@@ -135,8 +139,7 @@ class DotTestResult:
 
     @property
     def relative_error(self) -> float:
-        scale = max(abs(self.forward), abs(self.adjoint), 1e-300)
-        return abs(self.forward - self.adjoint) / scale
+        return _relative_difference(self.forward, self.adjoint)
 
 
 def data_pairing(w, d) -> float:
@@ -163,8 +166,7 @@ class SymmetryResult:
 
     @property
     def relative_error(self) -> float:
-        scale = max(abs(self.a12), abs(self.a21), 1e-300)
-        return abs(self.a12 - self.a21) / scale
+        return _relative_difference(self.a12, self.a21)
 
 
 def symmetry_test(hessian_action, dm1, dm2) -> SymmetryResult:
