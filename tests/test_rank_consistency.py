@@ -20,6 +20,8 @@ POINTS = np.array([[0.2, 0.3], [0.5, 0.5], [0.7, 0.8], [0.4, 0.6], [0.85, 0.15]]
 REFERENCE = {
     "heat-initial_condition": (29.50420427098031, 241.74572156237224),
     "heat-log_conductivity": (11.928524557473292, 33.1500024797536),
+    "heat-source": (8.753442526459333, 5.2874458208215716),
+    "transport-source": (36.822088478189606, 222.30920525769264),
     "poisson": (1.9709536099888523, 21.571618938260716),
     "transport-log_absorption": (21.59415405031552, 110.92221278733258),
 }
@@ -32,7 +34,7 @@ def _model(name):
                          initial_condition=fd.Constant(0.5), source=1.0)
     if name.startswith("transport"):
         return TransportModel(mesh, directions=[[1, 0], [1, 1], [0, -1]], detectors=boundary_detectors(4),
-                              parameter="log_absorption")
+                              parameter=name.split("-")[1])
     return PoissonModel(mesh, observation_points=POINTS)
 
 
