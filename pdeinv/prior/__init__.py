@@ -1,0 +1,8 @@
+"""Regularizers and Gaussian priors (closed form, never taped)."""
+
+from pdeinv.prior.base import GaussianPrior, Regularizer
+from pdeinv.prior.bilaplacian import BiLaplacianPrior, bilaplacian_coefficients
+from pdeinv.prior.tikhonov import TikhonovH1, TikhonovL2
+
+__all__ = ["Regularizer", "GaussianPrior", "BiLaplacianPrior", "bilaplacian_coefficients", "TikhonovL2",
+           "TikhonovH1"]
