@@ -1,0 +1,62 @@
+r"""The inverse problem: data misfit plus regularization / prior.
+
+.. math::
+
+    \mathcal J(m) = \Phi(m) + R(m),\qquad
+    \mathcal J'(m) = J^T \partial_p\phi + R'(m),\qquad
+    H_{GN}\,\delta m = J^T W J\,\delta m + R''(m)\,\delta m .
+
+``misfit_only=True`` drops the prior part of the Hessian (what the Laplace approximation's
+generalized eigenproblem needs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["InverseProblem", "CostTerms"]
+
+
+@dataclass(frozen=True)
+class CostTerms:
+    """The cost and its parts at one point."""
+
+    total: float
+    misfit: float
+    regularization: float
+
+
+class InverseProblem:
+    """:math:`\\min_m \\Phi(m) + R(m)`.
+
+    Parameters
+    ----------
+    misfit : pdeinv.maps.Misfit
+    prior : pdeinv.prior.Regularizer
+        A regularizer or Gaussian prior on the same parameter space.
+    """
+
+    def __init__(self, misfit, prior):
+        if prior.space != misfit.parameter_space:
+            raise ValueError("InverseProblem: the prior and the misfit live on different parameter spaces")
+        self.misfit = misfit
+        self.prior = prior
+        self.parameter_space = misfit.parameter_space
+
+    def cost(self, m) -> CostTerms:
+        phi = self.misfit(m)
+        reg = self.prior(m)
+        return CostTerms(phi + reg, phi, reg)
+
+    def gradient(self, m):
+        """:math:`\\mathcal J'(m)` as a Cofunction."""
+        g = self.misfit.gradient(m)
+        g += self.prior.gradient(m)
+        return g
+
+    def hessian_action(self, m, dm, *, misfit_only: bool = False):
+        """Gauss–Newton Hessian action :math:`(J^T W J + R'')\\,\\delta m` (a Cofunction)."""
+        h = self.misfit.gauss_newton_action(m, dm)
+        if not misfit_only:
+            h += self.prior.hessian_action(m, dm)
+        return h
