@@ -125,6 +125,16 @@ def conjugate_gradient(apply_h: Callable, b, precondition: Callable, *, rtol: fl
     return CGResult(p, max_iterations, "iteration limit", math.sqrt(max(rz, 0.0)))
 
 
+def safe_cost(problem, m):
+    """Cost terms at a trial point, or None where the forward model cannot be solved there (e.g. a
+    factorisation breaks down for an extreme coefficient): the line search then shortens the step."""
+    try:
+        cost = problem.cost(m)
+    except (RuntimeError, ArithmeticError, FloatingPointError):
+        return None
+    return cost if math.isfinite(cost.total) else None
+
+
 def _default_preconditioner(prior):
     from pdeinv.prior.base import GaussianPrior
 
@@ -187,8 +197,8 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         alpha, trial = 1.0, fd.Function(problem.parameter_space)
         for _ in range(opts.max_backtracks + 1):
             trial.assign(m + alpha * step)
-            new_cost = problem.cost(trial)
-            if new_cost.total <= cost.total + opts.armijo_c1 * alpha * slope:
+            new_cost = safe_cost(problem, trial)
+            if new_cost is not None and new_cost.total <= cost.total + opts.armijo_c1 * alpha * slope:
                 break
             alpha *= 0.5
         else:

@@ -1,0 +1,109 @@
+"""Gauss-Newton-CG against L-BFGS, and Newton's mesh independence.  Prints one JSON object.
+
+    .venv/bin/python benchmarks/optimizers.py --model poisson|heat [--n 32] [--lbfgs-cap 1000]
+
+PDE solves are the forward map's linear solves (a forward, tangent or adjoint solve each count one).
+L-BFGS runs until its cost is within 1e-6 (relative) of Newton's final cost, or its iteration cap,
+in two variants: with the L2 inner product (``lbfgs_*``: the usual function-space L-BFGS) and with
+the prior covariance as initial inverse Hessian (``lbfgs_prior_*``: the strongest L-BFGS we have).
+``solve_ratio`` = lbfgs_pde_solves / newton_pde_solves.  ``mesh_study``: Newton on 16^2, 32^2, 64^2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+
+import petsc4py
+
+petsc4py.init(sys.argv[:1])  # our options are not PETSc's
+warnings.filterwarnings("ignore", message="Calling petsctools.init but PETSc has already")
+
+import firedrake as fd  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pdeinv.forward.heat import HeatModel  # noqa: E402
+from pdeinv.forward.poisson import PoissonModel  # noqa: E402
+from pdeinv.maps import Misfit  # noqa: E402
+from pdeinv.noise import GaussianNoise  # noqa: E402
+from pdeinv.optimize import LBFGSOptions, NewtonCGOptions, lbfgs, newton_cg  # noqa: E402
+from pdeinv.prior import BiLaplacianPrior  # noqa: E402
+from pdeinv.problem import InverseProblem  # noqa: E402
+
+
+def build(model_name, n):
+    rng = np.random.default_rng(0)
+    mesh = fd.UnitSquareMesh(n, n)
+    x, y = fd.SpatialCoordinate(mesh)
+    if model_name == "poisson":
+        pts = np.c_[0.05 + 0.9 * rng.random(50), 0.05 + 0.9 * rng.random(50)]
+        model = PoissonModel(mesh, observation_points=pts)
+        truth = np.log(2.0) * fd.sin(2 * fd.pi * x) * fd.cos(fd.pi * y) + 0.5 * x
+        prior = BiLaplacianPrior(model.parameter_space, gamma=0.1, delta=0.5)
+    else:
+        pts = 0.1 + 0.8 * rng.random((30, 2))
+        model = HeatModel(mesh, parameter="initial_condition", end_time=0.05, steps=50, observation_points=pts,
+                          observation_times=[0.01, 0.02, 0.03, 0.04, 0.05])
+        truth = fd.exp(-30 * ((x - 0.4) ** 2 + (y - 0.6) ** 2))
+        prior = BiLaplacianPrior.from_correlation(model.parameter_space, correlation_length=0.25, variance=0.5)
+    m_true = fd.Function(model.parameter_space).interpolate(truth)
+    clean = model(m_true)
+    noise = GaussianNoise.relative(model.observation, clean, 0.01)
+    data = noise.sample(clean, seed=1)
+    return InverseProblem(Misfit(model, noise, data), prior), model, prior
+
+
+def solves(model):
+    return model.counts["linear_solves"]
+
+
+def run_newton(model_name, n):
+    problem, model, prior = build(model_name, n)
+    s0 = solves(model)
+    t0 = time.perf_counter()
+    res = newton_cg(problem, prior.mean, options=NewtonCGOptions(quiet=True))
+    return res, solves(model) - s0, time.perf_counter() - t0, problem, model, prior
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["poisson", "heat"], required=True)
+    p.add_argument("--n", type=int, default=32)
+    p.add_argument("--lbfgs-cap", type=int, default=1000)
+    p.add_argument("--no-mesh-study", action="store_true")
+    args = p.parse_args()
+
+    res, newton_solves, newton_time, problem, model, prior = run_newton(args.model, args.n)
+    out = {"model": args.model, "n": args.n, "dofs": model.state_space.dim(),
+           "parameter_dofs": model.parameter_space.dim(), "ranks": fd.COMM_WORLD.size,
+           "newton_iterations": res.iterations, "cg_iterations": res.cg_iterations,
+           "newton_pde_solves": newton_solves, "newton_time_s": newton_time, "newton_cost": res.cost.total,
+           "newton_converged": res.converged}
+    target = res.cost.total + 1e-6 * abs(res.cost.total)
+    for key, precond in (("lbfgs", lambda c: c.riesz_representation("L2")), ("lbfgs_prior", None)):
+        s0 = solves(model)
+        t0 = time.perf_counter()
+        rl = lbfgs(problem, prior.mean, preconditioner=precond,
+                   options=LBFGSOptions(quiet=True, target_cost=target, max_iterations=args.lbfgs_cap))
+        out[f"{key}_iterations"] = rl.iterations
+        out[f"{key}_pde_solves"] = solves(model) - s0
+        out[f"{key}_reached_target"] = rl.reason == "target cost reached"
+        out[f"{key}_time_s"] = time.perf_counter() - t0
+    out["solve_ratio"] = out["lbfgs_pde_solves"] / newton_solves
+    out["solve_ratio_prior_lbfgs"] = out["lbfgs_prior_pde_solves"] / newton_solves
+    if not args.no_mesh_study:
+        study = []
+        for n in (16, 32, 64):
+            r, _, t, _, mdl, _ = run_newton(args.model, n)
+            study.append({"n": n, "dofs": mdl.state_space.dim(), "newton_iterations": r.iterations,
+                          "cg_iterations": r.cg_iterations, "time_s": t})
+        out["mesh_study"] = study
+    if fd.COMM_WORLD.rank == 0:
+        print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
