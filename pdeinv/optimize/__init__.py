@@ -4,4 +4,5 @@ from pdeinv.optimize.lbfgs import LBFGSOptions, lbfgs
 from pdeinv.optimize.newton_cg import CGResult, NewtonCGOptions, conjugate_gradient, newton_cg
 from pdeinv.optimize.result import OptimizationResult
 
-__all__ = ["lbfgs", "LBFGSOptions", "newton_cg", "NewtonCGOptions", "conjugate_gradient", "CGResult", "OptimizationResult"]
+__all__ = ["lbfgs", "LBFGSOptions", "newton_cg", "NewtonCGOptions", "conjugate_gradient", "CGResult",
+           "OptimizationResult"]
