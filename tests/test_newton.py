@@ -102,3 +102,36 @@ def test_options_are_validated():
         NewtonCGOptions(armijo_c1=2.0)
     with pytest.raises(ValueError, match="forcing"):
         NewtonCGOptions(forcing=1.5)
+
+
+@pytest.mark.parametrize("options", [
+    NewtonCGOptions(quiet=True, globalization="trust_region", initial_radius=1.0),
+    NewtonCGOptions(quiet=True, levenberg_marquardt=1.0),
+], ids=["steihaug-trust-region", "levenberg-marquardt"])
+def test_globalizations_reach_the_same_map(options):
+    problem, prior = poisson_problem(16)
+    ref = newton_cg(problem, prior.mean, options=NewtonCGOptions(quiet=True, gradient_rtol=1e-8))
+    res = newton_cg(problem, prior.mean, options=options)
+    assert res.converged, res.reason
+    assert abs(res.cost.total - ref.cost.total) <= 1e-7 * ref.cost.total
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_steihaug_step_stays_on_the_trust_region_boundary():
+    from pdeinv.optimize import conjugate_gradient
+    from pdeinv.verify import dual_pairing
+
+    problem, prior = poisson_problem(16)
+    m = prior.mean
+    g = problem.gradient(m)
+    g *= -1.0
+    for radius in (1e-3, 1e-1):
+        cg = conjugate_gradient(lambda d: problem.hessian_action(m, d), g, prior.covariance_action, rtol=1e-10,
+                                max_iterations=200, space=problem.parameter_space, radius=radius)
+        assert cg.on_boundary
+        norm = dual_pairing(prior.precision_action(cg.solution), cg.solution) ** 0.5  # ||p||_{C^-1}
+        assert abs(norm - radius) <= 1e-8 * radius
+        # the model decrease it reports is the quadratic model's
+        hp = problem.hessian_action(m, cg.solution)
+        q = -dual_pairing(g, cg.solution) + 0.5 * dual_pairing(hp, cg.solution)
+        assert abs(cg.model_decrease + q) <= 1e-8 * abs(q)

@@ -38,7 +38,7 @@ __all__ = ["NewtonCGOptions", "newton_cg", "conjugate_gradient", "CGResult"]
 
 @dataclass(frozen=True)
 class NewtonCGOptions:
-    """Options of :func:`newton_cg` (all keyword-only in use).
+    r"""Options of :func:`newton_cg` (all keyword-only in use).
 
     Attributes
     ----------
@@ -54,6 +54,15 @@ class NewtonCGOptions:
     max_cg_iterations : int
     armijo_c1 : float
     max_backtracks : int
+    globalization : {"line_search", "trust_region"}
+        Armijo backtracking on the Newton step, or a Steihaug trust region in the
+        :math:`P^{-1}`-norm (radius halved/doubled by the ratio of actual to predicted decrease).
+    initial_radius : float or None
+        First trust-region radius; ``None``: the first step is unconstrained and sets it.
+    levenberg_marquardt : float
+        Initial damping :math:`\mu_0 \ge 0`: the Hessian becomes :math:`H + \mu R''` (damping in
+        the regularization's metric), :math:`\mu` divided by 3 after a full step, doubled after a
+        shortened one.  0 (default) is plain Gauss–Newton.
     quiet : bool
         No progress output.
     """
@@ -67,9 +76,17 @@ class NewtonCGOptions:
     max_cg_iterations: int = 200
     armijo_c1: float = 1e-4
     max_backtracks: int = 15
+    globalization: str = "line_search"
+    initial_radius: float | None = None
+    levenberg_marquardt: float = 0.0
     quiet: bool = False
 
     def __post_init__(self):
+        if self.globalization not in ("line_search", "trust_region"):
+            raise ValueError(f"NewtonCGOptions: globalization must be 'line_search' or 'trust_region', "
+                             f"got {self.globalization!r}")
+        if self.levenberg_marquardt < 0 or (self.initial_radius is not None and self.initial_radius <= 0):
+            raise ValueError("NewtonCGOptions: levenberg_marquardt must be >= 0 and initial_radius > 0")
         if self.max_iterations < 0 or self.max_cg_iterations < 1:
             raise ValueError("NewtonCGOptions: iteration limits must be positive")
         if not (0 < self.armijo_c1 < 1):
@@ -80,20 +97,37 @@ class NewtonCGOptions:
 
 @dataclass(frozen=True)
 class CGResult:
-    """Approximate solution of :math:`H p = b` and how CG ended."""
+    r"""Approximate solution of :math:`H p = b` and how CG ended.
+
+    ``model_decrease`` is :math:`-(\langle -b, p\rangle + \tfrac12\langle Hp, p\rangle)`, the decrease
+    of the quadratic model (for trust-region ratios); ``on_boundary`` tells whether a trust-region
+    radius stopped the iteration.
+    """
 
     solution: object
     iterations: int
     reason: str
     residual_norm: float
+    model_decrease: float = float("nan")
+    on_boundary: bool = False
+    step_norm: float = float("nan")
+
+
+def _to_boundary(pp, pd, dd, radius):
+    """tau >= 0 with ||p + tau d||_M = radius, from <p,Mp>, <p,Md>, <d,Md>."""
+    disc = max(pd * pd + dd * (radius * radius - pp), 0.0)
+    return (-pd + math.sqrt(disc)) / dd
 
 
 def conjugate_gradient(apply_h: Callable, b, precondition: Callable, *, rtol: float, max_iterations: int,
-                       space) -> CGResult:
-    """Preconditioned CG for :math:`H p = b` with :math:`H` symmetric positive (semi-)definite.
+                       space, radius: float | None = None) -> CGResult:
+    r"""Preconditioned CG for :math:`H p = b` (Steihaug's truncated CG when ``radius`` is given).
 
     ``apply_h(d) -> Cofunction``, ``b`` a Cofunction, ``precondition(r) -> Function``.  Stops when
-    :math:`\\|r\\|_P \\le \\text{rtol}\\,\\|b\\|_P` or at non-positive curvature.
+    :math:`\|r\|_P \le \text{rtol}\,\|b\|_P`, at non-positive curvature, or — with a trust region
+    :math:`\|p\|_{P^{-1}} \le \Delta` — on its boundary.  The :math:`P^{-1}`-norms of the iterates
+    come from the CG recurrences (Steihaug 1983; Conn, Gould & Toint 2000, §7.5), so :math:`P^{-1}`
+    is never applied.
     """
     import firedrake as fd
 
@@ -103,26 +137,49 @@ def conjugate_gradient(apply_h: Callable, b, precondition: Callable, *, rtol: fl
     rz = dual_pairing(r, z)
     b_norm = math.sqrt(max(rz, 0.0))
     if b_norm == 0.0:
-        return CGResult(p, 0, "zero right-hand side", 0.0)
+        return CGResult(p, 0, "zero right-hand side", 0.0, 0.0)
     tol = rtol * b_norm
     d = z.copy(deepcopy=True)
+    pp, pd, dd = 0.0, 0.0, rz  # <p, M p>, <p, M d>, <d, M d> with M = P^{-1}
+
+    def result(i, reason, boundary=False):
+        # q(p) = <-b, p> + 1/2 <H p, p> = -1/2 (<b, p> + <r, p>) since H p = b - r
+        decrease = 0.5 * (dual_pairing(b, p) + dual_pairing(r, p))
+        return CGResult(p, i, reason, math.sqrt(max(dual_pairing(r, precondition(r)), 0.0)) if boundary
+                        else math.sqrt(max(rz, 0.0)), decrease, boundary,
+                        radius if boundary else math.sqrt(max(pp, 0.0)))
+
     for i in range(max_iterations):
         hd = apply_h(d)
         dhd = dual_pairing(hd, d)
         if dhd <= 0.0:
+            if radius is not None:
+                tau = _to_boundary(pp, pd, dd, radius)
+                p.assign(p + tau * d)
+                r.assign(r - tau * hd)
+                return result(i + 1, "negative curvature", boundary=True)
             if i == 0:
                 p.assign(d)  # preconditioned steepest descent
-            return CGResult(p, i + 1, "negative curvature", math.sqrt(max(rz, 0.0)))
+            return result(i + 1, "negative curvature")
         alpha = rz / dhd
+        if radius is not None and pp + 2 * alpha * pd + alpha * alpha * dd >= radius * radius:
+            tau = _to_boundary(pp, pd, dd, radius)
+            p.assign(p + tau * d)
+            r.assign(r - tau * hd)
+            return result(i + 1, "trust-region boundary", boundary=True)
         p.assign(p + alpha * d)
         r.assign(r - alpha * hd)
+        pp, pd = pp + 2 * alpha * pd + alpha * alpha * dd, pd + alpha * dd
         z = precondition(r)
         rz_new = dual_pairing(r, z)
         if math.sqrt(max(rz_new, 0.0)) <= tol:
-            return CGResult(p, i + 1, "converged", math.sqrt(max(rz_new, 0.0)))
-        d.assign(z + (rz_new / rz) * d)
+            rz = rz_new
+            return result(i + 1, "converged")
+        beta = rz_new / rz
+        d.assign(z + beta * d)
+        pd, dd = beta * pd, rz_new + beta * beta * dd
         rz = rz_new
-    return CGResult(p, max_iterations, "iteration limit", math.sqrt(max(rz, 0.0)))
+    return result(max_iterations, "iteration limit")
 
 
 def safe_cost(problem, m):
@@ -176,6 +233,7 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
     g = problem.gradient(m)
     gnorm0 = gnorm = math.sqrt(max(dual_pairing(g, P(g)), 0.0))
     history, total_cg = [], 0
+    mu, radius = opts.levenberg_marquardt, opts.initial_radius
     log.info(f"{'it':>3} {'cost':>13} {'misfit':>13} {'reg':>11} {'||g||':>10} {'cg':>4} {'step':>7} {'eta':>7}")
     log.info(f"{0:3d} {cost.total:13.6e} {cost.misfit:13.6e} {cost.regularization:11.4e} {gnorm:10.3e}")
     reason, converged, k = "iteration limit", False, 0
@@ -186,24 +244,57 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         eta = opts.forcing if opts.forcing is not None else min(opts.max_forcing, math.sqrt(gnorm / gnorm0))
         minus_g = g.copy(deepcopy=True)
         minus_g *= -1.0
-        cg = conjugate_gradient(lambda d: problem.hessian_action(m, d), minus_g, P, rtol=eta,
-                                max_iterations=opts.max_cg_iterations, space=problem.parameter_space)
+
+        def apply_h(d, m=m, mu=mu):
+            h = problem.hessian_action(m, d)
+            if mu > 0:
+                h.dat.data[:] += mu * problem.prior.hessian_action(m, d).dat.data_ro
+            return h
+
+        trust = opts.globalization == "trust_region"
+        cg = conjugate_gradient(apply_h, minus_g, P, rtol=eta, max_iterations=opts.max_cg_iterations,
+                                space=problem.parameter_space, radius=radius if trust else None)
         total_cg += cg.iterations
         step = cg.solution
-        slope = dual_pairing(g, step)
-        if slope >= 0:  # not a descent direction (should not happen with an SPD Hessian)
-            step = P(minus_g)
-            slope = dual_pairing(g, step)
-        alpha, trial = 1.0, fd.Function(problem.parameter_space)
-        for _ in range(opts.max_backtracks + 1):
-            trial.assign(m + alpha * step)
+        if trust:
+            trial = fd.Function(problem.parameter_space).assign(m + step)
             new_cost = safe_cost(problem, trial)
-            if new_cost is not None and new_cost.total <= cost.total + opts.armijo_c1 * alpha * slope:
-                break
-            alpha *= 0.5
+            actual = -math.inf if new_cost is None else cost.total - new_cost.total
+            rho = actual / cg.model_decrease if cg.model_decrease > 0 else -math.inf
+            if rho < 0.25:
+                radius = 0.25 * cg.step_norm
+            elif rho > 0.75 and (cg.on_boundary or radius is None):
+                radius = 2.0 * cg.step_norm if radius is None else 2.0 * radius
+            elif radius is None:
+                radius = cg.step_norm
+            alpha = 1.0
+            if rho <= 1e-4:  # rejected: same point, smaller region
+                log.info(f"{k:3d} step rejected (rho = {rho:.2e}), radius -> {radius:.3e}")
+                if radius < 1e-14:
+                    reason = "trust region collapsed"
+                    break
+                history.append({"iteration": k, "cost": cost.total, "misfit": cost.misfit,
+                                "regularization": cost.regularization, "gradient_norm": gnorm,
+                                "cg_iterations": cg.iterations, "cg_reason": cg.reason, "step_length": 0.0,
+                                "forcing": eta, "radius": radius})
+                continue
         else:
-            reason = "line search failed"
-            break
+            slope = dual_pairing(g, step)
+            if slope >= 0:  # not a descent direction (should not happen with an SPD Hessian)
+                step = P(minus_g)
+                slope = dual_pairing(g, step)
+            alpha, trial = 1.0, fd.Function(problem.parameter_space)
+            for _ in range(opts.max_backtracks + 1):
+                trial.assign(m + alpha * step)
+                new_cost = safe_cost(problem, trial)
+                if new_cost is not None and new_cost.total <= cost.total + opts.armijo_c1 * alpha * slope:
+                    break
+                alpha *= 0.5
+            else:
+                reason = "line search failed"
+                break
+            if mu > 0:
+                mu = mu / 3.0 if alpha == 1.0 else 2.0 * mu
         decrease = cost.total - new_cost.total
         m.assign(trial)
         cost = new_cost
@@ -212,6 +303,10 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         entry = {"iteration": k, "cost": cost.total, "misfit": cost.misfit, "regularization": cost.regularization,
                  "gradient_norm": gnorm, "cg_iterations": cg.iterations, "cg_reason": cg.reason,
                  "step_length": alpha, "forcing": eta}
+        if opts.globalization == "trust_region":
+            entry["radius"] = radius
+        if mu > 0:
+            entry["damping"] = mu
         history.append(entry)
         log.info(f"{k:3d} {cost.total:13.6e} {cost.misfit:13.6e} {cost.regularization:11.4e} {gnorm:10.3e} "
                  f"{cg.iterations:4d} {alpha:7.4f} {eta:7.1e}")
