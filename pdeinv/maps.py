@@ -99,6 +99,24 @@ class ParameterToObservable(ABC):
     @abstractmethod
     def _vjp(self, w): ...
 
+    def second_order_vjp(self, m, w, dm):
+        r""":math:`\langle w, F''(m)[\delta m, \cdot]\rangle` as a Cofunction on :math:`V_m^*`: the term
+        that full Newton adds to the Gauss–Newton Hessian.  Zero for maps linear in :math:`m`."""
+        check_function(m, self.parameter_space, "m")
+        check_function(dm, self.parameter_space, "dm")
+        check_function(w, self.data_space, "w", dual=True)
+        self._linearise(m)
+        self.counts["second_order"] += 1
+        return self._second_order_vjp(w, dm)
+
+    def _second_order_vjp(self, w, dm):
+        if getattr(self, "is_linear", False):
+            import firedrake as fd
+
+            return fd.Cofunction(self.parameter_space.dual())
+        raise NotImplementedError(f"{type(self).__name__}: second derivatives (full Newton) are not implemented "
+                                  "for this parameter; use the Gauss-Newton Hessian")
+
     def _linearise(self, m) -> None:
         if self._point is not None and _same_values(self._point, m):
             return
@@ -161,3 +179,13 @@ class Misfit:
         pred = self.map(m)
         jdm = self.map.jvp(m, dm)
         return self.map.vjp(m, self.noise.gauss_newton_weight(pred, self.data, jdm))
+
+    def hessian_action(self, m, dm):
+        """Full Hessian :math:`J^T \\phi'' J\\,\\delta m + \\langle\\phi', F''(m)[\\delta m,\\cdot]\\rangle`
+        (for full Newton; may be indefinite away from the minimum)."""
+        pred = self.map(m)
+        jdm = self.map.jvp(m, dm)
+        h = self.map.vjp(m, self.noise.misfit_hessian(pred, self.data, jdm))
+        extra = self.map.second_order_vjp(m, self.noise.gradient(pred, self.data), dm)
+        h.dat.data[:] += extra.dat.data_ro
+        return h

@@ -89,6 +89,11 @@ class NoiseModel(ABC):
     @abstractmethod
     def _draw(self, pred: np.ndarray, rng: np.random.Generator) -> np.ndarray: ...
 
+    def misfit_hessian(self, pred, data, dpred):
+        r"""Exact :math:`\partial^2\Phi/\partial p^2\,\delta p` (for full Newton); equal to the
+        Gauss–Newton weight except for the Poisson model, whose GN weight is the Fisher information."""
+        return self.gauss_newton_weight(pred, data, dpred)
+
     def sample(self, pred, *, seed: int, name: str = "data"):
         """Synthetic data: one draw from the noise law around ``pred`` (same on any number of ranks)."""
         self._check(pred, "pred")
@@ -262,6 +267,10 @@ class PoissonNoise(NoiseModel):
     def gauss_newton_weight(self, pred, data, dpred):
         lam = self._lam(pred)
         return self._cofunction(self.intensity**2 / lam * self._check(dpred, "dpred"))
+
+    def misfit_hessian(self, pred, data, dpred):
+        lam, d = self._lam(pred), self._counts(data)
+        return self._cofunction(self.intensity**2 * d / lam**2 * self._check(dpred, "dpred"))
 
     def _draw(self, pred, rng):
         if np.min(pred) <= 0:

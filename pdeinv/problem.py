@@ -54,9 +54,10 @@ class InverseProblem:
         g += self.prior.gradient(m)
         return g
 
-    def hessian_action(self, m, dm, *, misfit_only: bool = False):
-        """Gauss–Newton Hessian action :math:`(J^T W J + R'')\\,\\delta m` (a Cofunction)."""
-        h = self.misfit.gauss_newton_action(m, dm)
+    def hessian_action(self, m, dm, *, misfit_only: bool = False, gauss_newton: bool = True):
+        """Hessian action :math:`(J^T W J + R'')\\,\\delta m` (a Cofunction); ``gauss_newton=False``
+        adds the second-order term of the map (full Newton)."""
+        h = self.misfit.gauss_newton_action(m, dm) if gauss_newton else self.misfit.hessian_action(m, dm)
         if not misfit_only:
             h += self.prior.hessian_action(m, dm)
         return h

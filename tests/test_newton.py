@@ -135,3 +135,47 @@ def test_steihaug_step_stays_on_the_trust_region_boundary():
         hp = problem.hessian_action(m, cg.solution)
         q = -dual_pairing(g, cg.solution) + 0.5 * dual_pairing(hp, cg.solution)
         assert abs(cg.model_decrease + q) <= 1e-8 * abs(q)
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_full_hessian_is_the_derivative_of_the_gradient():
+    """Poisson: the full Hessian (with the second-order term) passes a gradient Taylor test at rate 2;
+    the Gauss-Newton Hessian does not (rate 1 away from a zero residual) — so the test can fail."""
+    from pdeinv.verify import dual_pairing, symmetry_test
+
+    problem, _ = poisson_problem(12)
+    V = problem.parameter_space
+    x, y = fd.SpatialCoordinate(V.mesh())
+    m = fd.Function(V).interpolate(0.3 * fd.sin(3 * x) * y)
+    h = fd.Function(V).interpolate(fd.cos(2 * x) + y)
+    k = fd.Function(V).interpolate(x * y - 0.2)
+    g0 = dual_pairing(problem.gradient(m), k)
+
+    def rates(gauss_newton):
+        Hh = dual_pairing(problem.hessian_action(m, h, gauss_newton=gauss_newton), k)
+        rem = []
+        for e in (1e-2, 5e-3, 2.5e-3):
+            rem.append(abs(dual_pairing(problem.gradient(fd.Function(V).assign(m + e * h)), k) - g0 - e * Hh))
+        return [np.log2(a / b) for a, b in zip(rem, rem[1:], strict=False)]
+
+    assert min(rates(False)) > 1.9
+    assert max(rates(True)) < 1.3
+    sym = symmetry_test(lambda d: problem.hessian_action(m, d, gauss_newton=False), h, k)
+    assert sym.relative_error < 1e-10
+
+
+def test_full_newton_after_gauss_newton_steps():
+    problem, prior = poisson_problem(16)
+    ref = newton_cg(problem, prior.mean, options=NewtonCGOptions(quiet=True, gradient_rtol=1e-8))
+    res = newton_cg(problem, prior.mean, options=NewtonCGOptions(quiet=True, gradient_rtol=1e-8, full_newton_after=3))
+    assert res.converged
+    assert abs(res.cost.total - ref.cost.total) <= 1e-9 * ref.cost.total
+    assert res.counts["second_order"] > 0
+
+
+def test_full_newton_not_available_is_a_clear_error():
+    mesh = fd.UnitSquareMesh(4, 4)
+    model = HeatModel(mesh, parameter="log_conductivity", end_time=0.1, steps=2, observation_points=OBS)
+    V = model.parameter_space
+    with pytest.raises(NotImplementedError, match="use the Gauss-Newton Hessian"):
+        model.second_order_vjp(fd.Function(V), fd.Cofunction(model.data_space.dual()), fd.Function(V))

@@ -122,6 +122,7 @@ class HeatModel(ParameterToObservable):
         observation = PointObservation(V, observation_points, channels=len(self.obs_steps))
         super().__init__(Vm, observation)
         self._channel_of_step = {n: k for k, n in enumerate(self.obs_steps)}
+        self.is_linear = parameter != "log_conductivity"  # F'' = 0: full Newton = Gauss-Newton
 
         # --- forms ---------------------------------------------------------------------------------
         u, v = fd.TrialFunction(V), fd.TestFunction(V)

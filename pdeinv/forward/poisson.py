@@ -11,7 +11,10 @@ Derivatives (discrete, exact)
 
     - tangent: :math:`A\,\delta u = -K'[\delta m]\,u`, :math:`J\delta m = B\,\delta u`;
     - adjoint: :math:`A^T\lambda = B^T w`, :math:`J^T w = -\int e^m\,\psi\,\nabla u\cdot\nabla\lambda\,dx`
-      for :math:`\psi \in V_m`.
+      for :math:`\psi \in V_m`;
+    - second order (full Newton): with :math:`\hat u` the tangent and :math:`A^T\hat\lambda = -K'[\delta m]^T\lambda`,
+      :math:`\langle w, F''[\delta m,\psi]\rangle = -\int e^m\psi\,(\delta m\,\nabla u\cdot\nabla\lambda
+      + \nabla\hat u\cdot\nabla\lambda + \nabla u\cdot\nabla\hat\lambda)\,dx`.
 
     :math:`A` is assembled and factorised once per new :math:`m` and reused by both (it is
     symmetric, so the adjoint solve is the same solve).
@@ -83,6 +86,14 @@ class PoissonModel(ParameterToObservable):
         self._dK_u = fd.exp(self._m) * self._dm * fd.inner(fd.grad(self._u), fd.grad(v)) * fd.dx
         self._dK_adj = fd.exp(self._m) * psi * fd.inner(fd.grad(self._u), fd.grad(self._lam)) * fd.dx
         self._rhs = fd.Cofunction(V.dual())
+        # second order: uhat (tangent), lhat (second-order adjoint)
+        self._uhat = fd.Function(V)
+        self._lhat = fd.Function(V)
+        self._dK_lam = -fd.exp(self._m) * self._dm * fd.inner(fd.grad(v), fd.grad(self._lam)) * fd.dx
+        self._second = -fd.exp(self._m) * psi * (
+            self._dm * fd.inner(fd.grad(self._u), fd.grad(self._lam))
+            + fd.inner(fd.grad(self._uhat), fd.grad(self._lam))
+            + fd.inner(fd.grad(self._u), fd.grad(self._lhat))) * fd.dx
 
     def _counts(self):
         self.counts["linear_solves"] = self._A.solves
@@ -126,5 +137,20 @@ class PoissonModel(ParameterToObservable):
         with self._rhs.dat.vec as rhs, self._lam.dat.vec_wo as lam:
             self._A.solve_transpose(rhs, lam)
         out = fd.assemble(-self._dK_adj)
+        self._counts()
+        return out
+
+    def _second_order_vjp(self, w, dm):
+        import firedrake as fd
+
+        self._vjp(w)  # lambda for this w
+        self._dm.assign(dm)
+        fd.assemble(-self._dK_u, tensor=self._rhs)  # tangent: A uhat = -K'[dm] u
+        with self._rhs.dat.vec as rhs, self._uhat.dat.vec_wo as x:
+            self._A.solve_homogeneous(rhs, x)
+        fd.assemble(self._dK_lam, tensor=self._rhs)  # A^T lhat = -K'[dm]^T lambda
+        with self._rhs.dat.vec as rhs, self._lhat.dat.vec_wo as x:
+            self._A.solve_transpose(rhs, x)
+        out = fd.assemble(self._second)
         self._counts()
         return out

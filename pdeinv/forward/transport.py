@@ -141,6 +141,7 @@ class TransportModel(ParameterToObservable):
             mask = None  # PointObservation reports the shape error
         observation = PointObservation(V, detectors, channels=len(self.directions), mask=mask)
         super().__init__(Vm, observation)
+        self.is_linear = parameter == "source"  # F'' = 0: full Newton = Gauss-Newton
 
         self._m = fd.Function(Vm, name="m")
         mu = fd.exp(self._m) if parameter == "log_absorption" else absorption

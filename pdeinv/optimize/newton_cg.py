@@ -1,4 +1,5 @@
-r"""Inexact Gauss–Newton–CG with prior preconditioning, Eisenstat–Walker forcing and Armijo backtracking.
+r"""Inexact (Gauss–)Newton–CG with prior preconditioning, Eisenstat–Walker forcing, and Armijo
+backtracking or a Steihaug trust region; optional Levenberg–Marquardt damping and full Newton.
 
 At iterate :math:`m_k` with gradient :math:`g_k` (a Cofunction) the step solves
 
@@ -59,6 +60,10 @@ class NewtonCGOptions:
         :math:`P^{-1}`-norm (radius halved/doubled by the ratio of actual to predicted decrease).
     initial_radius : float or None
         First trust-region radius; ``None``: the first step is unconstrained and sets it.
+    full_newton_after : int or None
+        Use the full Hessian (with the map's second-order term) from this Newton iteration on;
+        ``None`` (default): Gauss–Newton throughout.  Negative curvature then ends CG early (the
+        step so far is used), as it should.
     levenberg_marquardt : float
         Initial damping :math:`\mu_0 \ge 0`: the Hessian becomes :math:`H + \mu R''` (damping in
         the regularization's metric), :math:`\mu` divided by 3 after a full step, doubled after a
@@ -79,6 +84,7 @@ class NewtonCGOptions:
     globalization: str = "line_search"
     initial_radius: float | None = None
     levenberg_marquardt: float = 0.0
+    full_newton_after: int | None = None
     quiet: bool = False
 
     def __post_init__(self):
@@ -245,8 +251,10 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         minus_g = g.copy(deepcopy=True)
         minus_g *= -1.0
 
-        def apply_h(d, m=m, mu=mu):
-            h = problem.hessian_action(m, d)
+        gauss_newton = opts.full_newton_after is None or k <= opts.full_newton_after
+
+        def apply_h(d, m=m, mu=mu, gauss_newton=gauss_newton):
+            h = problem.hessian_action(m, d, gauss_newton=gauss_newton)
             if mu > 0:
                 h.dat.data[:] += mu * problem.prior.hessian_action(m, d).dat.data_ro
             return h
