@@ -43,6 +43,10 @@ class InverseProblem:
         self.prior = prior
         self.parameter_space = misfit.parameter_space
 
+    def __call__(self, m) -> float:
+        """:math:`\\mathcal J(m)` (so a problem with a smooth regularizer can be the smooth part of FISTA)."""
+        return self.cost(m).total
+
     def cost(self, m) -> CostTerms:
         phi = self.misfit(m)
         reg = self.prior(m)

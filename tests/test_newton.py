@@ -107,7 +107,8 @@ def test_options_are_validated():
 @pytest.mark.parametrize("options", [
     NewtonCGOptions(quiet=True, globalization="trust_region", initial_radius=1.0),
     NewtonCGOptions(quiet=True, levenberg_marquardt=1.0),
-], ids=["steihaug-trust-region", "levenberg-marquardt"])
+    NewtonCGOptions(quiet=True, forcing_rule="eisenstat_walker"),
+], ids=["steihaug-trust-region", "levenberg-marquardt", "eisenstat-walker-choice-1"])
 def test_globalizations_reach_the_same_map(options):
     problem, prior = poisson_problem(16)
     ref = newton_cg(problem, prior.mean, options=NewtonCGOptions(quiet=True, gradient_rtol=1e-8))

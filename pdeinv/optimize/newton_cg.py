@@ -50,7 +50,15 @@ class NewtonCGOptions:
     stagnation_rtol : float
         Stop when the cost decreases by less than this fraction in one iteration.
     forcing : float or None
-        Constant CG relative tolerance; ``None`` for Eisenstat–Walker (:math:`\\eta_{\\max}` = ``max_forcing``).
+        Constant CG relative tolerance; ``None`` for an adaptive rule (``forcing_rule``).
+    forcing_rule : {"eisenstat_walker", "sqrt"}
+        ``"eisenstat_walker"`` (choice 1 of Eisenstat & Walker 1996, with their safeguard):
+        :math:`\\eta_k = |\\,\\|g_k\\| - \\|g_{k-1} + H_{k-1}p_{k-1}\\|\\,| / \\|g_{k-1}\\|`, which measures
+        how well the quadratic model predicted the new gradient — tight where the problem is nearly
+        linear (a linear problem converges in two steps), loose where it is not.  ``"sqrt"``:
+        :math:`\\eta_k = \\sqrt{\\|g_k\\|/\\|g_0\\|}` (hIPPYlib's choice; the default: on the Poisson
+        benchmark both need ~85 CG iterations, on the linear heat problem choice 1 needs 4 Newton but
+        ~160 CG iterations against 6 and ~110 for "sqrt").
     max_forcing : float
     max_cg_iterations : int
     armijo_c1 : float
@@ -77,6 +85,7 @@ class NewtonCGOptions:
     gradient_atol: float = 1e-14
     stagnation_rtol: float = 1e-12
     forcing: float | None = None
+    forcing_rule: str = "sqrt"
     max_forcing: float = 0.5
     max_cg_iterations: int = 200
     armijo_c1: float = 1e-4
@@ -88,6 +97,9 @@ class NewtonCGOptions:
     quiet: bool = False
 
     def __post_init__(self):
+        if self.forcing_rule not in ("eisenstat_walker", "sqrt"):
+            raise ValueError(f"NewtonCGOptions: forcing_rule must be 'eisenstat_walker' or 'sqrt', "
+                             f"got {self.forcing_rule!r}")
         if self.globalization not in ("line_search", "trust_region"):
             raise ValueError(f"NewtonCGOptions: globalization must be 'line_search' or 'trust_region', "
                              f"got {self.globalization!r}")
@@ -240,6 +252,7 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
     gnorm0 = gnorm = math.sqrt(max(dual_pairing(g, P(g)), 0.0))
     history, total_cg = [], 0
     mu, radius = opts.levenberg_marquardt, opts.initial_radius
+    prev = None  # (||g||, CG residual norm, eta) of the previous iteration, for Eisenstat-Walker
     log.info(f"{'it':>3} {'cost':>13} {'misfit':>13} {'reg':>11} {'||g||':>10} {'cg':>4} {'step':>7} {'eta':>7}")
     log.info(f"{0:3d} {cost.total:13.6e} {cost.misfit:13.6e} {cost.regularization:11.4e} {gnorm:10.3e}")
     reason, converged, k = "iteration limit", False, 0
@@ -247,7 +260,17 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         if gnorm <= max(opts.gradient_atol, opts.gradient_rtol * gnorm0):
             reason, converged, k = "gradient tolerance", True, k - 1
             break
-        eta = opts.forcing if opts.forcing is not None else min(opts.max_forcing, math.sqrt(gnorm / gnorm0))
+        if opts.forcing is not None:
+            eta = opts.forcing
+        elif opts.forcing_rule == "sqrt" or prev is None:
+            eta = min(opts.max_forcing, math.sqrt(gnorm / gnorm0))
+        else:  # Eisenstat-Walker choice 1 with safeguard
+            prev_gnorm, prev_residual, prev_eta = prev
+            eta = abs(gnorm - prev_residual) / prev_gnorm
+            golden = (1.0 + math.sqrt(5.0)) / 2.0
+            if prev_eta**golden > 0.1:
+                eta = max(eta, prev_eta**golden)
+            eta = min(opts.max_forcing, eta)
         minus_g = g.copy(deepcopy=True)
         minus_g *= -1.0
 
@@ -263,6 +286,7 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         cg = conjugate_gradient(apply_h, minus_g, P, rtol=eta, max_iterations=opts.max_cg_iterations,
                                 space=problem.parameter_space, radius=radius if trust else None)
         total_cg += cg.iterations
+        prev = (gnorm, cg.residual_norm, eta)
         step = cg.solution
         if trust:
             trial = fd.Function(problem.parameter_space).assign(m + step)
