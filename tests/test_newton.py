@@ -104,6 +104,7 @@ def test_options_are_validated():
         NewtonCGOptions(forcing=1.5)
 
 
+@pytest.mark.parallel(nprocs=[1, 2])
 @pytest.mark.parametrize("options", [
     NewtonCGOptions(quiet=True, globalization="trust_region", initial_radius=1.0),
     NewtonCGOptions(quiet=True, levenberg_marquardt=1.0),
@@ -165,6 +166,7 @@ def test_full_hessian_is_the_derivative_of_the_gradient():
     assert sym.relative_error < 1e-10
 
 
+@pytest.mark.parallel(nprocs=[1, 2])
 def test_full_newton_after_gauss_newton_steps():
     problem, prior = poisson_problem(16)
     ref = newton_cg(problem, prior.mean, options=NewtonCGOptions(quiet=True, gradient_rtol=1e-8))

@@ -38,7 +38,7 @@ def test_total_variation_gradient_and_exact_hessian():
     assert np.abs(diff).max() < 1e-12
 
 
-def test_l1_prox_is_soft_thresholding_and_minimises():
+def test_l1_prox_is_soft_thresholding_and_minimises():  # serial: a NumPy check of the formula
     V = fd.FunctionSpace(fd.UnitIntervalMesh(20), "CG", 1)
     reg = L1(V, alpha=2.0)
     z = fd.Function(V)
@@ -74,6 +74,7 @@ def sparse_source_problem():
     return Misfit(model, noise, noise.sample(clean, seed=2)), truth
 
 
+@pytest.mark.parallel(nprocs=[1, 2])
 def test_fista_l1_recovers_a_sparse_heat_source_better_than_l2():
     misfit, truth = sparse_source_problem()
     V = misfit.parameter_space
