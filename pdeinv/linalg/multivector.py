@@ -1,0 +1,102 @@
+r"""A block of Functions (a "multi-vector") with global inner products.
+
+All small dense algebra (Gram matrices, Cholesky, eigen-decompositions of k×k matrices) is done
+redundantly on every rank with NumPy; every inner product is a global PETSc dot, so results do not
+depend on the number of ranks.
+
+Random blocks
+    :func:`random_multifunction` draws standard normal values at every dof from a counter-based
+    hash of the dof's *coordinates*, the seed and the column: the same values whatever the mesh
+    partition, so a randomized eigensolver gives the same answer on 1 and N ranks (Firedrake's
+    random generators give the same *law*, not the same numbers).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["MultiFunction", "random_multifunction", "combine_cofunctions"]
+
+_MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x):
+    x = (x + np.uint64(0x9E3779B97F4A7C15)) & _MASK64
+    x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _MASK64
+    x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _MASK64
+    return x ^ (x >> np.uint64(31))
+
+
+def _dof_coordinates(V):
+    import firedrake as fd
+
+    W = fd.VectorFunctionSpace(V.mesh(), V.ufl_element())
+    X = fd.Function(W).interpolate(fd.SpatialCoordinate(V.mesh()))
+    return np.array(X.dat.data_ro).reshape(len(fd.Function(V).dat.data_ro), -1)
+
+
+class MultiFunction:
+    """``k`` Functions on one space, as a list with block operations."""
+
+    def __init__(self, space, functions):
+        self.space = space
+        self.functions = list(functions)
+
+    @classmethod
+    def zeros(cls, space, k: int):
+        import firedrake as fd
+
+        return cls(space, [fd.Function(space) for _ in range(k)])
+
+    def __len__(self):
+        return len(self.functions)
+
+    def __getitem__(self, i):
+        return self.functions[i]
+
+    def pair(self, cofunctions) -> np.ndarray:
+        """Matrix :math:`G_{ij} = \\langle c_i, x_j\\rangle` for Cofunctions ``c`` and the columns x."""
+        from pdeinv.verify import dual_pairing
+
+        return np.array([[dual_pairing(c, x) for x in self.functions] for c in cofunctions])
+
+    def combine(self, C: np.ndarray):
+        """The block :math:`X C` (columns :math:`\\sum_i C_{ij} x_i`)."""
+        out = MultiFunction.zeros(self.space, C.shape[1])
+        arrays = np.stack([f.dat.data_ro for f in self.functions], axis=-1)  # local (n, k)
+        for j, f in enumerate(out.functions):
+            f.dat.data[:] = arrays @ C[:, j]
+        return out
+
+
+def combine_cofunctions(cofunctions, C: np.ndarray):
+    """Columns :math:`\\sum_i C_{ij} c_i` of a list of Cofunctions."""
+    import firedrake as fd
+
+    space = cofunctions[0].function_space()
+    arrays = np.stack([c.dat.data_ro for c in cofunctions], axis=-1)
+    out = []
+    for j in range(C.shape[1]):
+        c = fd.Cofunction(space)
+        c.dat.data[:] = arrays @ C[:, j]
+        out.append(c)
+    return out
+
+
+def random_multifunction(space, k: int, *, seed: int) -> MultiFunction:
+    """``k`` Functions of i.i.d. standard normal dof values, identical for any partition (see module)."""
+    if space.value_shape != ():
+        raise ValueError("random_multifunction: scalar spaces only")
+    coords = _dof_coordinates(space)
+    q = np.round(coords * 2.0**32).astype(np.int64).view(np.uint64)  # quantised coordinates
+    base = np.full(len(coords), np.uint64((int(seed) * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+    for d in range(q.shape[1]):
+        base = _splitmix64(base ^ q[:, d])
+    out = MultiFunction.zeros(space, k)
+    for j, f in enumerate(out.functions):
+        h1 = _splitmix64(base ^ np.uint64(2 * j + 1))
+        h2 = _splitmix64(h1 ^ np.uint64(0xD1B54A32D192ED03))
+        u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+        u2 = ((h2 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+        f.dat.data[:] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)  # Box-Muller
+    return out

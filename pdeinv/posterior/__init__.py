@@ -1,0 +1,5 @@
+"""The Laplace approximation of the posterior at the MAP point."""
+
+from pdeinv.posterior.laplace import LaplaceApproximation
+
+__all__ = ["LaplaceApproximation"]
