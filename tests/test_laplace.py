@@ -63,6 +63,9 @@ def test_full_rank_laplace_equals_the_exact_posterior(linear_gaussian, method):
     assert np.abs(var.dat.data_ro - np.diag(post)).max() <= 1e-8 * np.diag(post).max()
     red = la.variance_reduction(var, pv).dat.data_ro
     assert np.all((red > -1e-10) & (red < 1.0))
+    info = la.identifiability(var, pv)
+    assert info["data_informed_dim"] == int(np.sum(lam > 1))
+    assert 0 <= info["fraction_left_to_prior"] <= 1 and 0 <= info["fraction_determined_by_data"] <= 1
 
 
 def test_cost_in_hessian_actions():

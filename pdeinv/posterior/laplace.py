@@ -198,6 +198,22 @@ class LaplaceApproximation:
         out.dat.data[:] = 1.0 - posterior_variance.dat.data_ro / prior_variance.dat.data_ro
         return out
 
+    def identifiability(self, posterior_variance, prior_variance, *, low: float = 0.1, high: float = 0.9) -> dict:
+        """How much the data constrain: the data-informed dimension, and the fractions of the domain
+        (by area) where the variance reduction is below ``low`` (left to the prior) or above ``high``
+        (determined by the data)."""
+        import firedrake as fd
+
+        red = self.variance_reduction(posterior_variance, prior_variance)
+        V = self.space
+        left = fd.Function(V).interpolate(fd.conditional(fd.lt(red, low), 1.0, 0.0))
+        determined = fd.Function(V).interpolate(fd.conditional(fd.gt(red, high), 1.0, 0.0))
+        area = fd.assemble(fd.Constant(1.0) * fd.dx(domain=V.mesh()))
+        return {"data_informed_dim": self.data_informed_dimension,
+                "fraction_left_to_prior": float(fd.assemble(left * fd.dx)) / area,
+                "fraction_determined_by_data": float(fd.assemble(determined * fd.dx)) / area,
+                "mean_variance_reduction": float(fd.assemble(red * fd.dx)) / area}
+
     def credible_interval(self, posterior_variance, *, level: float = 0.95):
         """Pointwise (marginal) credible bounds :math:`m_{MAP} \\pm z\\sigma` (two Functions)."""
         import firedrake as fd

@@ -1,0 +1,128 @@
+"""Cost and content of a low-rank Laplace approximation at the MAP point.  Prints one JSON object.
+
+    .venv/bin/python benchmarks/laplace.py --model poisson --rank 50 --oversampling 20 [--n 64]
+        [--plot eigenvalues.png] [--json out.json]
+
+``hessian_actions`` are counted (each one JVP + one VJP); ``eig_s`` is the eigensolver's time,
+``variance_s`` the time of the pointwise posterior variance (prior variance from ``--variance-samples``
+prior samples + the exact low-rank part); traces are integrals of the pointwise variances over the
+domain.  ``inversion_s`` is the Newton-CG time to the MAP, for the Laplace share of the whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+
+import petsc4py
+
+petsc4py.init(sys.argv[:1])  # our options are not PETSc's
+warnings.filterwarnings("ignore", message="Calling petsctools.init but PETSc has already")
+
+import firedrake as fd  # noqa: E402
+import numpy as np  # noqa: E402
+
+from pdeinv.forward.heat import HeatModel  # noqa: E402
+from pdeinv.forward.poisson import PoissonModel  # noqa: E402
+from pdeinv.forward.transport import TransportModel, boundary_detectors  # noqa: E402
+from pdeinv.maps import Misfit  # noqa: E402
+from pdeinv.noise import GaussianNoise  # noqa: E402
+from pdeinv.optimize import NewtonCGOptions, newton_cg  # noqa: E402
+from pdeinv.posterior import LaplaceApproximation  # noqa: E402
+from pdeinv.prior import BiLaplacianPrior  # noqa: E402
+from pdeinv.problem import InverseProblem  # noqa: E402
+
+
+def build(name, n):
+    rng = np.random.default_rng(0)
+    mesh = fd.UnitSquareMesh(n, n)
+    x, y = fd.SpatialCoordinate(mesh)
+    if name == "poisson":
+        model = PoissonModel(mesh, observation_points=np.c_[0.05 + 0.9 * rng.random(50), 0.05 + 0.9 * rng.random(50)])
+        truth = np.log(2.0) * fd.sin(2 * fd.pi * x) * fd.cos(fd.pi * y) + 0.5 * x
+        prior = BiLaplacianPrior(model.parameter_space, gamma=0.1, delta=0.5)
+    elif name == "heat":
+        model = HeatModel(mesh, parameter="initial_condition", end_time=0.05, steps=50,
+                          observation_points=0.1 + 0.8 * rng.random((30, 2)),
+                          observation_times=[0.01, 0.02, 0.03, 0.04, 0.05])
+        truth = fd.exp(-30 * ((x - 0.4) ** 2 + (y - 0.6) ** 2))
+        prior = BiLaplacianPrior.from_correlation(model.parameter_space, correlation_length=0.25, variance=0.5)
+    else:
+        angles = np.linspace(0, np.pi, 8, endpoint=False) + 0.1
+        model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)],
+                               detectors=boundary_detectors(12), parameter="log_absorption")
+        truth = 0.5 * fd.exp(-20 * ((x - 0.5) ** 2 + (y - 0.4) ** 2))
+        prior = BiLaplacianPrior.from_correlation(model.parameter_space, correlation_length=0.2, variance=0.5)
+    clean = model(fd.Function(model.parameter_space).interpolate(truth))
+    noise = GaussianNoise.relative(model.observation, clean, 0.01)
+    return InverseProblem(Misfit(model, noise, noise.sample(clean, seed=1)), prior), model, prior
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", choices=["poisson", "heat", "transport"], required=True)
+    p.add_argument("--n", type=int, default=None, help="cells per side (default: poisson 64, others 30)")
+    p.add_argument("--rank", type=int, default=50)
+    p.add_argument("--oversampling", type=int, default=20)
+    p.add_argument("--method", choices=["double_pass", "single_pass"], default="double_pass")
+    p.add_argument("--variance-samples", type=int, default=100)
+    p.add_argument("--plot", help="write the eigenvalue decay as a PNG")
+    p.add_argument("--json", help="also write the JSON to this file")
+    args = p.parse_args()
+    n = args.n or (64 if args.model == "poisson" else 30)
+    problem, model, prior = build(args.model, n)
+    t0 = time.perf_counter()
+    res = newton_cg(problem, prior.mean, options=NewtonCGOptions(quiet=True))
+    inversion_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    la = LaplaceApproximation(problem, res.m, rank=args.rank, oversampling=args.oversampling, method=args.method)
+    eig_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    pv = la.prior_variance(method="samples", samples=args.variance_samples)
+    post = la.pointwise_variance(prior_variance=pv)
+    variance_s = time.perf_counter() - t0
+    out = {"model": args.model, "n": n, "parameter_dofs": model.parameter_space.dim(), "ranks": fd.COMM_WORLD.size,
+           "rank": la.eig.rank, "oversampling": args.oversampling, "method": args.method,
+           "hessian_actions": la.hessian_actions, "eigenvalues": la.eigenvalues.tolist(),
+           "data_informed_dim": la.data_informed_dimension, "eig_s": eig_s, "variance_s": variance_s,
+           "variance_samples": args.variance_samples,
+           "posterior_trace": float(fd.assemble(post * fd.dx)), "prior_trace": float(fd.assemble(pv * fd.dx)),
+           "expected_information_gain": la.expected_information_gain(),
+           "kl_divergence_from_prior": la.kl_divergence_from_prior(),
+           "inversion_s": inversion_s, "newton_iterations": res.iterations,
+           "laplace_share": (eig_s + variance_s) / (inversion_s + eig_s + variance_s),
+           **{k: v for k, v in la.identifiability(post, pv).items() if k != "data_informed_dim"}}
+    if fd.COMM_WORLD.rank == 0:
+        text = json.dumps(out, indent=2)
+        print(text)
+        if args.json:
+            with open(args.json + ".tmp", "w") as fh:
+                fh.write(text)
+            import os
+
+            os.replace(args.json + ".tmp", args.json)
+        if args.plot:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            ax.semilogy(np.arange(1, len(la.eigenvalues) + 1), np.maximum(la.eigenvalues, 1e-16), "o-", ms=3)
+            ax.axhline(1.0, color="k", lw=0.8, ls="--", label="λ = 1 (data = prior)")
+            ax.set_xlabel("i")
+            ax.set_ylabel("λᵢ")
+            ax.set_title(f"{args.model}: generalized eigenvalues ({la.data_informed_dimension} > 1)")
+            ax.legend()
+            fig.tight_layout()
+            fig.savefig(args.plot + ".tmp.png", dpi=120)
+            import os
+
+            os.replace(args.plot + ".tmp.png", args.plot)
+
+
+if __name__ == "__main__":
+    main()
