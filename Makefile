@@ -2,7 +2,7 @@
 # petsc4py, Firedrake once into a cache outside the clone, links ./.venv, installs pdeinv editable).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
-.PHONY: help stack test test-serial test-parallel demo lint format docs clean distclean
+.PHONY: help stack test test-serial test-parallel demo selfcheck lint format docs clean distclean
 
 PY      := .venv/bin/python
 MPIEXEC ?= mpiexec
@@ -31,13 +31,14 @@ test-serial: stack  ## only the serial pass
 test-parallel: stack  ## only the 2-rank pass
 	@tools/run_tests.sh --parallel-only $(PYTEST_ARGS)
 
-demo: stack  ## run the main case (for now: the stack self-check on 1 and 2 ranks)
-	@echo "[demo] The heat case does not exist yet; running the smallest real thing instead:"
-	@echo "[demo] pdeinv selfcheck = Poisson convergence study + Taylor test of an adjoint gradient."
-	@mkdir -p results/demo
-	@.venv/bin/pdeinv selfcheck --json results/demo/selfcheck-1rank.json
-	@$(MPIEXEC) -n $(NPROCS) .venv/bin/pdeinv selfcheck --json results/demo/selfcheck-$(NPROCS)ranks.json
-	@echo "[demo] measurements written to results/demo/"
+demo: stack  ## run the main case: the heat inversion (truth, data, MAP, Laplace posterior) on 2 ranks
+	@$(MPIEXEC) -n $(NPROCS) .venv/bin/pdeinv run cases/heat/config.toml --out results/demo-heat
+	@echo "[demo] outputs in results/demo-heat/: summary.json, fields.png, convergence.png, eigenvalues.png,"
+	@echo "[demo] data_fit.png, ParaView files (*.pvd, observation_points.vtk), results.h5"
+
+selfcheck: stack  ## check the stack: Poisson convergence + adjoint Taylor test on 1 and 2 ranks
+	@.venv/bin/pdeinv selfcheck
+	@$(MPIEXEC) -n $(NPROCS) .venv/bin/pdeinv selfcheck
 
 lint: stack  ## ruff
 	@$(PY) -m ruff check pdeinv tests cases benchmarks

@@ -7,6 +7,9 @@
 PETSc options are read from the ``PETSC_OPTIONS`` environment variable, not from the command line.
 ``pdeinv info``
     Versions of pdeinv and of the stack underneath.
+``pdeinv run CONFIG [--out DIR] [--set key=value ...] [--resume] [--quiet]``
+    Run a case from its config.toml (see cases/); exit status 0, 2 (configuration error) or 75
+    (stopped by SIGTERM after writing its checkpoint: rerun with --resume).
 """
 
 from __future__ import annotations
@@ -75,6 +78,11 @@ def _init_petsc() -> None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "run":
+        from pdeinv.cases.runner import main as run_main
+
+        return run_main(argv[1:])
     parser = argparse.ArgumentParser(prog="pdeinv", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -82,6 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--json", metavar="FILE", help="also write the measurements as JSON")
     p.add_argument("--quiet", action="store_true", help="print only the final line")
     p.set_defaults(func=_cmd_selfcheck)
+    sub.add_parser("run", help="run a case: pdeinv run cases/<name>/config.toml [--out DIR] [--set k=v] [--resume]")
     p = sub.add_parser("info", help="versions of pdeinv and the stack")
     p.set_defaults(func=_cmd_info)
     args = parser.parse_args(argv)

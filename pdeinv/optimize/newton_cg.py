@@ -219,7 +219,7 @@ def _default_preconditioner(prior):
 
 
 def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditioner: Callable | None = None,
-              callback: Callable | None = None, log=None) -> OptimizationResult:
+              callback: Callable | None = None, log=None, resume: dict | None = None) -> OptimizationResult:
     """Minimise ``problem`` (an :class:`~pdeinv.problem.InverseProblem`) from ``m0`` (not modified).
 
     Parameters
@@ -232,9 +232,12 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         ``P(c: Cofunction) -> Function``; default the prior covariance (Gaussian prior) or the L2 Riesz map.
     callback : callable, optional
         ``callback(iteration, m, entry)`` after every iteration (e.g. to checkpoint); ``entry`` is the
-        history dict.
+        history dict, with ``entry["state"]`` the optimizer's state (JSON-serialisable).
     log : pdeinv.log.RankZeroLog, optional
         Progress output (default: a log on the parameter space's communicator).
+    resume : dict, optional
+        A state saved by a callback, with ``m0`` the iterate saved with it: the iteration continues
+        exactly as the uninterrupted run would have (same forcing terms, radius, damping, history).
     """
     import firedrake as fd
 
@@ -253,10 +256,17 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
     history, total_cg = [], 0
     mu, radius = opts.levenberg_marquardt, opts.initial_radius
     prev = None  # (||g||, CG residual norm, eta) of the previous iteration, for Eisenstat-Walker
+    start = 1
+    if resume is not None:
+        gnorm0, total_cg, mu, radius = resume["gnorm0"], resume["total_cg"], resume["mu"], resume["radius"]
+        prev = tuple(resume["prev"]) if resume["prev"] is not None else None
+        history = [dict(h) for h in resume["history"]]
+        start = int(resume["iteration"]) + 1
+        log.info(f"newton_cg: resuming after iteration {start - 1}")
     log.info(f"{'it':>3} {'cost':>13} {'misfit':>13} {'reg':>11} {'||g||':>10} {'cg':>4} {'step':>7} {'eta':>7}")
     log.info(f"{0:3d} {cost.total:13.6e} {cost.misfit:13.6e} {cost.regularization:11.4e} {gnorm:10.3e}")
-    reason, converged, k = "iteration limit", False, 0
-    for k in range(1, opts.max_iterations + 1):
+    reason, converged, k = "iteration limit", False, start - 1
+    for k in range(start, opts.max_iterations + 1):
         if gnorm <= max(opts.gradient_atol, opts.gradient_rtol * gnorm0):
             reason, converged, k = "gradient tolerance", True, k - 1
             break
@@ -343,7 +353,9 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         log.info(f"{k:3d} {cost.total:13.6e} {cost.misfit:13.6e} {cost.regularization:11.4e} {gnorm:10.3e} "
                  f"{cg.iterations:4d} {alpha:7.4f} {eta:7.1e}")
         if callback is not None:
-            callback(k, m, entry)
+            state = {"iteration": k, "gnorm0": gnorm0, "total_cg": total_cg, "mu": mu, "radius": radius,
+                     "prev": list(prev) if prev is not None else None, "history": list(history)}
+            callback(k, m, {**entry, "state": state})
         if decrease <= opts.stagnation_rtol * abs(cost.total):
             reason, converged = "cost stagnation", gnorm <= max(opts.gradient_atol, 1e3 * opts.gradient_rtol * gnorm0)
             break

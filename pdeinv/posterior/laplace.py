@@ -157,14 +157,19 @@ class LaplaceApproximation:
             e = fd.Cofunction(self.space.dual())
             n_local = len(var.dat.data_ro)
             start = self.space.mesh().comm.exscan(n_local) or 0
+            diag = np.zeros(n_local)
             for i in range(self.space.dim()):
-                e.dat.data[:] = 0.0
+                # every rank writes (possibly nothing): a write on some ranks only would leave their
+                # halo state different and the next collective would hang
                 local = i - start
+                values = np.zeros(n_local)
                 if 0 <= local < n_local:
-                    e.dat.data[local] = 1.0
+                    values[local] = 1.0
+                e.dat.data[:] = values
                 col = self.prior.covariance_action(e)
                 if 0 <= local < n_local:
-                    var.dat.data[local] = col.dat.data_ro[local]
+                    diag[local] = col.dat.data_ro[local]
+            var.dat.data[:] = diag
         elif method == "samples":
             if samples < 2:
                 raise ValueError("prior_variance: need at least 2 samples")

@@ -231,6 +231,21 @@ install_project() {
   echo "$want" > "$stamp"
 }
 
+install_extras() {
+  # Wheels from requirements-extra.txt, re-installed only when that file changes.
+  local py="$ROOT/.venv/bin/python" req="$HERE/requirements-extra.txt" want stamp out
+  [ -f "$req" ] || return 0
+  want=$(sha256sum "$req" | cut -c1-16)
+  stamp="$("$py" -c 'import sys; print(sys.prefix)')/.pdeinv-extras"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then return 0; fi
+  log "installing extra wheels from $(basename "$req")"
+  if ! out=$("$py" -m pip install -q --only-binary :all: -r "$req" 2>&1); then
+    printf '%s\n' "$out" >&2
+    die "installing $req failed"
+  fi
+  echo "$want" > "$stamp"
+}
+
 main() {
   if [ -n "${PDEINV_VENV:-}" ]; then
     "$PDEINV_VENV/bin/python" -c "import firedrake" 2>/dev/null \
@@ -239,6 +254,7 @@ main() {
     link_venv "$PDEINV_VENV"
     "$PDEINV_VENV/bin/python" -c "import pytest, pytest_mpi" 2>/dev/null \
       || "$PDEINV_VENV/bin/python" -m pip install -q "${PIP_TOOLS[@]}"
+    install_extras
     install_project
     return
   fi
@@ -264,6 +280,7 @@ main() {
     flock -u 9
   fi
   link_venv "$D/venv"
+  install_extras
   install_project
 }
 

@@ -1,0 +1,98 @@
+"""Case configuration: TOML files, ``--set key=value`` overrides, validation before any solve.
+
+A case declares its defaults as a nested dict; a configuration may only contain those keys, with
+values of the same type (ints are accepted where floats are expected).  Every error is one line that
+names the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import tomllib
+
+__all__ = ["ConfigError", "load_config", "parse_override"]
+
+
+class ConfigError(ValueError):
+    """A configuration error, reported before any solve."""
+
+
+def parse_override(text: str):
+    """``"a.b=value"`` -> (["a", "b"], value), the value read as TOML (so 3, 0.5, true, "s", [1, 2])."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected key=value, e.g. --set mesh.n=16")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw  # a bare word: take it as a string
+    return key.split("."), value
+
+
+def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
+    out = copy.deepcopy(defaults)
+    for key, value in given.items():
+        name = f"{prefix}{key}"
+        if key not in defaults:
+            raise ConfigError(f"unknown key {name!r}; expected one of: {', '.join(prefix + k for k in defaults)}")
+        ref = defaults[key]
+        if isinstance(ref, dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{name}: expected a table of settings, got {value!r}")
+            # an empty default table is free-form (PETSc options): taken as it is
+            out[key] = dict(value) if not ref else _merge(ref, value, name + ".")
+            continue
+        out[key] = _check_type(name, ref, value)
+    return out
+
+
+def _check_type(name, ref, value):
+    if isinstance(ref, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(ref, float):
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(ref, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(ref, str):
+        ok = isinstance(value, str)
+    elif isinstance(ref, list):
+        ok = isinstance(value, list)
+    else:
+        ok = True
+    if not ok:
+        raise ConfigError(f"{name}: expected {type(ref).__name__} (like {ref!r}), got {value!r}")
+    return value
+
+
+def load_config(defaults: dict, path=None, overrides=()) -> dict:
+    """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` ("a.b=v" strings)."""
+    cfg = copy.deepcopy(defaults)
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+        data.pop("case", None)
+        cfg = _merge(defaults, data)
+    for text in overrides:
+        keys, value = parse_override(text)
+        nested = value
+        for k in reversed(keys):
+            nested = {k: nested}
+        cfg = _merge(defaults, _deep_update(copy.deepcopy(cfg), nested))
+    return cfg
+
+
+def _deep_update(base: dict, new: dict) -> dict:
+    for k, v in new.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = _deep_update(base[k], v)
+        else:
+            base[k] = v
+    return base

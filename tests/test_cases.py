@@ -1,0 +1,91 @@
+"""The case layer end to end: outputs, summary, restart through the SIGTERM path, config errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from mpi4py import MPI
+
+from pdeinv.cases.config import ConfigError, load_config
+from pdeinv.cases.heat import DEFAULTS, validate
+from pdeinv.cases.runner import EXIT_CONFIG, EXIT_INTERRUPTED, Interrupted, run
+
+TINY = ["mesh.n=8", "model.steps=10", "model.observation_times=[0.02, 0.05]", "data.sensors=12",
+        "laplace.rank=6", "laplace.oversampling=4", "laplace.posterior_samples=2"]
+OUTPUTS = ["summary.json", "results.h5", "truth.pvd", "map.pvd", "posterior_std.pvd", "posterior_samples.pvd",
+           "observation_points.vtk", "fields.png", "convergence.png", "eigenvalues.png", "data_fit.png"]
+
+
+def tiny_config(*extra):
+    cfg = load_config(DEFAULTS, None, TINY + list(extra))
+    validate(cfg)
+    return cfg
+
+
+def shared_dir(tmp_path_factory, name):
+    """A directory that every rank agrees on (rank 0 makes it)."""
+    comm = MPI.COMM_WORLD
+    path = str(tmp_path_factory.mktemp(name)) if comm.rank == 0 else None
+    return comm.bcast(path, root=0)
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_heat_case_end_to_end_and_resume(tmp_path_factory):
+    comm = MPI.COMM_WORLD
+    full = shared_dir(tmp_path_factory, "full")
+    summary = run("heat", tiny_config(), full, quiet=True)
+    for f in OUTPUTS:
+        assert os.path.exists(os.path.join(full, f)), f
+    with open(os.path.join(full, "summary.json")) as fh:
+        saved = json.load(fh)
+    for key in ("case", "ranks", "dofs", "newton_iterations", "pde_solves", "timings", "cost", "relative_error",
+                "data_informed_dim"):
+        assert key in saved, key
+    assert saved["ranks"] == comm.size and saved["converged"]
+    assert saved["relative_error"] < saved["prior_mean_relative_error"]  # the data taught us something
+    assert set(saved["timings"]) >= {"setup", "data", "map", "laplace", "output"}
+    assert not [f for f in os.listdir(full) if f.endswith(".tmp")]
+
+    # interrupted by SIGTERM after 2 Newton iterations, then resumed: the same MAP
+    part = shared_dir(tmp_path_factory, "part")
+    with pytest.raises(Interrupted):
+        run("heat", tiny_config(), part, quiet=True, sigterm_after=2)
+    assert os.path.exists(os.path.join(part, "checkpoint", "state.json"))
+    assert not os.path.exists(os.path.join(part, "summary.json"))
+    resumed = run("heat", tiny_config(), part, quiet=True, resume=True)
+    assert resumed["resumed"]
+    assert abs(resumed["cost"] - summary["cost"]) <= 1e-10 * abs(summary["cost"])
+    assert abs(resumed["relative_error"] - summary["relative_error"]) <= 1e-8 * summary["relative_error"]
+
+
+def test_command_line_exit_statuses(tmp_path):
+    base = [sys.executable, "-m", "pdeinv", "run", "cases/heat/config.toml", "--quiet"]
+    sets = [a for s in TINY for a in ("--set", s)]
+    out = tmp_path / "run"
+    p = subprocess.run(base + sets + ["--out", str(out), "--sigterm-after", "1"], capture_output=True, text=True)
+    assert p.returncode == EXIT_INTERRUPTED, p.stderr
+    assert "rerun with --resume" in p.stdout
+    p = subprocess.run(base + sets + ["--out", str(out), "--resume"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads((out / "summary.json").read_text())["resumed"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ("mesh.nn=3", "unknown key 'mesh.nn'"),
+    ("mesh.n=hello", "mesh.n: expected int"),
+    ("mesh.n=1", "mesh.n must be >= 2"),
+    ("data.noise_fraction=-0.1", "data.noise_fraction must be > 0"),
+    ("model.observation_times=[0.0335]", "not a time step"),
+    ("bogus", "expected key=value"),
+])
+def test_config_errors_stop_before_any_solve(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        validate(load_config(DEFAULTS, None, [override]))
+    out = tmp_path / "never"
+    p = subprocess.run([sys.executable, "-m", "pdeinv", "run", "cases/heat/config.toml", "--set", override,
+                        "--out", str(out)], capture_output=True, text=True)
+    assert p.returncode == EXIT_CONFIG
+    assert p.stderr.strip().count("\n") == 0 and message.split("(")[0] in p.stderr
+    assert not out.exists()
