@@ -89,3 +89,40 @@ def test_config_errors_stop_before_any_solve(tmp_path, override, message):
     assert p.returncode == EXIT_CONFIG
     assert p.stderr.strip().count("\n") == 0 and message.split("(")[0] in p.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("case", ["heat", "tomography", "poisson"])
+def test_shipped_config_files_are_the_defaults(case):
+    import importlib
+
+    module = importlib.import_module(f"pdeinv.cases.{case}")
+    cfg = load_config(module.DEFAULTS, f"cases/{case}/config.toml")
+    module.validate(cfg)
+    assert cfg == module.DEFAULTS
+
+
+TINY_CASES = {
+    "tomography": ["mesh.n=9", "model.directions=3", "model.detectors_per_side=4", "laplace.rank=5",
+                   "laplace.oversampling=3", "laplace.posterior_samples=1"],
+    "poisson": ["mesh.n=8", "data.points=10", "laplace.rank=5", "laplace.oversampling=3",
+                "laplace.posterior_samples=1"],
+}
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+@pytest.mark.parametrize("case, extra", [("tomography", []), ("tomography", ["data.noise=\"poisson\""]),
+                                         ("poisson", [])], ids=["tomography-gaussian", "tomography-poisson",
+                                                                "poisson"])
+def test_other_cases_end_to_end(tmp_path_factory, case, extra):
+    import importlib
+
+    module = importlib.import_module(f"pdeinv.cases.{case}")
+    cfg = load_config(module.DEFAULTS, None, TINY_CASES[case] + extra)
+    module.validate(cfg)
+    out = shared_dir(tmp_path_factory, case)
+    summary = run(case, cfg, out, quiet=True)
+    for f in OUTPUTS:
+        assert os.path.exists(os.path.join(out, f)), f
+    assert summary["converged"]
+    assert summary["relative_error"] < summary["prior_mean_relative_error"]
+    assert 0 < summary["posterior_variance_trace"] < summary["prior_variance_trace"]

@@ -115,8 +115,10 @@ def plot_history(path, history) -> None:
 
     it = [h["iteration"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.semilogy(it, [h["cost"] for h in history], "o-", label="cost")
-    a.semilogy(it, [h["misfit"] for h in history], "s--", label="misfit")
+    cost, misfit = [h["cost"] for h in history], [h["misfit"] for h in history]
+    plot = a.semilogy if min(cost + misfit) > 0 else a.plot  # a Poisson log-likelihood can be negative
+    plot(it, cost, "o-", label="cost")
+    plot(it, misfit, "s--", label="misfit")
     a.set_xlabel("Newton iteration")
     a.legend()
     b.semilogy(it, [h["gradient_norm"] for h in history], "o-")

@@ -23,7 +23,7 @@ import time
 
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 75
-CASES = ("heat",)
+CASES = ("heat", "tomography", "poisson")
 EXACT_VARIANCE_DOFS = 5000  # below this many parameter dofs the prior variance is computed exactly
 
 __all__ = ["main", "run", "EXIT_CONFIG", "EXIT_INTERRUPTED", "CASES"]
@@ -163,7 +163,10 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
 
     with log.phase("data"):
         clean = model(truth)
-        noise = GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
+        if hasattr(module, "make_noise"):
+            noise = module.make_noise(cfg, model, clean)
+        else:
+            noise = GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
         data = noise.sample(clean, seed=cfg["data"]["seed"])
         problem = InverseProblem(Misfit(model, noise, data), prior)
 
@@ -256,6 +259,8 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
         "data_informed_dim": la.data_informed_dimension, "eigenvalues": la.eigenvalues.tolist(),
         "identifiability": la.identifiability(var, pv),
         "expected_information_gain": la.expected_information_gain(),
+        "prior_variance_trace": float(fd.assemble(pv * fd.dx)),
+        "posterior_variance_trace": float(fd.assemble(var * fd.dx)),
         "timings": dict(log.timings), "resumed": bool(resume),
     }
     output.atomic_json(os.path.join(out, "summary.json"), summary, comm)
