@@ -47,6 +47,10 @@ format: stack  ## ruff format + import sorting
 	@$(PY) -m ruff check --select I --fix pdeinv tests cases benchmarks
 	@$(PY) -m ruff format pdeinv tests cases benchmarks
 
+docs: stack  ## Sphinx HTML (pages + API reference from docstrings) into docs/_build/html
+	@OMP_NUM_THREADS=1 $(PY) -m sphinx -q -b html docs docs/_build/html
+	@echo "[docs] docs/_build/html/index.html"
+
 clean:  ## remove project outputs (results, caches, build files); keeps the stack
 	rm -rf results build dist .pytest_cache .ruff_cache pdeinv.egg-info
 	find . -path ./.venv -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -138,7 +138,7 @@ class GaussianNoise(NoiseModel):
 
     @classmethod
     def relative(cls, observation, data, fraction: float = 0.01):
-        """Noise with :math:`\\sigma = \\text{fraction}\\cdot\\max_i |d_i|` (e.g. 1 % of max |d|)."""
+        """Noise with :math:`\\sigma = \\text{fraction}\\cdot\\max_i |d_i|` (e.g. 1 % of the largest datum)."""
         if not (0 < fraction < np.inf):
             raise ValueError(f"GaussianNoise.relative: fraction must be positive, got {fraction}")
         dmax = observation.comm.allreduce(float(np.max(np.abs(data.dat.data_ro), initial=0.0)),
