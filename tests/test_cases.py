@@ -111,8 +111,8 @@ TINY_CASES = {
 
 @pytest.mark.parallel(nprocs=[1, 2])
 @pytest.mark.parametrize("case, extra", [("tomography", []), ("tomography", ["data.noise=\"poisson\""]),
-                                         ("poisson", [])], ids=["tomography-gaussian", "tomography-poisson",
-                                                                "poisson"])
+                                         ("tomography", ["prior.tv_weight=0.02"]), ("poisson", [])],
+                         ids=["tomography-gaussian", "tomography-poisson", "tomography-tv", "poisson"])
 def test_other_cases_end_to_end(tmp_path_factory, case, extra):
     import importlib
 

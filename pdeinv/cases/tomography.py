@@ -3,7 +3,8 @@ r"""Tomography case: recover an absorption map from multi-direction transport da
 For K directions :math:`\omega_k`: :math:`\omega_k\cdot\nabla\psi_k + e^{m}\psi_k = 0`, :math:`\psi_k = 1`
 on the inflow boundary (upwind DG); detectors on the outflow boundary record :math:`\psi_k`.  Noise:
 Gaussian (``noise.model = "gaussian"``, σ a fraction of the largest datum) or Poisson counts
-(``"poisson"``, source intensity ``noise.intensity`` photons).  BiLaplacian prior on :math:`m = \log\mu`.
+(``"poisson"``, source intensity ``noise.intensity`` photons).  BiLaplacian prior on :math:`m = \log\mu`,
+optionally plus smoothed total variation (``prior.tv_weight > 0``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ DEFAULTS = {
     "mesh": {"n": 30},
     "model": {"directions": 8, "degree": 1, "detectors_per_side": 12, "solver": {}},
     "data": {"noise": "gaussian", "noise_fraction": 0.01, "intensity": 1e4, "seed": 1},
-    "prior": {"correlation_length": 0.2, "variance": 0.5, "mean": 0.0},
+    "prior": {"correlation_length": 0.2, "variance": 0.5, "mean": 0.0, "tv_weight": 0.0, "tv_epsilon": 0.05},
     "optimizer": {"gradient_rtol": 1e-8, "max_iterations": 40, "max_cg_iterations": 300,
                   "globalization": "line_search"},
     "laplace": {"rank": 60, "oversampling": 10, "prior_variance": "auto", "variance_samples": 100,
@@ -37,6 +38,8 @@ def validate(cfg) -> None:
          "data.noise_fraction and data.intensity must be > 0"),
         (cfg["prior"]["correlation_length"] > 0 and cfg["prior"]["variance"] > 0,
          "prior.correlation_length and prior.variance must be > 0"),
+        (cfg["prior"]["tv_weight"] >= 0 and cfg["prior"]["tv_epsilon"] > 0,
+         "prior.tv_weight must be >= 0 and prior.tv_epsilon > 0"),
         (cfg["laplace"]["rank"] >= 1 and cfg["laplace"]["oversampling"] >= 0,
          "laplace.rank must be >= 1 and laplace.oversampling >= 0"),
         (cfg["laplace"]["prior_variance"] in ("auto", "exact", "samples"),
@@ -57,7 +60,7 @@ def build(cfg, mesh):
     import firedrake as fd
 
     from pdeinv.forward.transport import TransportModel, boundary_detectors
-    from pdeinv.prior import BiLaplacianPrior
+    from pdeinv.prior import BiLaplacianPrior, GaussianPlus, TotalVariation
 
     mc = cfg["model"]
     angles = np.linspace(0.0, np.pi, mc["directions"], endpoint=False) + 0.1  # +0.1: no ray along an edge
@@ -73,6 +76,8 @@ def build(cfg, mesh):
     pc = cfg["prior"]
     prior = BiLaplacianPrior.from_correlation(V, correlation_length=pc["correlation_length"],
                                               variance=pc["variance"], mean=fd.Constant(pc["mean"]))
+    if pc["tv_weight"] > 0:  # BiLaplacian + smoothed TV (lagged-diffusivity Hessian: positive)
+        prior = GaussianPlus(prior, TotalVariation(V, alpha=pc["tv_weight"], epsilon=pc["tv_epsilon"]))
     return model, prior, truth, detectors
 
 

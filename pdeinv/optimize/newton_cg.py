@@ -211,10 +211,12 @@ def safe_cost(problem, m):
 
 
 def _default_preconditioner(prior):
-    from pdeinv.prior.base import GaussianPrior
+    from pdeinv.prior.base import GaussianPlus, GaussianPrior
 
     if isinstance(prior, GaussianPrior):
         return prior.covariance_action
+    if isinstance(prior, GaussianPlus):
+        return prior.gaussian.covariance_action
     return lambda c: c.riesz_representation("L2")
 
 

@@ -71,15 +71,19 @@ class LaplaceApproximation:
     def __init__(self, problem, m_map, *, rank: int, oversampling: int = 20, method: str = "double_pass",
                  power_iterations: int = 0, seed: int = 0):
         from pdeinv.maps import check_function
-        from pdeinv.prior.base import GaussianPrior
+        from pdeinv.prior.base import GaussianPlus, GaussianPrior
 
-        if not isinstance(problem.prior, GaussianPrior):
-            raise TypeError("LaplaceApproximation: the problem's prior must be a GaussianPrior")
+        if isinstance(problem.prior, GaussianPlus):
+            prior, extras = problem.prior.gaussian, problem.prior  # extra terms join the misfit Hessian
+        elif isinstance(problem.prior, GaussianPrior):
+            prior, extras = problem.prior, None
+        else:
+            raise TypeError("LaplaceApproximation: the problem's prior must be a GaussianPrior or GaussianPlus")
         if method not in ("double_pass", "single_pass"):
             raise ValueError(f"LaplaceApproximation: method must be 'double_pass' or 'single_pass', "
                              f"got {method!r}")
         check_function(m_map, problem.parameter_space, "LaplaceApproximation: m_map")
-        self.problem, self.prior = problem, problem.prior
+        self.problem, self.prior = problem, prior
         self.space = problem.parameter_space
         self.mean = m_map.copy(deepcopy=True)
         self.mean.rename("posterior_mean")
@@ -87,7 +91,10 @@ class LaplaceApproximation:
 
         def apply_A(v):
             self._count += 1
-            return problem.hessian_action(self.mean, v, misfit_only=True)
+            h = problem.hessian_action(self.mean, v, misfit_only=True)
+            if extras is not None:
+                h.dat.data[:] += extras.extras_hessian_action(self.mean, v).dat.data_ro
+            return h
 
         self._apply_A = apply_A
         if method == "double_pass":
