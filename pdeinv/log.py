@@ -25,11 +25,14 @@ class RankZeroLog:
         Suppress :meth:`info` output (timings are still collected).
     stream : file-like
         Where rank 0 writes (default ``sys.stdout``).
+    announce_phases : bool
+        Print ``[name] seconds`` at the end of every :meth:`phase`.
     """
 
-    def __init__(self, comm, *, quiet: bool = False, stream=None):
+    def __init__(self, comm, *, quiet: bool = False, stream=None, announce_phases: bool = False):
         self.comm = comm
         self.quiet = quiet
+        self.announce_phases = announce_phases
         self.stream = stream if stream is not None else sys.stdout
         self.timings: dict[str, float] = {}
 
@@ -55,6 +58,8 @@ class RankZeroLog:
         # Not in a `finally`: after an exception on one rank a collective here would hang the others.
         elapsed = self.comm.allreduce(time.perf_counter() - t0, op=_max_op())
         self.timings[name] = self.timings.get(name, 0.0) + elapsed
+        if self.announce_phases:
+            self.info(f"[{name}] {elapsed:.2f} s")
 
 
 def _max_op():

@@ -79,5 +79,6 @@ def build(cfg, mesh):
     prior = BiLaplacianPrior(model.parameter_space, gamma=p["gamma"], delta=p["delta"],
                              anisotropy=anisotropy_tensor(p["theta0"], p["theta1"], p["alpha"]),
                              mean=fd.Constant(p["mean"]))
-    truth = prior.sample(seed=p["truth_seed"], name="truth")
+    # the same truth on any number of ranks (a partition-independent white noise)
+    truth = prior.sample(seed=p["truth_seed"], name="truth", reproducible=True)
     return model, prior, truth, points

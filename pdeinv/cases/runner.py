@@ -129,7 +129,7 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
 
     module = importlib.import_module(f"pdeinv.cases.{name}")
     comm = fd.COMM_WORLD  # a case run owns the whole MPI job
-    log = RankZeroLog(comm, quiet=quiet)
+    log = RankZeroLog(comm, quiet=quiet, announce_phases=True)
     ckdir = os.path.join(out, "checkpoint")
     if comm.rank == 0:
         os.makedirs(ckdir, exist_ok=True)

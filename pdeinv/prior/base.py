@@ -66,9 +66,10 @@ class GaussianPrior(Regularizer):
     @abstractmethod
     def sample_centered(self, *, seed: int): ...
 
-    def sample(self, *, seed: int, name: str = "prior_sample"):
-        """A draw of :math:`\\mathcal N(\\bar m, \\mathcal C)`, seeded."""
-        s = self.sample_centered(seed=seed)
+    def sample(self, *, seed: int, name: str = "prior_sample", **kwargs):
+        """A draw of :math:`\\mathcal N(\\bar m, \\mathcal C)`, seeded (``kwargs`` go to
+        :meth:`sample_centered`, e.g. ``reproducible=True`` for the BiLaplacian prior)."""
+        s = self.sample_centered(seed=seed, **kwargs)
         s.assign(s + self.mean)
         s.rename(name)
         return s

@@ -139,12 +139,30 @@ class BiLaplacianPrior(GaussianPrior):
         self._solve(self._A, y, out)
         return out
 
-    def sample_centered(self, *, seed: int):
-        """:math:`A^{-1} w`, :math:`w \\sim \\mathcal N(0, M)` (Firedrake's white noise), seeded."""
-        import firedrake as fd
-        from firedrake.adjoint import WhiteNoiseGenerator
+    def sample_centered(self, *, seed: int, reproducible: bool = False):
+        """:math:`A^{-1} w`, :math:`w \\sim \\mathcal N(0, M)` (Firedrake's white noise), seeded.
 
-        w = WhiteNoiseGenerator(self.space, seed=seed).sample()
+        Firedrake's white noise has the same *law* on any number of ranks but not the same numbers.
+        ``reproducible=True`` draws :math:`w = M_L^{1/2}\\xi` instead, with :math:`M_L` the lumped mass
+        matrix and :math:`\\xi` from :func:`pdeinv.linalg.random_multifunction` (a hash of the dof
+        coordinates): the same sample on any number of ranks, e.g. for a synthetic truth, with the
+        law :math:`\\mathcal N(0, A^{-1}M_LA^{-1})` (the usual mass-lumping approximation).
+        """
+        import firedrake as fd
+
         out = fd.Function(self.space)
+        if reproducible:
+            import numpy as np
+
+            from pdeinv.linalg.multivector import random_multifunction
+
+            xi = random_multifunction(self.space, 1, seed=seed)[0]
+            lumped = fd.assemble(fd.TestFunction(self.space) * fd.dx)
+            w = fd.Cofunction(self.space.dual())
+            w.dat.data[:] = np.sqrt(lumped.dat.data_ro) * xi.dat.data_ro
+        else:
+            from firedrake.adjoint import WhiteNoiseGenerator
+
+            w = WhiteNoiseGenerator(self.space, seed=seed).sample()
         self._solve(self._A, w, out)
         return out
