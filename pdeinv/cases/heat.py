@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pdeinv.cases.common import unit_square_mesh
+
 __all__ = ["DEFAULTS", "validate", "make_mesh", "build"]
 
 DEFAULTS = {
@@ -26,10 +28,10 @@ DEFAULTS = {
 
 
 def validate(cfg) -> None:
+    from pdeinv.cases.common import laplace_checks, require
     from pdeinv.cases.config import ConfigError
 
     checks = [
-        (cfg["mesh"]["n"] >= 2, "mesh.n must be >= 2"),
         (cfg["model"]["end_time"] > 0, "model.end_time must be > 0"),
         (cfg["model"]["steps"] >= 1, "model.steps must be >= 1"),
         (0.5 <= cfg["model"]["theta"] <= 1.0, "model.theta must be in [0.5, 1]"),
@@ -38,14 +40,8 @@ def validate(cfg) -> None:
         (cfg["data"]["noise_fraction"] > 0, "data.noise_fraction must be > 0"),
         (cfg["prior"]["correlation_length"] > 0 and cfg["prior"]["variance"] > 0,
          "prior.correlation_length and prior.variance must be > 0"),
-        (cfg["laplace"]["rank"] >= 1 and cfg["laplace"]["oversampling"] >= 0,
-         "laplace.rank must be >= 1 and laplace.oversampling >= 0"),
-        (cfg["laplace"]["prior_variance"] in ("auto", "exact", "samples"),
-         "laplace.prior_variance must be 'auto', 'exact' or 'samples'"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    require(laplace_checks(cfg) + checks)
     T, N = cfg["model"]["end_time"], cfg["model"]["steps"]
     for t in cfg["model"]["observation_times"]:
         if not (0 < t <= T) or abs(round(t * N / T) - t * N / T) > 1e-9:
@@ -53,9 +49,7 @@ def validate(cfg) -> None:
 
 
 def make_mesh(cfg, comm):
-    import firedrake as fd
-
-    return fd.UnitSquareMesh(cfg["mesh"]["n"], cfg["mesh"]["n"], comm=comm, name="mesh")
+    return unit_square_mesh(cfg, comm)
 
 
 def build(cfg, mesh):

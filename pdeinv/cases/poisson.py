@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from pdeinv.cases.common import unit_square_mesh
+
 __all__ = ["DEFAULTS", "validate", "make_mesh", "build", "anisotropy_tensor"]
 
 DEFAULTS = {
@@ -38,30 +40,21 @@ def anisotropy_tensor(theta0, theta1, alpha):
 
 
 def validate(cfg) -> None:
-    from pdeinv.cases.config import ConfigError
+    from pdeinv.cases.common import laplace_checks, require
 
     p = cfg["prior"]
     checks = [
-        (cfg["mesh"]["n"] >= 2, "mesh.n must be >= 2"),
         (cfg["model"]["degree"] >= 1, "model.degree must be >= 1"),
         (cfg["data"]["points"] >= 1 and cfg["data"]["noise_fraction"] > 0,
          "data.points must be >= 1 and data.noise_fraction > 0"),
         (p["gamma"] > 0 and p["delta"] > 0 and p["theta0"] > 0 and p["theta1"] > 0,
          "prior.gamma, delta, theta0, theta1 must be > 0"),
-        (cfg["laplace"]["rank"] >= 1 and cfg["laplace"]["oversampling"] >= 0,
-         "laplace.rank must be >= 1 and laplace.oversampling >= 0"),
-        (cfg["laplace"]["prior_variance"] in ("auto", "exact", "samples"),
-         "laplace.prior_variance must be 'auto', 'exact' or 'samples'"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    require(laplace_checks(cfg) + checks)
 
 
 def make_mesh(cfg, comm):
-    import firedrake as fd
-
-    return fd.UnitSquareMesh(cfg["mesh"]["n"], cfg["mesh"]["n"], comm=comm, name="mesh")
+    return unit_square_mesh(cfg, comm)
 
 
 def build(cfg, mesh):

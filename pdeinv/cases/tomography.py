@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pdeinv.cases.common import unit_square_mesh
+
 __all__ = ["DEFAULTS", "validate", "make_mesh", "build", "make_noise"]
 
 DEFAULTS = {
@@ -26,10 +28,9 @@ DEFAULTS = {
 
 
 def validate(cfg) -> None:
-    from pdeinv.cases.config import ConfigError
+    from pdeinv.cases.common import laplace_checks, require
 
     checks = [
-        (cfg["mesh"]["n"] >= 2, "mesh.n must be >= 2"),
         (cfg["model"]["directions"] >= 1, "model.directions must be >= 1"),
         (cfg["model"]["degree"] >= 0, "model.degree must be >= 0"),
         (cfg["model"]["detectors_per_side"] >= 1, "model.detectors_per_side must be >= 1"),
@@ -40,20 +41,12 @@ def validate(cfg) -> None:
          "prior.correlation_length and prior.variance must be > 0"),
         (cfg["prior"]["tv_weight"] >= 0 and cfg["prior"]["tv_epsilon"] > 0,
          "prior.tv_weight must be >= 0 and prior.tv_epsilon > 0"),
-        (cfg["laplace"]["rank"] >= 1 and cfg["laplace"]["oversampling"] >= 0,
-         "laplace.rank must be >= 1 and laplace.oversampling >= 0"),
-        (cfg["laplace"]["prior_variance"] in ("auto", "exact", "samples"),
-         "laplace.prior_variance must be 'auto', 'exact' or 'samples'"),
     ]
-    for ok, message in checks:
-        if not ok:
-            raise ConfigError(message)
+    require(laplace_checks(cfg) + checks)
 
 
 def make_mesh(cfg, comm):
-    import firedrake as fd
-
-    return fd.UnitSquareMesh(cfg["mesh"]["n"], cfg["mesh"]["n"], comm=comm, name="mesh")
+    return unit_square_mesh(cfg, comm)
 
 
 def build(cfg, mesh):

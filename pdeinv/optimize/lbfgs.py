@@ -19,7 +19,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
-from pdeinv.optimize.newton_cg import _default_preconditioner, safe_cost
+from pdeinv.optimize.newton_cg import _default_preconditioner, armijo_backtracking
 from pdeinv.optimize.result import OptimizationResult
 from pdeinv.verify import dual_pairing
 
@@ -77,7 +77,6 @@ def lbfgs(problem, m0, *, options: LBFGSOptions | None = None, preconditioner=No
     pairs: deque = deque(maxlen=opts.memory)
     tau = 1.0
     history, reason, converged, k = [], "iteration limit", False, 0
-    trial = fd.Function(problem.parameter_space)
     for k in range(1, opts.max_iterations + 1):
         if gnorm <= max(opts.gradient_atol, opts.gradient_rtol * gnorm0):
             reason, converged, k = "gradient tolerance", True, k - 1
@@ -106,16 +105,13 @@ def lbfgs(problem, m0, *, options: LBFGSOptions | None = None, preconditioner=No
             direction.assign(-1.0 * direction)
             slope = dual_pairing(g, direction)
         # Without curvature pairs the scale of -P g is arbitrary: start with a unit-size step.
-        alpha = 1.0 if pairs else min(1.0, 1.0 / max(gnorm, 1e-300))
-        for _ in range(opts.max_backtracks + 1):
-            trial.assign(m + alpha * direction)
-            new_cost = safe_cost(problem, trial)
-            if new_cost is not None and new_cost.total <= cost.total + opts.armijo_c1 * alpha * slope:
-                break
-            alpha *= 0.5
-        else:
+        found = armijo_backtracking(problem, m, direction, cost, slope, c1=opts.armijo_c1,
+                                    max_backtracks=opts.max_backtracks,
+                                    alpha=1.0 if pairs else min(1.0, 1.0 / max(gnorm, 1e-300)))
+        if found is None:
             reason = "line search failed"
             break
+        alpha, trial, new_cost = found
         new_g = problem.gradient(trial)
         s = fd.Function(problem.parameter_space).assign(trial - m)
         y = new_g.copy(deepcopy=True)

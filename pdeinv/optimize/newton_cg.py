@@ -210,6 +210,25 @@ def safe_cost(problem, m):
     return cost if math.isfinite(cost.total) else None
 
 
+def armijo_backtracking(problem, m, direction, cost, slope, *, c1: float, max_backtracks: int,
+                        alpha: float = 1.0):
+    """Halve ``alpha`` until :math:`\\mathcal J(m + \\alpha p) \\le \\mathcal J(m) + c_1\\alpha\\langle g, p\\rangle`.
+
+    Returns ``(alpha, trial point, its cost terms)``, or ``None`` when ``max_backtracks`` halvings fail.
+    Trial points where the forward model cannot be solved count as no decrease (:func:`safe_cost`).
+    """
+    import firedrake as fd
+
+    trial = fd.Function(problem.parameter_space)
+    for _ in range(max_backtracks + 1):
+        trial.assign(m + alpha * direction)
+        new_cost = safe_cost(problem, trial)
+        if new_cost is not None and new_cost.total <= cost.total + c1 * alpha * slope:
+            return alpha, trial, new_cost
+        alpha *= 0.5
+    return None
+
+
 def _default_preconditioner(prior):
     from pdeinv.prior.base import GaussianPlus, GaussianPrior
 
@@ -327,16 +346,12 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
             if slope >= 0:  # not a descent direction (should not happen with an SPD Hessian)
                 step = P(minus_g)
                 slope = dual_pairing(g, step)
-            alpha, trial = 1.0, fd.Function(problem.parameter_space)
-            for _ in range(opts.max_backtracks + 1):
-                trial.assign(m + alpha * step)
-                new_cost = safe_cost(problem, trial)
-                if new_cost is not None and new_cost.total <= cost.total + opts.armijo_c1 * alpha * slope:
-                    break
-                alpha *= 0.5
-            else:
+            found = armijo_backtracking(problem, m, step, cost, slope, c1=opts.armijo_c1,
+                                        max_backtracks=opts.max_backtracks)
+            if found is None:
                 reason = "line search failed"
                 break
+            alpha, trial, new_cost = found
             if mu > 0:
                 mu = mu / 3.0 if alpha == 1.0 else 2.0 * mu
         decrease = cost.total - new_cost.total

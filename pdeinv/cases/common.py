@@ -1,0 +1,34 @@
+"""Pieces the cases share: the mesh, and validation helpers."""
+
+from __future__ import annotations
+
+__all__ = ["unit_square_mesh", "require", "laplace_checks"]
+
+
+def unit_square_mesh(cfg, comm):
+    """``UnitSquareMesh(n, n)`` with ``n = cfg["mesh"]["n"]`` (named, for checkpoints)."""
+    import firedrake as fd
+
+    return fd.UnitSquareMesh(cfg["mesh"]["n"], cfg["mesh"]["n"], comm=comm, name="mesh")
+
+
+def require(checks) -> None:
+    """Raise a ConfigError with the message of the first failed ``(ok, message)`` check."""
+    from pdeinv.cases.config import ConfigError
+
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def laplace_checks(cfg):
+    """The checks of the [mesh] and [laplace] tables every case has."""
+    lc = cfg["laplace"]
+    return [
+        (cfg["mesh"]["n"] >= 2, "mesh.n must be >= 2"),
+        (lc["rank"] >= 1 and lc["oversampling"] >= 0, "laplace.rank must be >= 1 and laplace.oversampling >= 0"),
+        (lc["prior_variance"] in ("auto", "exact", "samples"),
+         "laplace.prior_variance must be 'auto', 'exact' or 'samples'"),
+        (lc["variance_samples"] >= 2 and lc["posterior_samples"] >= 0,
+         "laplace.variance_samples must be >= 2 and laplace.posterior_samples >= 0"),
+    ]
