@@ -5,7 +5,7 @@ import firedrake as fd
 import numpy as np
 import pytest
 import scipy.linalg as sl
-from test_newton import linear_heat_problem, poisson_problem
+from test_newton import dense_jacobian_and_precision, linear_heat_problem, poisson_problem
 
 from pdeinv.optimize import NewtonCGOptions, newton_cg
 from pdeinv.posterior import LaplaceApproximation
@@ -16,17 +16,8 @@ def linear_gaussian():
     """The heat problem (u0 as parameter) of test_newton, its MAP, and the dense exact posterior."""
     problem, model, noise, data, prior = linear_heat_problem()
     V = problem.parameter_space
-    n = V.dim()
     res = newton_cg(problem, fd.Function(V), options=NewtonCGOptions(forcing=1e-13, max_iterations=1, quiet=True))
-    J = np.zeros((model.observation.n_points * model.observation.channels, n))
-    e = fd.Function(V)
-    for i in range(n):
-        e.dat.data[:] = 0.0
-        e.dat.data[i] = 1.0
-        J[:, i] = model.observation.to_array(model.jvp(e, e)).ravel()
-    A = prior._A.matrix.petscmat.convert("dense").getDenseArray()
-    M = prior._M.matrix.petscmat.convert("dense").getDenseArray()
-    R = A @ np.linalg.solve(M, A)
+    J, R = dense_jacobian_and_precision(model, prior)
     Hm = J.T @ J / noise.sigma**2
     d = model.observation.to_array(data).ravel()
     post = np.linalg.inv(Hm + R)

@@ -28,23 +28,28 @@ def linear_heat_problem(n=4):
     return InverseProblem(Misfit(model, noise, data), prior), model, noise, data, prior
 
 
+def dense_jacobian_and_precision(model, prior):
+    """J built column by column from JVPs (serial), and the BiLaplacian precision A M^-1 A from its
+    assembled matrices: the dense ingredients of the exact linear-Gaussian posterior."""
+    V = model.parameter_space
+    J = np.zeros((model.observation.n_points * model.observation.channels, V.dim()))
+    e = fd.Function(V)
+    for i in range(V.dim()):
+        e.dat.data[:] = 0.0
+        e.dat.data[i] = 1.0
+        J[:, i] = model.observation.to_array(model.jvp(e, e)).ravel()
+    A = prior._A.matrix.petscmat.convert("dense").getDenseArray()
+    M = prior._M.matrix.petscmat.convert("dense").getDenseArray()
+    return J, A @ np.linalg.solve(M, A)
+
+
 def test_one_gauss_newton_step_is_the_exact_map_of_a_linear_gaussian_problem():
     problem, model, noise, data, prior = linear_heat_problem()
     res = newton_cg(problem, fd.Function(problem.parameter_space),
                     options=NewtonCGOptions(forcing=1e-13, max_iterations=1, quiet=True))
     # Dense normal equations: (J^T G^-1 J + A M^-1 A) m = J^T G^-1 d + A M^-1 A mbar, with J built
     # column by column from JVPs and the prior from its assembled matrices.
-    V = problem.parameter_space
-    n = V.dim()
-    J = np.zeros((model.observation.n_points * model.observation.channels, n))
-    e = fd.Function(V)
-    for i in range(n):
-        e.dat.data[:] = 0.0
-        e.dat.data[i] = 1.0
-        J[:, i] = model.observation.to_array(model.jvp(e, e)).ravel()
-    A = prior._A.matrix.petscmat.convert("dense").getDenseArray()
-    M = prior._M.matrix.petscmat.convert("dense").getDenseArray()
-    R = A @ np.linalg.solve(M, A)
+    J, R = dense_jacobian_and_precision(model, prior)
     d = model.observation.to_array(data).ravel()
     mbar = prior.mean.dat.data_ro.copy()
     H = J.T @ J / noise.sigma**2 + R

@@ -92,7 +92,10 @@ def main(argv=None, *, case: str | None = None) -> int:
         cfg = load_config(module.DEFAULTS, args.config, args.set)
         module.validate(cfg)
     except ConfigError as e:
-        print(f"pdeinv: configuration error: {e}", file=sys.stderr)
+        from mpi4py import MPI  # every rank found the same error: report it once
+
+        if MPI.COMM_WORLD.rank == 0:
+            sys.stderr.write(f"pdeinv: configuration error: {e}\n")
         return EXIT_CONFIG
     out = args.out or os.path.join("results", name)
     try:
