@@ -71,6 +71,13 @@ class ParameterToObservable(ABC):
         self._linearise(m)
         return self._prediction.copy(deepcopy=True)
 
+    def prediction(self, m):
+        """:math:`F(m)` as the map's own stored Function (no copy; do not modify it).  For internal
+        use on hot paths such as every Hessian action of a CG iteration; users call ``F(m)``."""
+        check_function(m, self.parameter_space, "m")
+        self._linearise(m)
+        return self._prediction
+
     def jvp(self, m, dm):
         """Tangent-linear action :math:`F'(m)\\,\\delta m` (a data-space Function)."""
         check_function(m, self.parameter_space, "m")
@@ -167,23 +174,23 @@ class Misfit:
 
     def __call__(self, m) -> float:
         """:math:`\\Phi(m)`."""
-        return self.noise.misfit(self.map(m), self.data)
+        return self.noise.misfit(self.map.prediction(m), self.data)
 
     def gradient(self, m):
         """:math:`\\Phi'(m) = J^T \\partial_p\\phi` as a Cofunction (the VJP of the weighted residual)."""
-        pred = self.map(m)
+        pred = self.map.prediction(m)
         return self.map.vjp(m, self.noise.gradient(pred, self.data))
 
     def gauss_newton_action(self, m, dm):
         """:math:`J^T W J\\,\\delta m` as a Cofunction (one JVP, one VJP)."""
-        pred = self.map(m)
+        pred = self.map.prediction(m)
         jdm = self.map.jvp(m, dm)
         return self.map.vjp(m, self.noise.gauss_newton_weight(pred, self.data, jdm))
 
     def hessian_action(self, m, dm):
         """Full Hessian :math:`J^T \\phi'' J\\,\\delta m + \\langle\\phi', F''(m)[\\delta m,\\cdot]\\rangle`
         (for full Newton; may be indefinite away from the minimum)."""
-        pred = self.map(m)
+        pred = self.map.prediction(m)
         jdm = self.map.jvp(m, dm)
         h = self.map.vjp(m, self.noise.misfit_hessian(pred, self.data, jdm))
         extra = self.map.second_order_vjp(m, self.noise.gradient(pred, self.data), dm)
