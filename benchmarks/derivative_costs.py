@@ -17,14 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
-import warnings
 
-import petsc4py
+from pdeinv._petsc import init_petsc
 
-petsc4py.init(sys.argv[:1])  # our options are not PETSc's
-warnings.filterwarnings("ignore", message="Calling petsctools.init but PETSc has already")
+init_petsc()  # our options are not PETSc's
 
 import firedrake as fd  # noqa: E402
 import numpy as np  # noqa: E402

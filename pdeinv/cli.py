@@ -66,17 +66,6 @@ def _cmd_info(args) -> int:
     return 0
 
 
-def _init_petsc() -> None:
-    """Start PETSc without our own command line (Firedrake would pass sys.argv to PETSc, which then
-    reports `--json` etc. as unused options).  PETSc options go in the PETSC_OPTIONS variable."""
-    import warnings
-
-    import petsc4py
-
-    petsc4py.init(sys.argv[:1])
-    warnings.filterwarnings("ignore", message="Calling petsctools.init but PETSc has already")
-
-
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "run":
@@ -94,7 +83,9 @@ def main(argv=None) -> int:
     p = sub.add_parser("info", help="versions of pdeinv and the stack")
     p.set_defaults(func=_cmd_info)
     args = parser.parse_args(argv)
-    _init_petsc()
+    from pdeinv._petsc import init_petsc
+
+    init_petsc()
     return args.func(args)
 
 

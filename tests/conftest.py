@@ -5,14 +5,12 @@ empty.  pdeinv records only on private tapes (pdeinv._tape.recording); this fixt
 a test failure instead of a silent slowdown of the user's own adjoint code.
 """
 
-import sys
-
-import petsc4py
 import pytest
 
-# Firedrake initialises PETSc with sys.argv; under pytest those are pytest's options, which PETSc
-# would report as unused.  Initialise PETSc first without them (PETSC_OPTIONS still works).
-petsc4py.init(sys.argv[:1])
+from pdeinv._petsc import init_petsc
+
+# Under pytest, sys.argv holds pytest's options: PETSc must not see them (PETSC_OPTIONS still works).
+init_petsc()
 
 
 @pytest.fixture(autouse=True)

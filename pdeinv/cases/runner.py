@@ -105,20 +105,12 @@ def main(argv=None, *, case: str | None = None) -> int:
     return 0
 
 
-def _init_petsc():
-    import warnings
-
-    import petsc4py
-
-    if "petsc4py.PETSc" not in sys.modules:
-        petsc4py.init(sys.argv[:1])  # PETSc options come from PETSC_OPTIONS, not from our command line
-    warnings.filterwarnings("ignore", message="Calling petsctools.init but PETSc has already")
-
-
 def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = False,
         sigterm_after: int | None = None) -> dict:
     """Run case ``name`` with configuration ``cfg`` into directory ``out``; returns the summary."""
-    _init_petsc()
+    from pdeinv._petsc import init_petsc
+
+    init_petsc()
     import firedrake as fd
     import numpy as np
 
