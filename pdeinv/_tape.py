@@ -1,16 +1,25 @@
 """The only module of pdeinv that touches pyadjoint's global state.
 
 pyadjoint records operations on a *working tape* while *annotation* is switched on; both are global.
-A library that recorded on the user's tape, or left annotation on, would silently change the user's
-own adjoint computations.  So every map in pdeinv records on a private tape inside
-:func:`recording`, which restores the previous tape and annotation state on exit, whatever happens.
+pdeinv is a plugin called from modelling codes that may have annotation switched on (every
+firedrake-adjoint code does).  A library that recorded on the user's tape, or changed the
+annotation state, would silently change the user's own adjoint computations (and pyadjoint fails on
+some of the Cofunction arithmetic pdeinv does).  So:
+
+- every public method of pdeinv's maps, noise models, regularizers, misfits and problems, and every
+  optimizer and posterior entry point, runs with annotation off (:func:`unannotated`,
+  :func:`unannotated_methods`), restoring the caller's state on exit;
+- the one map that *wants* a tape, :class:`pdeinv.forward.taped.TapedMap`, records on a private
+  tape inside :func:`recording`, which restores the caller's working tape and annotation state on
+  exit, whatever happens.
 """
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 
-__all__ = ["recording", "no_annotations"]
+__all__ = ["recording", "no_annotations", "unannotated", "unannotated_methods"]
 
 
 @contextmanager
@@ -42,3 +51,29 @@ def no_annotations():
 
     with stop_annotating():
         yield
+
+
+def unannotated(func):
+    """Decorator: run ``func`` with annotation off, restoring the caller's annotation state after."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from pyadjoint import stop_annotating
+
+        with stop_annotating():
+            return func(*args, **kwargs)
+
+    wrapper.__pdeinv_unannotated__ = True
+    return wrapper
+
+
+def unannotated_methods(cls):
+    """Wrap ``__init__``, ``__call__`` and every public method defined on ``cls`` with
+    :func:`unannotated`.  Base classes call this from ``__init_subclass__`` so that every subclass,
+    including a user's, is covered without decorating each method."""
+    for name, attr in list(vars(cls).items()):
+        public = not name.startswith("_") or name in ("__init__", "__call__")
+        if public and callable(attr) and not isinstance(attr, (type, staticmethod, classmethod, property)) \
+                and not getattr(attr, "__pdeinv_unannotated__", False):
+            setattr(cls, name, unannotated(attr))
+    return cls

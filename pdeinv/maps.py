@@ -23,7 +23,25 @@ from collections import Counter
 
 import numpy as np
 
-__all__ = ["ParameterToObservable", "Misfit", "check_function"]
+from pdeinv._tape import unannotated_methods
+
+__all__ = ["ParameterToObservable", "Misfit", "check_function", "ForwardSolveError", "check_finite"]
+
+
+class ForwardSolveError(RuntimeError):
+    """The forward model could not be solved at a parameter value (a nonlinear or linear solver
+    diverged, or the prediction is NaN/inf).  Optimizers treat it as a failed trial point (the step is
+    shortened / the trust region reduced) and log the message; called directly it is one clear error."""
+
+
+def check_finite(f, name: str) -> None:
+    """Raise ``ValueError`` naming ``name`` unless every value of the Function ``f`` is finite (on
+    every rank: the check is collective)."""
+    from mpi4py import MPI
+
+    local = bool(np.all(np.isfinite(f.dat.data_ro)))
+    if not f.function_space().mesh().comm.allreduce(local, op=MPI.LAND):
+        raise ValueError(f"{name}: contains NaN or inf")
 
 
 def check_function(f, space, name: str, *, dual: bool = False):
@@ -38,6 +56,7 @@ def check_function(f, space, name: str, *, dual: bool = False):
         raise ValueError(f"{name}: expected a {kind.__name__} on {want}, got one on {f.function_space()}")
 
 
+@unannotated_methods
 class ParameterToObservable(ABC):
     """Base class of parameter-to-observable maps.
 
@@ -54,6 +73,11 @@ class ParameterToObservable(ABC):
         ``forward``, ``jvp``, ``vjp`` calls that did work, and ``linear_solves`` (factorised
         solves) and ``factorisations`` — the cost model in numbers.
     """
+
+    def __init_subclass__(cls, **kwargs):
+        # Every subclass (a user's too) runs its public methods with pyadjoint annotation off.
+        super().__init_subclass__(**kwargs)
+        unannotated_methods(cls)
 
     def __init__(self, parameter_space, observation):
         self.parameter_space = parameter_space
@@ -127,15 +151,39 @@ class ParameterToObservable(ABC):
     def _linearise(self, m) -> None:
         if self._point is not None and _same_values(self._point, m):
             return
+        check_finite(m, f"{type(self).__name__}: parameter m")
         if self._prediction is None:
             self._prediction = self.observation.zero_data(name="prediction")
-        self._solve(m, self._prediction)
+        # Forget the old point first: a solve that fails half-way has already overwritten the stored
+        # state, so nothing may be reused until a solve succeeds.
+        self._point = None
         self.counts["forward"] += 1
+        try:
+            self._solve(m, self._prediction)
+        except Exception as err:
+            if isinstance(err, ForwardSolveError) or _is_solver_failure(err):
+                raise ForwardSolveError(f"{type(self).__name__}: forward solve failed: {err}") from err
+            raise
+        local = bool(np.all(np.isfinite(self._prediction.dat.data_ro)))
+        from mpi4py import MPI
+
+        if not self.comm.allreduce(local, op=MPI.LAND):
+            raise ForwardSolveError(f"{type(self).__name__}: the prediction contains NaN or inf "
+                                    "(overflow in the model at this parameter?)")
         self._point = m.copy(deepcopy=True)
 
     def invalidate(self) -> None:
         """Forget the stored linearisation (call after changing the model's fixed inputs in place)."""
         self._point = None
+
+
+def _is_solver_failure(err) -> bool:
+    """Firedrake's ConvergenceError (nonlinear or linear solver diverged) or a PETSc error raised in a
+    solve (e.g. a zero pivot in a factorisation at an extreme coefficient)."""
+    from firedrake.exceptions import ConvergenceError
+    from petsc4py import PETSc
+
+    return isinstance(err, (ConvergenceError, PETSc.Error, ArithmeticError, FloatingPointError))
 
 
 def _same_values(a, b) -> bool:
@@ -145,6 +193,7 @@ def _same_values(a, b) -> bool:
     return a.function_space().mesh().comm.allreduce(local, op=MPI.LAND)
 
 
+@unannotated_methods
 class Misfit:
     r"""Data misfit :math:`\Phi(m) = \phi(F(m); d)` of a map, a noise model and observed data.
 

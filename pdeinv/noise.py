@@ -26,7 +26,9 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
-__all__ = ["NoiseModel", "GaussianNoise", "LaplaceNoise", "PoissonNoise", "synthetic_data"]
+from pdeinv._tape import unannotated_methods
+
+__all__ = ["NoiseModel", "GaussianNoise", "LaplaceNoise", "PoissonNoise", "FieldGaussianNoise", "synthetic_data"]
 
 
 def synthetic_data(forward_map, truth, noise, *, seed: int, name: str = "data"):
@@ -41,9 +43,15 @@ def _global_sum(comm, local: float) -> float:
     return comm.allreduce(float(local))
 
 
+@unannotated_methods
 class NoiseModel(ABC):
     """Base class; ``observation`` is the :class:`~pdeinv.observation.PointObservation` whose data
     space the model lives on."""
+
+    def __init_subclass__(cls, **kwargs):
+        # every subclass (a user's too) runs its public methods with pyadjoint annotation off
+        super().__init_subclass__(**kwargs)
+        unannotated_methods(cls)
 
     def __init__(self, observation):
         self.observation = observation
@@ -288,3 +296,78 @@ def _mpi_min():
     from mpi4py import MPI
 
     return MPI.MIN
+
+
+class FieldGaussianNoise(NoiseModel):
+    r"""Gaussian noise on a whole observed field (:class:`~pdeinv.observation.FieldObservation`),
+    with the mass-weighted misfit of hIPPYlib's continuous-state observation:
+
+    .. math::
+
+        \Phi = \frac{1}{2\sigma^2}\sum_k \int_\Omega (p_k - d_k)^2\,dx
+             = \frac{1}{2\sigma^2}\,r^T M r,\qquad
+        \partial_p\Phi = \sigma^{-2} M r,\qquad W\delta p = \sigma^{-2} M\,\delta p.
+
+    Synthetic data add i.i.d. :math:`N(0, \sigma^2)` noise at every node (as hIPPYlib does), drawn
+    from a hash of the node coordinates so 1 and N ranks give the same data.
+    """
+
+    def __init__(self, observation, sigma: float):
+        import firedrake as fd
+
+        from pdeinv.observation import FieldObservation
+
+        if not isinstance(observation, FieldObservation):
+            raise TypeError("FieldGaussianNoise: needs a FieldObservation")
+        super().__init__(observation)
+        s = float(sigma) if isinstance(sigma, (int, float, np.floating)) else None
+        if s is None or not (np.isfinite(s) and s > 0):
+            raise ValueError(f"FieldGaussianNoise: sigma must be a positive number, got {sigma!r}")
+        self.sigma = s
+        D = self.space
+        self._M = fd.assemble(fd.inner(fd.TrialFunction(D), fd.TestFunction(D)) * fd.dx, mat_type="aij").petscmat
+        self._work = self._M.createVecLeft()
+
+    def _weighted(self, values_from, values_sub=None):
+        """:math:`\\sigma^{-2} M (a - b)` as a Cofunction."""
+        import firedrake as fd
+
+        out = fd.Cofunction(self.space.dual())
+        with values_from.dat.vec_ro as a, out.dat.vec_wo as o:
+            a.copy(self._work)
+            if values_sub is not None:
+                with values_sub.dat.vec_ro as b:
+                    self._work.axpy(-1.0, b)
+            self._M.mult(self._work, o)
+            o.scale(1.0 / self.sigma**2)
+        return out
+
+    def misfit(self, pred, data) -> float:
+        self._check(pred, "pred")
+        self._check(data, "data")
+        g = self._weighted(pred, data)
+        with g.dat.vec_ro as gv:
+            return 0.5 * self.sigma**2 * gv.dot(self._work)
+
+    def gradient(self, pred, data):
+        return self._weighted(pred, data)
+
+    def gauss_newton_weight(self, pred, data, dpred):
+        return self._weighted(dpred)
+
+    def _draw(self, pred, rng):  # pragma: no cover - sample() is overridden
+        raise NotImplementedError
+
+    def sample(self, pred, *, seed: int, name: str = "data"):
+        """``pred`` plus i.i.d. :math:`N(0,\\sigma^2)` nodal noise (partition-independent)."""
+        from pdeinv.linalg.multivector import random_multifunction
+
+        self._check(pred, "pred")
+        obs = self.observation
+        out = pred.copy(deepcopy=True)
+        out.rename(name)
+        xi = random_multifunction(obs.state_space, obs.channels, seed=seed)
+        cols = obs._columns(out.dat.data)
+        for k in range(obs.channels):
+            cols[:, k] += self.sigma * xi[k].dat.data_ro
+        return out

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["PointObservation", "ObservationPointsOutsideMesh"]
+__all__ = ["PointObservation", "FieldObservation", "IntegralObservation", "ObservationPointsOutsideMesh"]
 
 
 class ObservationPointsOutsideMesh(ValueError):
@@ -176,3 +176,143 @@ class PointObservation:
         import firedrake as fd
 
         return fd.Function(self.space, name=name)
+
+
+class FieldObservation:
+    r"""The whole state field observed (hIPPYlib's continuous-state observation): :math:`B = I`.
+
+    The data space is the state space itself (one channel) or, for ``channels`` > 1 (a field at
+    several times), the vector-valued space of the same element with one component per channel.
+    Use it with :class:`~pdeinv.noise.FieldGaussianNoise`, whose misfit is the mass-weighted
+    :math:`\tfrac1{2\sigma^2}\sum_k\int_\Omega (p_k - d_k)^2\,dx` (mesh-independent, unlike a sum over
+    nodes).
+
+    Parameters
+    ----------
+    state_space : firedrake.FunctionSpace
+        Scalar space of the observed field.
+    channels : int
+    """
+
+    mask = None
+
+    def __init__(self, state_space, *, channels: int = 1):
+        import firedrake as fd
+
+        if state_space.value_shape != ():
+            raise ValueError("FieldObservation: the observed state must be scalar-valued")
+        if not isinstance(channels, (int, np.integer)) or channels < 1:
+            raise ValueError(f"FieldObservation: channels must be a positive integer, got {channels!r}")
+        self.state_space = state_space
+        self.channels = int(channels)
+        self.comm = state_space.mesh().comm
+        el = state_space.ufl_element()
+        self.space = state_space if channels == 1 else fd.VectorFunctionSpace(
+            state_space.mesh(), el.family(), el.degree(), dim=self.channels)
+        self.n_points = state_space.dim()
+
+    def _columns(self, arr):
+        return arr.reshape(-1, self.channels)
+
+    def observe(self, u_vec, data, channel: int) -> None:
+        """Copy the state (PETSc Vec of a state Function) into channel ``channel`` of ``data``."""
+        self._columns(data.dat.data)[:, channel] = u_vec.array_r
+
+    def observe_transpose_add(self, w, channel: int, out_vec) -> None:
+        """Add channel ``channel`` of the data-space Cofunction ``w`` to ``out_vec``."""
+        arr = out_vec.getArray()
+        arr += self._columns(w.dat.data_ro)[:, channel]
+
+    def zero_data(self, name: str | None = None):
+        import firedrake as fd
+
+        return fd.Function(self.space, name=name)
+
+    def field(self, data, channel: int = 0):
+        """Channel ``channel`` of a data Function as a state-space Function (for plotting/output)."""
+        import firedrake as fd
+
+        out = fd.Function(self.state_space, name=data.name())
+        out.dat.data[:] = self._columns(data.dat.data_ro)[:, channel]
+        return out
+
+
+class IntegralObservation(PointObservation):
+    r"""Linear functionals of the state: boundary fluxes, subdomain means, weighted integrals.
+
+    Datum :math:`k` is :math:`\ell_k(u)`, with each :math:`\ell_k` a UFL form linear in :math:`u`,
+    given as a callable of a test function, e.g. ::
+
+        n = FacetNormal(mesh)
+        IntegralObservation(V, {"flux_right": lambda u: dot(grad(u), n) * ds(2),
+                                "mean":       lambda u: u * dx})
+
+    Each :math:`\ell_k` is assembled once into a dual vector; :math:`Bu` is a set of global dot
+    products and :math:`B^T w = \sum_k w_k \ell_k`.  The functionals must not depend on the
+    parameter.  The data have one row per functional (in the order given) and ``channels`` columns;
+    ``to_array`` / ``from_array`` and the noise models work as for point data (e.g. a
+    :class:`~pdeinv.noise.GaussianNoise` with one :math:`\sigma` per functional).
+
+    Parameters
+    ----------
+    state_space : firedrake.FunctionSpace
+    functionals : dict of str -> callable, or sequence of callables
+        :math:`\ell_k`: ``f(v)`` returns a UFL 1-form in the test function ``v`` (equivalently, a
+        form linear in the state).
+    channels : int
+        Observation times (or other channels) at which every functional is recorded.
+    """
+
+    def __init__(self, state_space, functionals, *, channels: int = 1):
+        import firedrake as fd
+        import ufl
+
+        if isinstance(functionals, dict):
+            names, funcs = list(functionals), list(functionals.values())
+        else:
+            funcs = list(functionals)
+            names = [f"functional_{k}" for k in range(len(funcs))]
+        if not funcs:
+            raise ValueError("IntegralObservation: give at least one functional")
+        v = fd.TestFunction(state_space)
+        rows = []
+        for name, f in zip(names, funcs, strict=True):
+            form = f(v) if callable(f) else f
+            if not isinstance(form, ufl.form.BaseForm) or len(form.arguments()) != 1:
+                raise ValueError(f"IntegralObservation: functional {name!r} must give a UFL form linear in the "
+                                 "state (a 1-form in the test function passed to it)")
+            rows.append(fd.assemble(form))
+        self.names = tuple(names)
+        # All data live at one interior point (one VertexOnlyMesh vertex per functional), so the data
+        # space is an ordinary point-data space: arrays in input order, noise models unchanged.
+        point = _interior_point(state_space.mesh())
+        super().__init__(state_space, np.tile(point, (len(rows), 1)), channels=channels)
+        self._row_vecs = []
+        for r in rows:
+            with r.dat.vec_ro as x:
+                self._row_vecs.append(x.copy())
+        ids = self.from_array(np.tile(np.arange(len(rows), dtype=float)[:, None], (1, self.channels)))
+        self._local_ids = np.rint(self._columns(np.array(ids.dat.data_ro))[:, 0]).astype(int)
+
+    def observe(self, u_vec, data, channel: int) -> None:
+        values = np.array(u_vec.mDot(self._row_vecs))  # global: l_k(u) for all k, on every rank
+        self._columns(data.dat.data)[:, channel] = values[self._local_ids]
+
+    def observe_transpose_add(self, w, channel: int, out_vec) -> None:
+        from mpi4py import MPI
+
+        local = np.zeros(len(self._row_vecs))
+        local[self._local_ids] = self._columns(w.dat.data_ro)[:, channel]
+        coeffs = np.empty_like(local)
+        self.comm.Allreduce(local, coeffs, op=MPI.SUM)
+        out_vec.maxpy(coeffs, self._row_vecs)
+
+
+def _interior_point(mesh):
+    """A point inside the mesh, the same on every rank (the centroid of the first rank's first cell)."""
+    import firedrake as fd
+
+    X = fd.Function(fd.VectorFunctionSpace(mesh, "DG", 0)).interpolate(fd.SpatialCoordinate(mesh))
+    local = np.array(X.dat.data_ro).reshape(-1, mesh.geometric_dimension)
+    candidates = mesh.comm.allgather(local[0] if len(local) else None)
+    return next(c for c in candidates if c is not None)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pdeinv._tape import unannotated_methods
+
 __all__ = ["InverseProblem", "CostTerms"]
 
 
@@ -26,6 +28,7 @@ class CostTerms:
     regularization: float
 
 
+@unannotated_methods
 class InverseProblem:
     """:math:`\\min_m \\Phi(m) + R(m)`.
 

@@ -42,11 +42,20 @@ class TaylorResult:
     remainder1: tuple[float, ...]
     rates0: tuple[float, ...]
     rates1: tuple[float, ...]
+    remainder2: tuple[float, ...] = ()
+    rates2: tuple[float, ...] = ()
 
     @property
     def min_rate(self) -> float:
         """The smallest observed rate of :math:`R_1` (≈ 2 for a correct gradient)."""
         return min(self.rates1)
+
+    @property
+    def min_rate2(self) -> float:
+        """The smallest observed rate of :math:`R_2` (≈ 3 for a correct Hessian), when one was given."""
+        if not self.rates2:
+            raise ValueError("taylor_test was run without a Hessian: no second-order remainder")
+        return min(self.rates2)
 
     def __str__(self) -> str:
         rows = ["      eps        R0          R1       rate0  rate1"]
@@ -86,6 +95,7 @@ def taylor_test(
     derivative,
     epsilon0: float = 1e-2,
     steps: int = 4,
+    hessian=None,
 ) -> TaylorResult:
     """Taylor test of a scalar functional's derivative at ``m`` in direction ``h``.
 
@@ -102,6 +112,10 @@ def taylor_test(
         Largest step.
     steps : int
         Number of halvings (at least 2).
+    hessian : firedrake.Cofunction or float, optional
+        :math:`H h` (paired with ``h``) or :math:`\\langle Hh, h\\rangle`: adds the second-order
+        remainder :math:`R_2(\\varepsilon) = |J(m+\\varepsilon h) - J(m) - \\varepsilon\\langle J', h\\rangle
+        - \\tfrac12\\varepsilon^2\\langle Hh, h\\rangle| = O(\\varepsilon^3)`.
 
     Returns
     -------
@@ -114,16 +128,20 @@ def taylor_test(
     if h.function_space() != m.function_space():
         raise ValueError("taylor_test: direction h must be on the same space as m")
     dJdh = derivative if isinstance(derivative, (int, float)) else dual_pairing(derivative, h)
+    hHh = None if hessian is None else (hessian if isinstance(hessian, (int, float)) else dual_pairing(hessian, h))
     J0 = float(functional(m))
     eps = tuple(epsilon0 * 2.0**-k for k in range(steps))
-    r0, r1 = [], []
+    r0, r1, r2 = [], [], []
     mp = Function(m.function_space())
     for e in eps:
         mp.assign(m + e * h)
         Je = float(functional(mp))
         r0.append(abs(Je - J0))
         r1.append(abs(Je - J0 - e * dJdh))
-    return TaylorResult(eps, tuple(r0), tuple(r1), _rates(eps, r0), _rates(eps, r1))
+        if hHh is not None:
+            r2.append(abs(Je - J0 - e * dJdh - 0.5 * e * e * hHh))
+    return TaylorResult(eps, tuple(r0), tuple(r1), _rates(eps, r0), _rates(eps, r1), tuple(r2),
+                        _rates(eps, r2) if r2 else ())
 
 
 def _relative_difference(a: float, b: float) -> float:

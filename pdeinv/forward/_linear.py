@@ -53,9 +53,14 @@ class DirichletOperator:
         Whether ``a`` is symmetric (picks Cholesky over LU by default).
     options_prefix : str, optional
         Prefix so the user can set options on the command line / PETSC_OPTIONS.
+    lift : bool
+        Whether :meth:`solve` (inhomogeneous boundary values) is used.  ``False`` skips assembling the
+        lifting term at every :meth:`reassemble` (tangent and adjoint operators only need
+        :meth:`solve_homogeneous` and :meth:`solve_transpose`).
     """
 
-    def __init__(self, a, bcs=(), *, solver_parameters=None, options_prefix=None, symmetric=False):
+    def __init__(self, a, bcs=(), *, solver_parameters=None, options_prefix=None, symmetric=False,
+                 lift: bool = True):
         import firedrake as fd
         import petsctools
         from firedrake.petsc import PETSc
@@ -64,6 +69,7 @@ class DirichletOperator:
         self.bcs = list(bcs)
         V = a.arguments()[0].function_space()
         self.space = V
+        self._use_lift = lift
         self.comm = V.mesh().comm
         self.matrix = fd.assemble(a, bcs=self.bcs, mat_type="aij")
         if solver_parameters is None:
@@ -93,7 +99,7 @@ class DirichletOperator:
         import firedrake as fd
 
         # A_full g restricted to the interior: moves the known boundary values to the right-hand side.
-        if self.bcs:  # collective: every rank assembles, even with no boundary nodes of its own
+        if self.bcs and self._use_lift:  # collective: every rank assembles, even with no boundary nodes of its own
             fd.assemble(fd.action(self.a, self.boundary_values), tensor=self._lift)
             self._lift.dat.data[self.bc_nodes] = 0.0
 
@@ -120,11 +126,23 @@ class DirichletOperator:
         self.solves += 1
         reason = self.ksp.getConvergedReason()
         if reason < 0:
-            raise RuntimeError(f"linear solve failed to converge (KSP reason {reason})")
+            from pdeinv.maps import ForwardSolveError
+
+            # A failed factorisation leaves the PC in its failed state: start afresh at the next solve.
+            self.ksp.reset()
+            self.ksp.setOperators(self.matrix.petscmat)
+            self._stale = True
+
+            from petsc4py import PETSc
+
+            names = {v: k for k, v in vars(PETSc.KSP.ConvergedReason).items() if isinstance(v, int)}
+            raise ForwardSolveError(f"linear solve failed (KSP reason {reason}: {names.get(reason, '?')})")
 
     def solve(self, b, x) -> None:
         """Solve :math:`A x = b` with :math:`x = g` on the boundary.  ``b`` (a PETSc Vec, dual) is
         overwritten with the lifted right-hand side."""
+        if not self._use_lift:
+            raise RuntimeError("DirichletOperator: built with lift=False, solve() is not available")
         with self._lift.dat.vec_ro as lift:
             b.axpy(-1.0, lift)
         b.getArray()[self.bc_nodes] = self._bc_values

@@ -19,6 +19,7 @@ import math
 from collections import deque
 from dataclasses import dataclass
 
+from pdeinv._tape import unannotated
 from pdeinv.optimize.newton_cg import _default_preconditioner, armijo_backtracking
 from pdeinv.optimize.result import OptimizationResult
 from pdeinv.verify import dual_pairing
@@ -58,6 +59,7 @@ class LBFGSOptions:
             raise ValueError("LBFGSOptions: memory must be >= 1 and max_iterations >= 0")
 
 
+@unannotated
 def lbfgs(problem, m0, *, options: LBFGSOptions | None = None, preconditioner=None, callback=None,
           log=None) -> OptimizationResult:
     """Minimise ``problem`` from ``m0`` by L-BFGS (see the module docstring)."""
@@ -106,7 +108,7 @@ def lbfgs(problem, m0, *, options: LBFGSOptions | None = None, preconditioner=No
             slope = dual_pairing(g, direction)
         # Without curvature pairs the scale of -P g is arbitrary: start with a unit-size step.
         found = armijo_backtracking(problem, m, direction, cost, slope, c1=opts.armijo_c1,
-                                    max_backtracks=opts.max_backtracks,
+                                    max_backtracks=opts.max_backtracks, log=log,
                                     alpha=1.0 if pairs else min(1.0, 1.0 / max(gnorm, 1e-300)))
         if found is None:
             reason = "line search failed"

@@ -31,6 +31,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pdeinv._tape import unannotated
 from pdeinv.optimize.result import OptimizationResult
 from pdeinv.verify import dual_pairing
 
@@ -200,18 +201,28 @@ def conjugate_gradient(apply_h: Callable, b, precondition: Callable, *, rtol: fl
     return result(max_iterations, "iteration limit")
 
 
-def safe_cost(problem, m):
-    """Cost terms at a trial point, or None where the forward model cannot be solved there (e.g. a
-    factorisation breaks down for an extreme coefficient): the line search then shortens the step."""
+def safe_cost(problem, m, log=None):
+    """Cost terms at a trial point, or None where the forward model cannot be solved there (a
+    nonlinear solver diverges, a factorisation breaks down for an extreme coefficient, the prediction
+    overflows): the line search then shortens the step, the trust region shrinks.  The reason is
+    logged."""
+    from pdeinv.maps import ForwardSolveError
+
     try:
         cost = problem.cost(m)
-    except (RuntimeError, ArithmeticError, FloatingPointError):
+    except (ForwardSolveError, ArithmeticError, FloatingPointError) as err:
+        if log is not None:
+            log.info(f"    trial point rejected: {err}")
         return None
-    return cost if math.isfinite(cost.total) else None
+    if not math.isfinite(cost.total):
+        if log is not None:
+            log.info(f"    trial point rejected: cost is {cost.total}")
+        return None
+    return cost
 
 
 def armijo_backtracking(problem, m, direction, cost, slope, *, c1: float, max_backtracks: int,
-                        alpha: float = 1.0):
+                        alpha: float = 1.0, log=None):
     """Halve ``alpha`` until :math:`\\mathcal J(m + \\alpha p) \\le \\mathcal J(m) + c_1\\alpha\\langle g, p\\rangle`.
 
     Returns ``(alpha, trial point, its cost terms)``, or ``None`` when ``max_backtracks`` halvings fail.
@@ -222,7 +233,7 @@ def armijo_backtracking(problem, m, direction, cost, slope, *, c1: float, max_ba
     trial = fd.Function(problem.parameter_space)
     for _ in range(max_backtracks + 1):
         trial.assign(m + alpha * direction)
-        new_cost = safe_cost(problem, trial)
+        new_cost = safe_cost(problem, trial, log)
         if new_cost is not None and new_cost.total <= cost.total + c1 * alpha * slope:
             return alpha, trial, new_cost
         alpha *= 0.5
@@ -239,6 +250,7 @@ def _default_preconditioner(prior):
     return lambda c: c.riesz_representation("L2")
 
 
+@unannotated
 def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditioner: Callable | None = None,
               callback: Callable | None = None, log=None, resume: dict | None = None) -> OptimizationResult:
     """Minimise ``problem`` (an :class:`~pdeinv.problem.InverseProblem`) from ``m0`` (not modified).
@@ -321,7 +333,7 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         step = cg.solution
         if trust:
             trial = fd.Function(problem.parameter_space).assign(m + step)
-            new_cost = safe_cost(problem, trial)
+            new_cost = safe_cost(problem, trial, log)
             actual = -math.inf if new_cost is None else cost.total - new_cost.total
             rho = actual / cg.model_decrease if cg.model_decrease > 0 else -math.inf
             if rho < 0.25:
@@ -347,7 +359,7 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
                 step = P(minus_g)
                 slope = dual_pairing(g, step)
             found = armijo_backtracking(problem, m, step, cost, slope, c1=opts.armijo_c1,
-                                        max_backtracks=opts.max_backtracks)
+                                        max_backtracks=opts.max_backtracks, log=log)
             if found is None:
                 reason = "line search failed"
                 break

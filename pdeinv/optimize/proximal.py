@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdeinv._tape import unannotated
 from pdeinv.optimize.result import OptimizationResult
 from pdeinv.problem import CostTerms
 from pdeinv.verify import dual_pairing
@@ -56,6 +57,7 @@ class FISTAOptions:
             raise ValueError("FISTAOptions: initial_lipschitz must be > 0 and backtrack_factor > 1")
 
 
+@unannotated
 def fista(smooth, nonsmooth, m0, *, options: FISTAOptions | None = None, callback=None,
           log=None) -> OptimizationResult:
     """Minimise ``smooth(m) + nonsmooth(m)`` from ``m0`` (see module docstring)."""

@@ -43,11 +43,13 @@ import math
 
 import numpy as np
 
+from pdeinv._tape import unannotated_methods
 from pdeinv.linalg.randomized import double_pass, residuals, single_pass
 
 __all__ = ["LaplaceApproximation"]
 
 
+@unannotated_methods
 class LaplaceApproximation:
     """The Gaussian approximation of the posterior at ``m_map``.
 

@@ -16,11 +16,19 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
+from pdeinv._tape import unannotated_methods
+
 __all__ = ["Regularizer", "GaussianPrior", "GaussianPlus"]
 
 
+@unannotated_methods
 class Regularizer(ABC):
     """Base class.  ``space`` is the parameter space :math:`V_m`."""
+
+    def __init_subclass__(cls, **kwargs):
+        # every subclass (a user's too) runs its public methods with pyadjoint annotation off
+        super().__init_subclass__(**kwargs)
+        unannotated_methods(cls)
 
     def __init__(self, space):
         self.space = space

@@ -1,0 +1,132 @@
+"""UFL helpers shared by the generic models: validation of user forms, dependency tests, derived
+forms, homogeneous boundary conditions.
+
+Everything here works on the user's own residual form; nothing is hand-typed per model.
+"""
+
+from __future__ import annotations
+
+__all__ = ["expand", "is_zero", "depends_on", "homogeneous_bcs", "test_function_of", "check_residual",
+           "check_parameter", "check_bcs"]
+
+
+def expand(form):
+    """The form with derivatives applied (so its coefficients are the real dependencies)."""
+    from ufl.algorithms import expand_derivatives
+
+    return expand_derivatives(form)
+
+
+def is_zero(form) -> bool:
+    """Whether ``form`` is identically zero after expanding derivatives (e.g. the derivative of a
+    residual with respect to something it does not depend on)."""
+    from ufl.form import ZeroBaseForm
+
+    f = expand(form)
+    return isinstance(f, ZeroBaseForm) or (hasattr(f, "empty") and f.empty())
+
+
+def depends_on(form, *things) -> bool:
+    """Whether the expanded ``form`` refers to any of ``things`` (Functions or Constants)."""
+    f = expand(form)
+    if is_zero(f):
+        return False
+    coeffs = set(f.coefficients())
+    consts = set(f.constants()) if hasattr(f, "constants") else set()
+    return any(t in coeffs or t in consts for t in things if t is not None)
+
+
+def homogeneous_bcs(bcs):
+    """Copies of Dirichlet conditions with zero values (the conditions tangent and adjoint solve
+    with)."""
+    import firedrake as fd
+
+    out = []
+    for bc in bcs:
+        if not isinstance(bc, fd.DirichletBC):
+            raise TypeError(f"bcs: expected firedrake.DirichletBC objects, got {type(bc).__name__} "
+                            "(EquationBC and other kinds are not supported by the generic models)")
+        out.append(fd.DirichletBC(bc.function_space(), 0, bc.sub_domain))
+    return out
+
+
+def test_function_of(form, name: str):
+    """The single Argument (test function) of a residual 1-form, with a clear error otherwise."""
+    args = form.arguments()
+    if len(args) != 1 or args[0].number() != 0:
+        raise ValueError(f"{name}: the residual must be a 1-form F(u, m; v) with exactly one test function, "
+                         f"got a form with {len(args)} arguments")
+    return args[0]
+
+
+def check_residual(residual, name: str, state, parameter, *others):
+    """Validate a user's residual: a UFL 1-form whose test function lives on the state space and that
+    refers to the state and the parameter Functions."""
+    import ufl
+
+    if not isinstance(residual, ufl.form.BaseForm):
+        raise TypeError(f"{name}: residual must be a UFL Form (e.g. `inner(grad(u), grad(v))*dx - f*v*dx`), "
+                        f"got {type(residual).__name__}")
+    v = test_function_of(residual, name)
+    if v.function_space() != state.function_space():
+        raise ValueError(f"{name}: the residual's test function lives on {_space_name(v.function_space())} "
+                         f"but the state on {_space_name(state.function_space())}")
+    coeffs = set(residual.coefficients())
+    if state not in coeffs:
+        raise ValueError(f"{name}: the residual does not depend on the state Function {state.name()!r}; "
+                         "write the form with the very Function object passed as `state`")
+    if parameter not in coeffs:
+        raise ValueError(f"{name}: the residual does not depend on the parameter Function {parameter.name()!r}; "
+                         "write the form with the very Function object passed as `parameter`")
+    return v
+
+
+def check_parameter(parameter, name: str):
+    import firedrake as fd
+
+    if not isinstance(parameter, fd.Function):
+        raise TypeError(f"{name}: parameter must be a firedrake.Function (the one the residual refers to), "
+                        f"got {type(parameter).__name__}")
+
+
+def check_bcs(bcs, state_space, name: str):
+    import firedrake as fd
+
+    bcs = list(bcs or ())
+    for bc in bcs:
+        if not isinstance(bc, fd.DirichletBC):
+            raise TypeError(f"{name}: bcs must be firedrake.DirichletBC objects, got {type(bc).__name__}")
+        if bc.function_space().parent is not None and bc.function_space().parent != state_space \
+                and bc.function_space() != state_space:
+            raise ValueError(f"{name}: a boundary condition lives on another space than the state")
+    return bcs
+
+
+def _space_name(V) -> str:
+    el = V.ufl_element()
+    return f"{el.family()}{el.degree()} on mesh {V.mesh().name!r}"
+
+
+def is_symmetric_operator(a, bcs, functions, *, seed: int = 0) -> bool:
+    """Numerical symmetry test of the operator of the bilinear form ``a`` (with Dirichlet rows and
+    columns eliminated), with the Functions ``functions`` it depends on replaced by random fields, so
+    that terms vanishing at the current values (a zero state, a zero parameter) cannot hide an
+    asymmetry.  Serial only (in parallel the solvers are LU either way): returns False there."""
+    import firedrake as fd
+    import numpy as np
+
+    mesh = a.arguments()[0].function_space().mesh()
+    if mesh.comm.size > 1:
+        return False
+    rng = np.random.default_rng(seed)
+    mapping = {}
+    for f in functions:
+        if f is None or f not in a.coefficients():
+            continue
+        r = fd.Function(f.function_space())
+        r.dat.data[:] = 0.1 + 0.2 * rng.random(r.dat.data.shape)  # O(0.1): no overflow in exp(m) etc.
+        mapping[f] = r
+    form = fd.replace(a, mapping) if mapping else a
+    mat = fd.assemble(form, bcs=bcs, mat_type="aij").petscmat
+    norm = mat.norm()
+    return bool(norm == 0 or mat.isSymmetric(tol=1e-12 * norm))

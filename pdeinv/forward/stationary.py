@@ -1,0 +1,261 @@
+r"""Generic steady models from a user's residual form: :math:`F(u, m; v) = 0` for all :math:`v`.
+
+The user writes the weak form in plain UFL with their own state Function :math:`u`, parameter
+Function :math:`m` and test function :math:`v`, as for ``NonlinearVariationalProblem``; pdeinv
+derives everything else with UFL (``derivative``, ``action``, ``replace``):
+
+Forward
+    Firedrake's nonlinear solver (SNES, the user's ``solver_parameters``; Newton starts from the
+    previous solution).  A residual affine in :math:`u` is instead solved with one assembled,
+    factorised operator, which the derivatives then reuse.
+
+Derivatives (discrete, exact)
+    With :math:`A = \partial_u F` at the solution (Dirichlet rows and columns eliminated),
+    :math:`F_m = \partial_m F` and the observation :math:`B`:
+
+    - tangent (JVP): :math:`A\,\delta u = -F_m\,\delta m`, :math:`J\delta m = B\,\delta u`;
+    - adjoint (VJP): :math:`A^T\lambda = B^T w`, :math:`J^T w = -F_m^T\lambda`
+      (assembled as :math:`-\partial_m F(u, m; \lambda)[\psi]`);
+    - second order (full Newton): with :math:`L(u, m) = F(u, m; \lambda)`,
+      :math:`A^T\hat\lambda = -(L_{uu}[\delta u] + L_{um}[\delta m])` and
+      :math:`\langle w, F''[\delta m, \psi]\rangle = -(L_{mu}[\delta u] + L_{mm}[\delta m]
+      + F_m^T\hat\lambda)[\psi]`.
+
+Cost
+    :math:`A` is assembled and factorised once per new :math:`m` — lazily, at the first derivative
+    request, so line-search trial points pay only the forward solve — and reused by every JVP, VJP
+    and second-order action at that :math:`m`: a JVP or VJP is one right-hand-side assembly, one pair
+    of triangular solves and one observation; a Gauss–Newton action two of each.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+from pdeinv.forward._forms import (
+    check_bcs,
+    check_parameter,
+    check_residual,
+    depends_on,
+    homogeneous_bcs,
+    is_symmetric_operator,
+    is_zero,
+)
+from pdeinv.forward._linear import DirichletOperator, default_solver_parameters
+from pdeinv.maps import ParameterToObservable
+
+__all__ = ["StationaryModel", "default_newton_parameters"]
+
+_prefix = itertools.count()
+
+
+def default_newton_parameters(comm) -> dict:
+    """Newton with a backtracking line search and a direct linear solver, converged tightly (the
+    derivatives are exact for the discrete solution, so the forward must be solved well)."""
+    params = {"snes_type": "newtonls", "snes_linesearch_type": "bt", "snes_rtol": 1e-11, "snes_atol": 1e-13,
+              "snes_stol": 0.0, "snes_max_it": 50}
+    params.update(default_solver_parameters(comm, symmetric=False))
+    return params
+
+
+class StationaryModel(ParameterToObservable):
+    r"""Parameter-to-observable map :math:`m \mapsto B\,u(m)` of a steady PDE given by its residual.
+
+    Parameters
+    ----------
+    residual : ufl.Form
+        :math:`F(u, m; v)`, a 1-form in one test function on the state space, written with the
+        Functions ``state`` and ``parameter``.
+    state : firedrake.Function
+        :math:`u`; the model stores the current solution in it (do not modify it while the model is
+        in use).
+    parameter : firedrake.Function
+        :math:`m` as it appears in the residual; its space is the parameter space.  The model
+        assigns the value being evaluated into it.
+    observation : observation operator
+        :class:`~pdeinv.observation.PointObservation`, :class:`~pdeinv.observation.FieldObservation`
+        or :class:`~pdeinv.observation.IntegralObservation` on the state space, one channel.
+    bcs : sequence of firedrake.DirichletBC, optional
+        Dirichlet conditions of the state (their values must not depend on :math:`m`).
+    solver_parameters : dict, optional
+        PETSc options of the forward nonlinear solve (default :func:`default_newton_parameters`;
+        for a residual affine in :math:`u`, those of the one linear solve).
+    linear_solver_parameters : dict, optional
+        PETSc options of the tangent/adjoint solves with :math:`A` (default: direct — Cholesky when
+        :math:`A` is symmetric, else LU; MUMPS in parallel).
+    initial_guess : {"previous", "fixed"}
+        Newton starts from the previous solution (fast inside an optimizer), or always from the
+        value ``state`` held at construction (results independent of the evaluation history).
+
+    Notes
+    -----
+    Point and integral observations must be linear in :math:`u` and independent of :math:`m`.
+    """
+
+    def __init__(self, residual, state, parameter, *, observation, bcs=(), solver_parameters=None,
+                 linear_solver_parameters=None, initial_guess: str = "previous"):
+        import firedrake as fd
+
+        name = "StationaryModel"
+        check_parameter(parameter, name)
+        if not isinstance(state, fd.Function):
+            raise TypeError(f"{name}: state must be a firedrake.Function, got {type(state).__name__}")
+        v = check_residual(residual, name, state, parameter)
+        if getattr(observation, "state_space", None) != state.function_space():
+            raise ValueError(f"{name}: the observation must be built on the state space")
+        if observation.channels != 1:
+            raise ValueError(f"{name}: a steady model has one observation channel, the observation has "
+                             f"{observation.channels}")
+        if initial_guess not in ("previous", "fixed"):
+            raise ValueError(f"{name}: initial_guess must be 'previous' or 'fixed', got {initial_guess!r}")
+        bcs = check_bcs(bcs, state.function_space(), name)
+        super().__init__(parameter.function_space(), observation)
+        V = state.function_space()
+        self.state_space = V
+        self.residual = residual
+        self._u, self._m, self._v = state, parameter, v
+        self._bcs = bcs
+        self._hbcs = homogeneous_bcs(bcs)
+        self._initial_guess = initial_guess
+        self._u_start = state.copy(deepcopy=True)
+        self._linear_params = linear_solver_parameters
+
+        # --- derived forms (UFL) --------------------------------------------------------------------
+        du_trial = fd.TrialFunction(V)
+        self._J_form = fd.derivative(residual, state, du_trial)  # A = dF/du
+        self.affine = not depends_on(self._J_form, state)
+        self._dm = fd.Function(self.parameter_space, name="dm")
+        self._Fm_dm = fd.action(fd.derivative(residual, parameter), self._dm)  # F_m dm (in v)
+        self._lam = fd.Function(V, name="adjoint")
+        L = fd.replace(residual, {v: self._lam})  # F(u, m; lambda)
+        psi = fd.TestFunction(self.parameter_space)
+        self._Lm = fd.derivative(L, parameter, psi)  # F_m^T lambda (in psi)
+        if is_zero(self._Lm):
+            raise ValueError(f"{name}: the residual does not depend on the parameter (dF/dm = 0)")
+        # second order
+        self._du = fd.Function(V, name="tangent")
+        self._dlam = fd.Function(V, name="second_order_adjoint")
+        v2 = fd.TestFunction(V)
+        Lu = fd.derivative(L, state, v2)
+        self._soa_rhs = -(fd.derivative(Lu, state, self._du) + fd.derivative(Lu, parameter, self._dm))
+        self._soa_zero = is_zero(self._soa_rhs)
+        self._second = -(fd.derivative(self._Lm, state, self._du) + fd.derivative(self._Lm, parameter, self._dm)
+                         + fd.replace(self._Lm, {self._lam: self._dlam}))
+        self._rhs = fd.Cofunction(V.dual())
+
+        # --- solvers ----------------------------------------------------------------------------------
+        self._prefix = f"pdeinv_stationary_{next(_prefix)}_"
+        symmetric = is_symmetric_operator(self._J_form, self._hbcs, (state, parameter))
+        self.symmetric = symmetric
+        if self.affine:
+            # One operator for forward (with lifting of the boundary values), tangent and adjoint.
+            params = solver_parameters if solver_parameters is not None else linear_solver_parameters
+            self._A = DirichletOperator(self._J_form, bcs, solver_parameters=params, symmetric=symmetric,
+                                        options_prefix=self._prefix)
+            self._zero_state = fd.Function(V)
+            self._F0 = fd.replace(residual, {state: self._zero_state})  # F(0, m; v): A u = -F0
+            self._nonlinear = None
+        else:
+            params = default_newton_parameters(self.comm) if solver_parameters is None else solver_parameters
+            problem = fd.NonlinearVariationalProblem(residual, state, bcs=bcs, J=self._J_form)
+            self._nonlinear = fd.NonlinearVariationalSolver(problem, solver_parameters=params,
+                                                            options_prefix=self._prefix + "forward_")
+            self._A = DirichletOperator(self._J_form, self._hbcs, solver_parameters=linear_solver_parameters,
+                                        symmetric=symmetric, options_prefix=self._prefix + "linearised_",
+                                        lift=False)
+        self._jacobian_current = False
+        self.newton_iterations = 0
+
+    # ----------------------------------------------------------------------------------- forward
+    def _counts(self):
+        self.counts["linear_solves"] = self._A.solves
+        self.counts["factorisations"] = self._A.factorisations
+        self.counts["newton_iterations"] = self.newton_iterations
+
+    def _solve(self, m, prediction):
+        import firedrake as fd
+
+        self._jacobian_current = False
+        self._m.assign(m)
+        if self.affine:
+            self._A.reassemble()
+            fd.assemble(self._F0, tensor=self._rhs)
+            with self._rhs.dat.vec as b, self._u.dat.vec_wo as x:
+                b.scale(-1.0)
+                self._A.solve(b, x)
+            self._jacobian_current = True
+        else:
+            if self._initial_guess == "fixed":
+                self._u.assign(self._u_start)
+            try:
+                self._nonlinear.solve()
+            except Exception:
+                self._u.assign(self._u_start)  # do not warm-start the next solve from a diverged iterate
+                raise
+            self.newton_iterations += self._nonlinear.snes.getIterationNumber()
+        with self._u.dat.vec_ro as x:
+            self.observation.observe(x, prediction, 0)
+        self._counts()
+
+    def _linearisation(self) -> DirichletOperator:
+        """:math:`A` at the current solution, assembled (and factorised at its first solve) once."""
+        if not self._jacobian_current:
+            self._A.reassemble()
+            self._jacobian_current = True
+        return self._A
+
+    def state(self, m):
+        """The state :math:`u(m)` (a new Function)."""
+        self._linearise(m)
+        return self._u.copy(deepcopy=True)
+
+    # ------------------------------------------------------------------------------- derivatives
+    def _tangent(self, dm, out):
+        import firedrake as fd
+
+        A = self._linearisation()
+        self._dm.assign(dm)
+        fd.assemble(self._Fm_dm, tensor=self._rhs)
+        with self._rhs.dat.vec as b, out.dat.vec_wo as x:
+            b.scale(-1.0)
+            A.solve_homogeneous(b, x)
+
+    def _adjoint(self, w, out):
+        A = self._linearisation()
+        with self._rhs.dat.vec_wo as b:
+            b.zeroEntries()
+            self.observation.observe_transpose_add(w, 0, b)
+        with self._rhs.dat.vec as b, out.dat.vec_wo as x:
+            A.solve_transpose(b, x)
+
+    def _jvp(self, dm):
+        self._tangent(dm, self._du)
+        out = self.observation.zero_data(name="jvp")
+        with self._du.dat.vec_ro as x:
+            self.observation.observe(x, out, 0)
+        self._counts()
+        return out
+
+    def _vjp(self, w):
+        import firedrake as fd
+
+        self._adjoint(w, self._lam)
+        out = fd.assemble(self._Lm)
+        out *= -1.0
+        self._counts()
+        return out
+
+    def _second_order_vjp(self, w, dm):
+        import firedrake as fd
+
+        self._adjoint(w, self._lam)
+        self._tangent(dm, self._du)  # also sets self._dm
+        if self._soa_zero:
+            self._dlam.zero()
+        else:
+            fd.assemble(self._soa_rhs, tensor=self._rhs)
+            with self._rhs.dat.vec as b, self._dlam.dat.vec_wo as x:
+                self._A.solve_transpose(b, x)
+        out = fd.assemble(self._second)
+        self._counts()
+        return out

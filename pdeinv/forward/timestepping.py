@@ -1,0 +1,618 @@
+r"""Generic one-step time-dependent models from a user's step residual
+:math:`F(u_{n+1}, u_n, m; v) = 0`, :math:`n = 0, \dots, N-1`.
+
+The user writes one step of any one-step scheme (θ-schemes, IMEX, ...) in UFL with their own
+Functions ``state`` (:math:`u_{n+1}`), ``previous`` (:math:`u_n`) and ``parameter`` (:math:`m`); the
+initial condition :math:`u_0` is either the parameter or fixed.  Tangent and adjoint step forms are
+derived with UFL.  With :math:`A_n = \partial_{u_{n+1}}F`, :math:`C_n = \partial_{u_n}F`,
+:math:`F^m_n = \partial_m F` at step :math:`n` and :math:`B` the observation at the observed steps:
+
+- tangent: :math:`A_n\,\delta u_{n+1} = -C_n\,\delta u_n - F^m_n\,\delta m`,
+  :math:`\delta u_0 = \delta m` (or 0);
+- adjoint, backwards from :math:`\mu_{N+1} = 0`:
+  :math:`A_n^T\mu_{n+1} = B^T w_{n+1} - C_{n+1}^T\mu_{n+2}`, and
+  :math:`J^T w = -\sum_n (F^m_n)^T\mu_{n+1}` (+ :math:`B^T w_0 - C_0^T\mu_1` when :math:`u_0 = m`).
+
+Two engines, chosen automatically from the form:
+
+*Constant step operator* (the PDE is linear in the state and the operators do not depend on time,
+e.g. heat, advection–diffusion–reaction with a fixed wind)
+    :math:`A` and :math:`C` are assembled once per new :math:`m` (once in all when they do not
+    depend on :math:`m`), :math:`A` is factorised once, and every step of the forward, tangent and
+    adjoint sweeps is a matrix–vector product and a pair of triangular solves on PETSc Vecs.  The
+    parameter terms are assembled once per JVP as matrices in the state
+    (:math:`\partial_{u}F^m[\delta m]`); in the adjoint they are accumulated as :math:`\sum_n\mu_n`
+    and assembled once when they do not depend on the state, else assembled per step (a 1-form).
+
+*General* (nonlinear in the state, or time-dependent operators)
+    The forward solves each step with Firedrake's nonlinear solver; tangent and adjoint assemble and
+    factorise :math:`A_n` per step (reused by that step's solve), so they need the states
+    :math:`u_n, u_{n+1}`.  Those come from the stored trajectory, or — with ``checkpointing`` — from
+    a ``checkpoint_schedules`` multistage (binomial, Revolve-optimal) schedule that keeps at most
+    ``snapshots_in_ram`` states in memory and ``snapshots_on_disk`` on disk and recomputes the rest.
+
+The trajectory is kept only when the derivatives need it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from pdeinv.forward._forms import (
+    check_bcs,
+    check_parameter,
+    depends_on,
+    homogeneous_bcs,
+    is_symmetric_operator,
+    is_zero,
+    test_function_of,
+)
+from pdeinv.forward._linear import DirichletOperator
+from pdeinv.maps import ParameterToObservable
+
+__all__ = ["TimeSteppingModel", "Checkpointing", "observation_steps"]
+
+_prefix = itertools.count()
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Bounded-memory derivatives for time-dependent models (``checkpoint_schedules``' multistage
+    schedule: binomial checkpointing, optimal in recomputations for a given number of snapshots).
+
+    Attributes
+    ----------
+    snapshots_in_ram : int
+        States kept in memory at most (besides the two a reverse step works on).
+    snapshots_on_disk : int
+        States written to disk at most (NumPy files, one per rank and snapshot).
+    directory : str or None
+        Where disk snapshots go (default: the system's temporary directory); removed afterwards.
+    """
+
+    snapshots_in_ram: int
+    snapshots_on_disk: int = 0
+    directory: str | None = None
+
+    def __post_init__(self):
+        for key in ("snapshots_in_ram", "snapshots_on_disk"):
+            val = getattr(self, key)
+            if not isinstance(val, (int, np.integer)) or val < 0:
+                raise ValueError(f"Checkpointing: {key} must be a non-negative integer, got {val!r}")
+        if self.snapshots_in_ram + self.snapshots_on_disk < 1:
+            raise ValueError("Checkpointing: allow at least one snapshot (in RAM or on disk)")
+
+
+def observation_steps(times, *, dt: float, steps: int, name: str) -> list[int]:
+    """Step indices :math:`n` of observation times :math:`t = n\\Delta t` (default: every step
+    :math:`1..N`); one clear error for times off the grid or not increasing."""
+    if times is None:
+        return list(range(1, steps + 1))
+    end = steps * dt
+    out = []
+    for t in np.atleast_1d(np.asarray(times, dtype=float)):
+        n = round(t / dt)
+        if not (0 <= n <= steps) or abs(n * dt - t) > 1e-9 * max(1.0, end):
+            raise ValueError(f"{name}: observation time {t} is not a time step in [0, {end}] (dt = {dt})")
+        out.append(n)
+    if len(set(out)) != len(out) or out != sorted(out):
+        raise ValueError(f"{name}: observation_times must be strictly increasing")
+    return out
+
+
+class TimeSteppingModel(ParameterToObservable):
+    r"""Parameter-to-observable map of a one-step time-dependent PDE given by its step residual.
+
+    Parameters
+    ----------
+    residual : ufl.Form
+        :math:`F(u_{n+1}, u_n, m; v)`, a 1-form written with the Functions ``state``, ``previous``,
+        ``parameter`` (and ``time`` if given).
+    state, previous : firedrake.Function
+        :math:`u_{n+1}` and :math:`u_n` on the state space (the model assigns into them).
+    parameter : firedrake.Function
+        :math:`m` as used in the residual (or only the initial condition).
+    steps : int
+        :math:`N`.
+    dt : float
+        Step size (for observation times; the residual carries its own ``dt``).
+    observation : observation operator on the state space
+        With one channel per observation time.
+    observation_times : sequence of float, optional
+        Multiples of ``dt`` in :math:`[0, N\Delta t]`; default every step :math:`\Delta t..N\Delta t`.
+    initial_condition : "parameter", number, UFL expression or Function
+        :math:`u_0 = m` (the parameter space must be the state space) or a fixed field.
+    bcs : sequence of firedrake.DirichletBC, optional
+        Conditions on :math:`u_{n+1}` (values must not depend on :math:`m`; on the constant-operator
+        engine not on time either).
+    time : firedrake.Constant, optional
+        Set to :math:`t_{n+1}` before step :math:`n` (for time-dependent forcing).
+    solver_parameters : dict, optional
+        PETSc options of the forward step solve.
+    linear_solver_parameters : dict, optional
+        PETSc options of the tangent/adjoint solves (default direct).
+    checkpointing : Checkpointing, optional
+        Bound the memory of the derivatives (only used when they need the states).
+    """
+
+    def __init__(self, residual, state, previous, parameter, *, steps: int, dt: float, observation,
+                 observation_times=None, initial_condition="parameter", bcs=(), time=None,
+                 solver_parameters=None, linear_solver_parameters=None, checkpointing: Checkpointing | None = None):
+        import firedrake as fd
+        import ufl
+
+        name = "TimeSteppingModel"
+        check_parameter(parameter, name)
+        for key, f in (("state", state), ("previous", previous)):
+            if not isinstance(f, fd.Function):
+                raise TypeError(f"{name}: {key} must be a firedrake.Function, got {type(f).__name__}")
+        if previous.function_space() != state.function_space():
+            raise ValueError(f"{name}: state and previous must live on the same space")
+        if not isinstance(residual, ufl.form.BaseForm):
+            raise TypeError(f"{name}: residual must be a UFL Form, got {type(residual).__name__}")
+        v = test_function_of(residual, name)
+        if v.function_space() != state.function_space():
+            raise ValueError(f"{name}: the residual's test function is not on the state space")
+        if state not in residual.coefficients():
+            raise ValueError(f"{name}: the residual does not depend on the state Function (u_{{n+1}})")
+        if not (isinstance(steps, (int, np.integer)) and steps >= 1):
+            raise ValueError(f"{name}: steps must be a positive integer, got {steps!r}")
+        if not (isinstance(dt, (int, float, np.floating)) and math.isfinite(dt) and dt > 0):
+            raise ValueError(f"{name}: dt must be a positive number, got {dt!r}")
+        if checkpointing is not None and not isinstance(checkpointing, Checkpointing):
+            raise TypeError(f"{name}: checkpointing must be a pdeinv Checkpointing, got {type(checkpointing).__name__}")
+        if getattr(observation, "state_space", None) != state.function_space():
+            raise ValueError(f"{name}: the observation must be built on the state space")
+        V = state.function_space()
+        self.steps, self.dt = int(steps), float(dt)
+        self.obs_steps = observation_steps(observation_times, dt=self.dt, steps=self.steps, name=name)
+        if observation.channels != len(self.obs_steps):
+            raise ValueError(f"{name}: the observation has {observation.channels} channels but there are "
+                             f"{len(self.obs_steps)} observation times")
+        self._ic_is_parameter = isinstance(initial_condition, str)
+        if self._ic_is_parameter and initial_condition != "parameter":
+            raise ValueError(f"{name}: initial_condition must be 'parameter' or a field, got {initial_condition!r}")
+        if self._ic_is_parameter and parameter.function_space() != V:
+            raise ValueError(f"{name}: with initial_condition='parameter' the parameter must live on the state space")
+        if not self._ic_is_parameter and parameter not in residual.coefficients():
+            raise ValueError(f"{name}: the residual does not depend on the parameter and the initial condition "
+                             "is fixed")
+        bcs = check_bcs(bcs, V, name)
+        super().__init__(parameter.function_space(), observation)
+        self.state_space = V
+        self._channel = {n: k for k, n in enumerate(self.obs_steps)}
+        self._u, self._uo, self._m, self._v, self._time = state, previous, parameter, v, time
+        self._bcs, self._hbcs = bcs, homogeneous_bcs(bcs)
+        self._u0 = None if self._ic_is_parameter else fd.Function(V).interpolate(initial_condition)
+        self.checkpointing = checkpointing
+
+        # --- derived forms --------------------------------------------------------------------------
+        trial = fd.TrialFunction(V)
+        self._A_form = fd.derivative(residual, state, trial)
+        self._C_form = fd.derivative(residual, previous, trial)
+        self._C_zero = is_zero(self._C_form)
+        states = (state, previous)
+        self.constant_operator = not (depends_on(self._A_form, *states, time)
+                                      or depends_on(self._C_form, *states, time))
+        self._dm = fd.Function(self.parameter_space, name="dm")
+        # the parameter may enter only through the initial condition: then F_m = 0
+        self._has_Fm = parameter in residual.coefficients() and not is_zero(fd.derivative(residual, parameter))
+        self._Fm_dm = fd.action(fd.derivative(residual, parameter), self._dm) if self._has_Fm else None  # F_m dm
+        self._mu = fd.Function(V, name="adjoint")
+        L = fd.replace(residual, {v: self._mu})
+        self._Lm = fd.derivative(L, parameter, fd.TestFunction(self.parameter_space)) if self._has_Fm else None
+        v2 = fd.TestFunction(V)
+        self._carry_form = None if self._C_zero else fd.derivative(L, previous, v2)  # C^T mu
+        self._du_old = fd.Function(V)
+        terms = [] if self._C_zero else [fd.action(fd.derivative(residual, previous), self._du_old)]
+        terms += [self._Fm_dm] if self._has_Fm else []
+        self._tangent_rhs_form = -sum(terms[1:], terms[0]) if terms else None
+        self._Fm_state = self._has_Fm and depends_on(self._Fm_dm, *states)
+        self._Fm_time = self._has_Fm and depends_on(self._Fm_dm, time)
+        self.needs_states = (not self.constant_operator) or self._Fm_state
+        self._operators_depend_on_m = depends_on(self._A_form, parameter) or depends_on(self._C_form, parameter)
+        self.is_linear = self.constant_operator and not self._operators_depend_on_m and not (
+            self._has_Fm and depends_on(self._Fm_dm, parameter, *states))
+        self._rhs = fd.Cofunction(V.dual())
+        self._zero = fd.Function(V)
+        self._cof_m = fd.Cofunction(self.parameter_space.dual())
+
+        prefix = f"pdeinv_timestepping_{next(_prefix)}_"
+        symmetric = is_symmetric_operator(self._A_form, self._hbcs, (state, previous, parameter))
+        self.symmetric = symmetric
+        if self.constant_operator:
+            params = solver_parameters if solver_parameters is not None else linear_solver_parameters
+            self._A = DirichletOperator(self._A_form, bcs, solver_parameters=params, options_prefix=prefix,
+                                        symmetric=symmetric)
+            self._C = None if self._C_zero else fd.assemble(self._C_form, mat_type="aij")
+            self._F0_form = fd.replace(residual, {state: self._zero, previous: self._zero})
+            self._F0_time = depends_on(self._F0_form, time)
+            self._F0 = fd.Cofunction(V.dual())
+            self._F0_m = depends_on(self._F0_form, parameter)
+            self._assembled_for_m = False
+            if self._has_Fm:  # the parameter terms of the tangent, as matrices in the state
+                self._Dn_form = fd.derivative(self._Fm_dm, state, trial)
+                self._Do_form = fd.derivative(self._Fm_dm, previous, trial)
+                self._Dn_zero, self._Do_zero = is_zero(self._Dn_form), is_zero(self._Do_form)
+                self._d0_form = fd.replace(self._Fm_dm, {state: self._zero, previous: self._zero})
+                self._d0_zero = is_zero(self._d0_form)
+                self._Dn = self._Do = None
+            self._solver = None
+        else:
+            from pdeinv.forward.stationary import default_newton_parameters
+
+            if solver_parameters is None:
+                solver_parameters = default_newton_parameters(self.comm)
+                if not depends_on(self._A_form, state):
+                    solver_parameters = {**solver_parameters, "snes_type": "ksponly"}
+            problem = fd.NonlinearVariationalProblem(residual, state, bcs=bcs, J=self._A_form)
+            self._solver = fd.NonlinearVariationalSolver(problem, solver_parameters=solver_parameters,
+                                                         options_prefix=prefix + "forward_")
+            self._A = DirichletOperator(self._A_form, self._hbcs, solver_parameters=linear_solver_parameters,
+                                        options_prefix=prefix + "linearised_", lift=False, symmetric=symmetric)
+        self._trajectory = None
+        self._step_rhs = self._vec()
+        self.newton_iterations = 0
+        self.recomputed_steps = 0
+        self.peak_stored_states = 0
+
+    # -------------------------------------------------------------------------------- utilities
+    def _vec(self):
+        with self._zero.dat.vec_ro as z:
+            return z.duplicate()
+
+    def _set(self, f, vec):
+        with f.dat.vec_wo as x:
+            vec.copy(x)
+
+    def _set_time(self, n):
+        """Time of the end of step n, t_{n+1}."""
+        if self._time is not None:
+            self._time.assign((n + 1) * self.dt)
+
+    def _counts(self):
+        self.counts["linear_solves"] = self._A.solves
+        self.counts["factorisations"] = self._A.factorisations
+        self.counts["newton_iterations"] = self.newton_iterations
+        self.counts["recomputed_steps"] = self.recomputed_steps
+
+    def _initial_state(self, m):
+        x = self._vec()
+        with (m if self._ic_is_parameter else self._u0).dat.vec_ro as s:
+            s.copy(x)
+        return x
+
+    def _observe(self, n, x, data):
+        k = self._channel.get(n)
+        if k is not None:
+            self.observation.observe(x, data, k)
+
+    # ---------------------------------------------------------------------------------- forward
+    def _prepare(self):
+        """Assemble what depends on m (constant-operator engine)."""
+        import firedrake as fd
+
+        if not self.constant_operator:
+            return
+        if self._operators_depend_on_m or not self._assembled_for_m:
+            self._A.reassemble()
+            if self._C is not None:
+                fd.assemble(self._C_form, mat_type="aij", tensor=self._C)
+        if not self._F0_time and (self._F0_m or not self._assembled_for_m):
+            fd.assemble(self._F0_form, tensor=self._F0)
+        self._assembled_for_m = True
+
+    def _step(self, n, x, out):
+        """u_{n+1} from u_n = x, into out (Vecs)."""
+        import firedrake as fd
+
+        self._set_time(n)
+        if self.constant_operator:
+            if self._F0_time:
+                fd.assemble(self._F0_form, tensor=self._F0)
+            b = self._step_rhs
+            with self._F0.dat.vec_ro as f0:
+                if self._C is not None:
+                    self._C.petscmat.mult(x, b)
+                    b.axpy(1.0, f0)
+                else:
+                    f0.copy(b)
+            b.scale(-1.0)
+            self._A.solve(b, out)
+        else:
+            self._set(self._uo, x)
+            self._set(self._u, x)  # Newton starts from the previous state
+            self._solver.solve()
+            self.newton_iterations += self._solver.snes.getIterationNumber()
+            with self._u.dat.vec_ro as u:
+                u.copy(out)
+
+    def _solve(self, m, prediction):
+        self._m.assign(m)
+        self._prepare()
+        keep = self.needs_states and self.checkpointing is None
+        self._trajectory = None
+        x = self._initial_state(m)
+        traj = [x.copy()] if keep else None
+        self._observe(0, x, prediction)
+        nxt = self._vec()
+        for n in range(self.steps):
+            self._step(n, x, nxt)
+            x, nxt = nxt, x
+            if keep:
+                traj.append(x.copy())
+            self._observe(n + 1, x, prediction)
+        self._trajectory = traj
+        if keep:
+            self.peak_stored_states = max(self.peak_stored_states, len(traj))
+        self._final = x.copy()
+        self._counts()
+
+    def state_at_end(self, m):
+        """:math:`u_N` as a new Function."""
+        import firedrake as fd
+
+        self._linearise(m)
+        out = fd.Function(self.state_space, name="u_end")
+        self._set(out, self._final)
+        return out
+
+    # --------------------------------------------------------------------------- linearisation
+    def _set_step_states(self, n, un, un1):
+        """Put the states of step n (and t_{n+1}) into the form's Functions; reassemble A_n."""
+        self._set_time(n)
+        if un is not None:
+            self._set(self._uo, un)
+            self._set(self._u, un1)
+        if not self.constant_operator:
+            self._A.reassemble()
+
+    def _states_forward(self, m):
+        """Generator of (u_n, u_{n+1}) for n = 0..N-1: from the stored trajectory, or recomputed
+        from the initial condition (checkpointed mode: memory O(1))."""
+        if self._trajectory is not None:
+            for n in range(self.steps):
+                yield self._trajectory[n], self._trajectory[n + 1]
+            return
+        x, nxt = self._initial_state(m), self._vec()
+        for n in range(self.steps):
+            self._step(n, x, nxt)
+            self.recomputed_steps += 1
+            yield x, nxt
+            x, nxt = nxt, x
+
+    # ---------------------------------------------------------------------------------- tangent
+    def _jvp(self, dm):
+        import firedrake as fd
+
+        out = self.observation.zero_data(name="jvp")
+        self._dm.assign(dm)
+        x = self._initial_state(dm) if self._ic_is_parameter else self._vec()
+        if not self._ic_is_parameter:
+            x.zeroEntries()
+        self._observe(0, x, out)
+        nxt, tmp, b = self._vec(), self._vec(), self._vec()
+        const = self.constant_operator
+        if const and self._has_Fm:
+            Dn = None if self._Dn_zero else fd.assemble(self._Dn_form, mat_type="aij").petscmat
+            Do = None if self._Do_zero else fd.assemble(self._Do_form, mat_type="aij").petscmat
+            d0 = None
+            if not self._d0_zero and not self._Fm_time:
+                d0 = self._vec()
+                with fd.assemble(self._d0_form).dat.vec_ro as a:
+                    a.copy(d0)
+        states = self._states_forward(self._m) if self.needs_states else ((None, None) for _ in range(self.steps))
+        for n, (un, un1) in enumerate(states):
+            if const:
+                self._set_time(n)
+                if self._C is not None:
+                    self._C.petscmat.mult(x, b)
+                else:
+                    b.zeroEntries()
+                if self._has_Fm:
+                    if Dn is not None:
+                        Dn.mult(un1, tmp)
+                        b.axpy(1.0, tmp)
+                    if Do is not None:
+                        Do.mult(un, tmp)
+                        b.axpy(1.0, tmp)
+                    if d0 is not None:
+                        b.axpy(1.0, d0)
+                    elif not self._d0_zero:
+                        with fd.assemble(self._d0_form).dat.vec_ro as a:
+                            b.axpy(1.0, a)
+                b.scale(-1.0)
+                self._A.solve_homogeneous(b, nxt)
+            else:
+                self._set_step_states(n, un, un1)
+                self._set(self._du_old, x)
+                if self._tangent_rhs_form is None:
+                    self._rhs.zero()
+                else:
+                    fd.assemble(self._tangent_rhs_form, tensor=self._rhs)
+                with self._rhs.dat.vec as b:
+                    self._A.solve_homogeneous(b, nxt)
+            x, nxt = nxt, x
+            self._observe(n + 1, x, out)
+        self._counts()
+        return out
+
+    # ---------------------------------------------------------------------------------- adjoint
+    def _vjp(self, w):
+        import firedrake as fd
+
+        result = fd.Cofunction(self.parameter_space.dual(), name="vjp")
+        self._grad_vec = result
+        self._carry = self._vec()
+        self._carry.zeroEntries()
+        self._mu_vec = self._vec()
+        self._w = w
+        accumulate = self._has_Fm and not (self._Fm_state or self._Fm_time or not self.constant_operator)
+        self._mu_sum = self._vec() if accumulate else None
+        if accumulate:
+            self._mu_sum.zeroEntries()
+        self._begin_parameter_terms()
+        if not self.needs_states:
+            for n in range(self.steps - 1, -1, -1):
+                self._reverse_step(n, None, None)
+        elif self._trajectory is not None:
+            for n in range(self.steps - 1, -1, -1):
+                self._reverse_step(n, self._trajectory[n], self._trajectory[n + 1])
+        else:
+            self._run_schedule()
+        if accumulate:
+            self._set(self._mu, self._mu_sum)
+            fd.assemble(self._Lm, tensor=self._cof_m)
+            result.dat.data[:] -= self._cof_m.dat.data_ro
+        self._end_parameter_terms(result)
+        if self._ic_is_parameter:  # u_0 = m: B^T w_0 - C_0^T mu_1, on all dofs (u_0 need not satisfy bcs)
+            with result.dat.vec as r:
+                r.axpy(-1.0, self._carry)
+                k = self._channel.get(0)
+                if k is not None:
+                    self.observation.observe_transpose_add(w, k, r)
+        self._counts()
+        return result
+
+    def _reverse_step(self, n, un, un1):
+        """mu_{n+1} from A_n^T mu_{n+1} = B^T w_{n+1} - C_{n+1}^T mu_{n+2}; gradient and carry terms."""
+        import firedrake as fd
+
+        rhs = self._carry  # holds C_{n+1}^T mu_{n+2}
+        rhs.scale(-1.0)
+        k = self._channel.get(n + 1)
+        if k is not None:
+            self.observation.observe_transpose_add(self._w, k, rhs)
+        mu = self._mu_vec
+        if self.constant_operator:
+            self._set_time(n)
+            self._A.solve_transpose(rhs, mu)
+            if self._C is not None:
+                self._C.petscmat.multTranspose(mu, self._carry)
+            else:
+                self._carry.zeroEntries()
+            if self._has_Fm and self._mu_sum is None:
+                self._parameter_term(n, un, un1, mu)
+            elif self._mu_sum is not None:
+                self._mu_sum.axpy(1.0, mu)
+        else:
+            self._set_step_states(n, un, un1)
+            self._A.solve_transpose(rhs, mu)
+            self._set(self._mu, mu)
+            if self._C_zero:
+                self._carry.zeroEntries()
+            else:
+                fd.assemble(self._carry_form, tensor=self._rhs)
+                with self._rhs.dat.vec_ro as c:
+                    c.copy(self._carry)
+            if self._has_Fm:
+                self._parameter_term(n, None, None, mu)  # the step's states are already in place
+
+    # ------------------------------------------------------------------------- parameter terms
+    # -sum_n (F^m_n)^T mu_{n+1}: by default one assembly of a 1-form on V_m per step.  A subclass that
+    # knows more about its form may accumulate cheaper quantities instead (HeatModel: cellwise
+    # products of gradients for P1) by overriding these three hooks.
+    def _begin_parameter_terms(self) -> None:
+        """Called before the reverse sweep of every VJP."""
+
+    def _parameter_term(self, n, un, un1, mu) -> None:
+        """Add :math:`-(F^m_n)^T\\mu_{n+1}` to the gradient (``un``, ``un1``: the step's states, or
+        None when they are already in the form's Functions or not needed)."""
+        import firedrake as fd
+
+        if un is not None:
+            self._set(self._uo, un)
+            self._set(self._u, un1)
+        self._set(self._mu, mu)
+        fd.assemble(self._Lm, tensor=self._cof_m)
+        self._grad_vec.dat.data[:] -= self._cof_m.dat.data_ro
+
+    def _end_parameter_terms(self, result) -> None:
+        """Called after the reverse sweep with the gradient Cofunction."""
+
+    # ----------------------------------------------------------------------------- checkpointing
+    def _run_schedule(self):
+        """Execute a checkpoint_schedules multistage schedule: forward recomputation with snapshots
+        in RAM / on disk, reverse steps with the two states each needs."""
+        from checkpoint_schedules import (
+            Copy,
+            EndForward,
+            EndReverse,
+            Forward,
+            Move,
+            MultistageCheckpointSchedule,
+            Reverse,
+            StorageType,
+        )
+
+        cp = self.checkpointing
+        schedule = MultistageCheckpointSchedule(self.steps, cp.snapshots_in_ram, cp.snapshots_on_disk)
+        disk_dir = None
+        if cp.snapshots_on_disk:
+            disk_dir = tempfile.mkdtemp(prefix=f"pdeinv-ckpt-r{self.comm.rank}-", dir=cp.directory)
+        ram, disk, deps = {}, {}, {}
+        x, nxt = self._initial_state(self._m), self._vec()
+        xn = 0
+
+        def store(storage, n, vec):
+            if storage == StorageType.RAM:
+                ram[n] = vec.copy()
+            elif storage == StorageType.DISK:
+                path = os.path.join(disk_dir, f"{n}.npy")
+                np.save(path + ".tmp.npy", vec.array_r)
+                os.replace(path + ".tmp.npy", path)
+                disk[n] = path
+            self.peak_stored_states = max(self.peak_stored_states, len(ram) + len(deps) + 2)
+
+        def load(storage, n, delete):
+            if storage == StorageType.RAM:
+                vec = ram.pop(n) if delete else ram[n].copy()
+            else:
+                vec = self._vec()
+                vec.array = np.load(disk[n])
+                if delete:
+                    os.remove(disk.pop(n))
+            return vec
+
+        try:
+            for action in schedule:
+                if isinstance(action, Forward):
+                    n1 = min(action.n1, self.steps)
+                    if xn != action.n0:
+                        raise RuntimeError(f"checkpointing: at step {xn}, schedule asks to start at {action.n0}")
+                    if action.write_ics:
+                        store(action.storage, action.n0, x)
+                    if action.write_adj_deps:
+                        deps[action.n0] = x.copy()
+                    for n in range(action.n0, n1):
+                        self._step(n, x, nxt)
+                        self.recomputed_steps += 1
+                        x, nxt = nxt, x
+                        if action.write_adj_deps:
+                            deps[n + 1] = x.copy()
+                    self.peak_stored_states = max(self.peak_stored_states, len(ram) + len(deps))
+                    xn = n1
+                elif isinstance(action, Reverse):
+                    for n in range(action.n1 - 1, action.n0 - 1, -1):
+                        self._reverse_step(n, deps[n], deps[n + 1])
+                    if action.clear_adj_deps:
+                        deps.clear()
+                elif isinstance(action, (Copy, Move)):
+                    if action.to_storage != StorageType.WORK:
+                        raise RuntimeError(f"checkpointing: unexpected action {action}")
+                    x = load(action.from_storage, action.n, isinstance(action, Move))
+                    xn = action.n
+                elif isinstance(action, EndForward):
+                    pass
+                elif isinstance(action, EndReverse):
+                    break
+        finally:
+            if disk_dir is not None:
+                shutil.rmtree(disk_dir, ignore_errors=True)
