@@ -346,8 +346,8 @@ class FieldGaussianNoise(NoiseModel):
         self._check(pred, "pred")
         self._check(data, "data")
         g = self._weighted(pred, data)
-        with g.dat.vec_ro as gv:
-            return 0.5 * self.sigma**2 * gv.dot(self._work)
+        with g.dat.vec_ro as gv:  # g = sigma^-2 M r, and _work still holds r
+            return 0.5 * gv.dot(self._work)
 
     def gradient(self, pred, data):
         return self._weighted(pred, data)

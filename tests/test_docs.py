@@ -11,6 +11,8 @@ def test_sphinx_build(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "ERROR" not in p.stderr, p.stderr
     api = (out / "api.html").read_text()
-    for name in ("HeatModel", "LaplaceApproximation", "newton_cg", "dot_test", "BiLaplacianPrior"):
+    for name in ("HeatModel", "LaplaceApproximation", "newton_cg", "dot_test", "BiLaplacianPrior", "StationaryModel",
+                 "TimeSteppingModel", "TapedMap", "IntegralObservation", "FieldGaussianNoise"):
         assert name in api, name
     assert (out / "cases" / "poisson.html").exists()
+    assert (out / "own-model.html").exists()

@@ -14,8 +14,8 @@ from pdeinv.forward.poisson import PoissonModel, hippylib_boundary
 from pdeinv.forward.stationary import StationaryModel
 from pdeinv.forward.timestepping import Checkpointing, TimeSteppingModel
 from pdeinv.maps import Misfit
-from pdeinv.noise import GaussianNoise
-from pdeinv.observation import PointObservation
+from pdeinv.noise import FieldGaussianNoise, GaussianNoise
+from pdeinv.observation import FieldObservation, IntegralObservation, PointObservation
 from pdeinv.verify import taylor_test
 
 POINTS = np.array([[0.2, 0.3], [0.5, 0.5], [0.7, 0.8], [0.4, 0.6], [0.9, 0.1]])
@@ -203,3 +203,56 @@ def test_wrong_inputs_give_one_clear_error():
                           observation_times=[0.15])
     with pytest.raises(ValueError, match="snapshots_in_ram"):
         Checkpointing(snapshots_in_ram=-1)
+
+
+# --------------------------------------------------------------------- observations beyond points
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_field_observation_mass_weighted_misfit_and_derivatives():
+    mesh = fd.UnitSquareMesh(8, 8)
+    V = fd.FunctionSpace(mesh, "CG", 1)
+    obs = FieldObservation(V)
+    model = nonlinear_diffusion(mesh, observation=obs)
+    noise = FieldGaussianNoise(obs, 0.05)
+    m_true = truth(model.parameter_space)
+    pred = model(m_true)
+    data = noise.sample(pred, seed=3)
+    expected = fd.assemble(0.5 / 0.05**2 * (pred - data) ** 2 * fd.dx)  # hIPPYlib's continuous misfit
+    assert abs(noise.misfit(pred, data) - expected) < 1e-12 * expected
+    assert_derivatives_ok(run_checks(model, m_true, noise))
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_field_time_series_on_timestepping_model():
+    mesh = fd.UnitSquareMesh(8, 8)
+    V = fd.FunctionSpace(mesh, "CG", 1)
+    u, uo, m, v = fd.Function(V), fd.Function(V), fd.Function(V), fd.TestFunction(V)
+    dt = 0.02
+    F = ((u - uo) / dt * v + 0.1 * fd.inner(fd.grad(u), fd.grad(v)) + u**3 * v) * fd.dx  # with a reaction term
+    obs = FieldObservation(V, channels=2)
+    model = TimeSteppingModel(F, u, uo, m, steps=5, dt=dt, observation=obs, observation_times=[0.04, 0.1],
+                              bcs=[fd.DirichletBC(V, 0.0, "on_boundary")])
+    assert not model.constant_operator
+    assert_derivatives_ok(run_checks(model, truth(V), FieldGaussianNoise(obs, 0.01)))
+    # the data hold the state itself
+    uT = model.state_at_end(truth(V))
+    assert max_rel_diff(obs.field(model(truth(V)), 1), uT) < 1e-14
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_integral_observation_fluxes_and_means():
+    mesh = fd.UnitSquareMesh(8, 8)
+    V = fd.FunctionSpace(mesh, "CG", 2)
+    n = fd.FacetNormal(mesh)
+    x, y = fd.SpatialCoordinate(mesh)
+    functionals = {"flux_bottom": lambda w: fd.dot(fd.grad(w), n) * fd.ds(3),
+                   "flux_top": lambda w: fd.dot(fd.grad(w), n) * fd.ds(4),
+                   "weighted_mean": lambda w: x * w * fd.dx}
+    obs = IntegralObservation(V, functionals)
+    model = nonlinear_diffusion(mesh, observation=obs, degree=2)
+    m_true = truth(model.parameter_space)
+    values = obs.to_array(model(m_true))[:, 0]
+    u = model.state(m_true)
+    expected = [fd.assemble(f(u)) for f in functionals.values()]
+    assert np.allclose(values, expected, rtol=1e-12, atol=1e-14)
+    assert obs.names == tuple(functionals)
+    assert_derivatives_ok(run_checks(model, m_true, GaussianNoise(obs, [[0.01], [0.01], [0.001]])))

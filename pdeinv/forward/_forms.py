@@ -6,8 +6,8 @@ Everything here works on the user's own residual form; nothing is hand-typed per
 
 from __future__ import annotations
 
-__all__ = ["expand", "is_zero", "depends_on", "homogeneous_bcs", "test_function_of", "check_residual",
-           "check_parameter", "check_bcs"]
+__all__ = ["expand", "derive", "is_zero", "depends_on", "at_zero", "homogeneous_bcs", "test_function_of",
+           "check_residual", "check_parameter", "check_bcs", "is_symmetric_operator"]
 
 
 def expand(form):
@@ -15,6 +15,14 @@ def expand(form):
     from ufl.algorithms import expand_derivatives
 
     return expand_derivatives(form)
+
+
+def derive(form, coefficient, argument=None):
+    """``firedrake.derivative`` with the derivative expanded once, here: a derived form kept
+    unexpanded would be expanded again by UFL at every assembly (milliseconds per call)."""
+    import firedrake as fd
+
+    return expand(fd.derivative(form, coefficient, argument))
 
 
 def is_zero(form) -> bool:
@@ -34,6 +42,15 @@ def depends_on(form, *things) -> bool:
     coeffs = set(f.coefficients())
     consts = set(f.constants()) if hasattr(f, "constants") else set()
     return any(t in coeffs or t in consts for t in things if t is not None)
+
+
+def at_zero(form, *functions):
+    """``form`` with ``functions`` replaced by UFL zeros: terms that vanish there disappear
+    symbolically (e.g. :math:`e^m\\nabla u\\cdot\\nabla v` at :math:`u = 0`), so the result depends on
+    fewer coefficients than a replacement by zero-valued Functions would."""
+    import ufl
+
+    return ufl.replace(form, {f: ufl.zero(f.ufl_shape) for f in functions})
 
 
 def homogeneous_bcs(bcs):

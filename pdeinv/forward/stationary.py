@@ -33,10 +33,12 @@ from __future__ import annotations
 import itertools
 
 from pdeinv.forward._forms import (
+    at_zero,
     check_bcs,
     check_parameter,
     check_residual,
     depends_on,
+    derive,
     homogeneous_bcs,
     is_symmetric_operator,
     is_zero,
@@ -122,24 +124,25 @@ class StationaryModel(ParameterToObservable):
 
         # --- derived forms (UFL) --------------------------------------------------------------------
         du_trial = fd.TrialFunction(V)
-        self._J_form = fd.derivative(residual, state, du_trial)  # A = dF/du
+        self._J_form = derive(residual, state, du_trial)  # A = dF/du
         self.affine = not depends_on(self._J_form, state)
         self._dm = fd.Function(self.parameter_space, name="dm")
-        self._Fm_dm = fd.action(fd.derivative(residual, parameter), self._dm)  # F_m dm (in v)
+        self._Fm_dm = fd.action(derive(residual, parameter), self._dm)  # F_m dm (in v)
         self._lam = fd.Function(V, name="adjoint")
         L = fd.replace(residual, {v: self._lam})  # F(u, m; lambda)
         psi = fd.TestFunction(self.parameter_space)
-        self._Lm = fd.derivative(L, parameter, psi)  # F_m^T lambda (in psi)
+        self._Lm = derive(L, parameter, psi)  # F_m^T lambda (in psi)
         if is_zero(self._Lm):
             raise ValueError(f"{name}: the residual does not depend on the parameter (dF/dm = 0)")
+        self._minus_Lm = -self._Lm
         # second order
         self._du = fd.Function(V, name="tangent")
         self._dlam = fd.Function(V, name="second_order_adjoint")
         v2 = fd.TestFunction(V)
-        Lu = fd.derivative(L, state, v2)
-        self._soa_rhs = -(fd.derivative(Lu, state, self._du) + fd.derivative(Lu, parameter, self._dm))
+        Lu = derive(L, state, v2)
+        self._soa_rhs = -(derive(Lu, state, self._du) + derive(Lu, parameter, self._dm))
         self._soa_zero = is_zero(self._soa_rhs)
-        self._second = -(fd.derivative(self._Lm, state, self._du) + fd.derivative(self._Lm, parameter, self._dm)
+        self._second = -(derive(self._Lm, state, self._du) + derive(self._Lm, parameter, self._dm)
                          + fd.replace(self._Lm, {self._lam: self._dlam}))
         self._rhs = fd.Cofunction(V.dual())
 
@@ -152,8 +155,11 @@ class StationaryModel(ParameterToObservable):
             params = solver_parameters if solver_parameters is not None else linear_solver_parameters
             self._A = DirichletOperator(self._J_form, bcs, solver_parameters=params, symmetric=symmetric,
                                         options_prefix=self._prefix)
-            self._zero_state = fd.Function(V)
-            self._F0 = fd.replace(residual, {state: self._zero_state})  # F(0, m; v): A u = -F0
+            self._F0 = at_zero(residual, state)  # F(0, m; v): A u = -F0
+            self._F0_zero, self._F0_m = is_zero(self._F0), depends_on(self._F0, parameter)
+            self._F0_value = fd.Cofunction(V.dual())
+            if not self._F0_zero:
+                fd.assemble(self._F0, tensor=self._F0_value)
             self._nonlinear = None
         else:
             params = default_newton_parameters(self.comm) if solver_parameters is None else solver_parameters
@@ -179,8 +185,10 @@ class StationaryModel(ParameterToObservable):
         self._m.assign(m)
         if self.affine:
             self._A.reassemble()
-            fd.assemble(self._F0, tensor=self._rhs)
-            with self._rhs.dat.vec as b, self._u.dat.vec_wo as x:
+            if self._F0_m:
+                fd.assemble(self._F0, tensor=self._F0_value)
+            with self._F0_value.dat.vec_ro as f0, self._rhs.dat.vec_wo as b, self._u.dat.vec_wo as x:
+                f0.copy(b)
                 b.scale(-1.0)
                 self._A.solve(b, x)
             self._jacobian_current = True
@@ -240,8 +248,7 @@ class StationaryModel(ParameterToObservable):
         import firedrake as fd
 
         self._adjoint(w, self._lam)
-        out = fd.assemble(self._Lm)
-        out *= -1.0
+        out = fd.assemble(self._minus_Lm)  # (Cofunction arithmetic would build a kernel per call)
         self._counts()
         return out
 

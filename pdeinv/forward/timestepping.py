@@ -46,9 +46,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from pdeinv.forward._forms import (
+    at_zero,
     check_bcs,
     check_parameter,
     depends_on,
+    derive,
     homogeneous_bcs,
     is_symmetric_operator,
     is_zero,
@@ -195,23 +197,23 @@ class TimeSteppingModel(ParameterToObservable):
 
         # --- derived forms --------------------------------------------------------------------------
         trial = fd.TrialFunction(V)
-        self._A_form = fd.derivative(residual, state, trial)
-        self._C_form = fd.derivative(residual, previous, trial)
+        self._A_form = derive(residual, state, trial)
+        self._C_form = derive(residual, previous, trial)
         self._C_zero = is_zero(self._C_form)
         states = (state, previous)
         self.constant_operator = not (depends_on(self._A_form, *states, time)
                                       or depends_on(self._C_form, *states, time))
         self._dm = fd.Function(self.parameter_space, name="dm")
         # the parameter may enter only through the initial condition: then F_m = 0
-        self._has_Fm = parameter in residual.coefficients() and not is_zero(fd.derivative(residual, parameter))
-        self._Fm_dm = fd.action(fd.derivative(residual, parameter), self._dm) if self._has_Fm else None  # F_m dm
+        self._has_Fm = parameter in residual.coefficients() and not is_zero(derive(residual, parameter))
+        self._Fm_dm = fd.action(derive(residual, parameter), self._dm) if self._has_Fm else None  # F_m dm
         self._mu = fd.Function(V, name="adjoint")
         L = fd.replace(residual, {v: self._mu})
-        self._Lm = fd.derivative(L, parameter, fd.TestFunction(self.parameter_space)) if self._has_Fm else None
+        self._Lm = derive(L, parameter, fd.TestFunction(self.parameter_space)) if self._has_Fm else None
         v2 = fd.TestFunction(V)
-        self._carry_form = None if self._C_zero else fd.derivative(L, previous, v2)  # C^T mu
+        self._carry_form = None if self._C_zero else derive(L, previous, v2)  # C^T mu
         self._du_old = fd.Function(V)
-        terms = [] if self._C_zero else [fd.action(fd.derivative(residual, previous), self._du_old)]
+        terms = [] if self._C_zero else [fd.action(derive(residual, previous), self._du_old)]
         terms += [self._Fm_dm] if self._has_Fm else []
         self._tangent_rhs_form = -sum(terms[1:], terms[0]) if terms else None
         self._Fm_state = self._has_Fm and depends_on(self._Fm_dm, *states)
@@ -232,16 +234,19 @@ class TimeSteppingModel(ParameterToObservable):
             self._A = DirichletOperator(self._A_form, bcs, solver_parameters=params, options_prefix=prefix,
                                         symmetric=symmetric)
             self._C = None if self._C_zero else fd.assemble(self._C_form, mat_type="aij")
-            self._F0_form = fd.replace(residual, {state: self._zero, previous: self._zero})
+            self._F0_form = at_zero(residual, state, previous)  # F(0, 0, m; v): the load
+            self._F0_zero = is_zero(self._F0_form)
             self._F0_time = depends_on(self._F0_form, time)
             self._F0 = fd.Cofunction(V.dual())
             self._F0_m = depends_on(self._F0_form, parameter)
+            self._f0_vec = self._vec()  # F0 as a plain Vec: no PyOP2 context per time step
+            self._f0_vec.zeroEntries()
             self._assembled_for_m = False
             if self._has_Fm:  # the parameter terms of the tangent, as matrices in the state
-                self._Dn_form = fd.derivative(self._Fm_dm, state, trial)
-                self._Do_form = fd.derivative(self._Fm_dm, previous, trial)
+                self._Dn_form = derive(self._Fm_dm, state, trial)
+                self._Do_form = derive(self._Fm_dm, previous, trial)
                 self._Dn_zero, self._Do_zero = is_zero(self._Dn_form), is_zero(self._Do_form)
-                self._d0_form = fd.replace(self._Fm_dm, {state: self._zero, previous: self._zero})
+                self._d0_form = at_zero(self._Fm_dm, state, previous)
                 self._d0_zero = is_zero(self._d0_form)
                 self._Dn = self._Do = None
             self._solver = None
@@ -305,25 +310,30 @@ class TimeSteppingModel(ParameterToObservable):
             self._A.reassemble()
             if self._C is not None:
                 fd.assemble(self._C_form, mat_type="aij", tensor=self._C)
-        if not self._F0_time and (self._F0_m or not self._assembled_for_m):
-            fd.assemble(self._F0_form, tensor=self._F0)
+        if not self._F0_zero and not self._F0_time and (self._F0_m or not self._assembled_for_m):
+            self._assemble_f0()
         self._assembled_for_m = True
+
+    def _assemble_f0(self):
+        import firedrake as fd
+
+        fd.assemble(self._F0_form, tensor=self._F0)
+        with self._F0.dat.vec_ro as f0:
+            f0.copy(self._f0_vec)
 
     def _step(self, n, x, out):
         """u_{n+1} from u_n = x, into out (Vecs)."""
-        import firedrake as fd
 
         self._set_time(n)
         if self.constant_operator:
-            if self._F0_time:
-                fd.assemble(self._F0_form, tensor=self._F0)
+            if self._F0_time and not self._F0_zero:
+                self._assemble_f0()
             b = self._step_rhs
-            with self._F0.dat.vec_ro as f0:
-                if self._C is not None:
-                    self._C.petscmat.mult(x, b)
-                    b.axpy(1.0, f0)
-                else:
-                    f0.copy(b)
+            if self._C is not None:
+                self._C.petscmat.mult(x, b)
+                b.axpy(1.0, self._f0_vec)
+            else:
+                self._f0_vec.copy(b)
             b.scale(-1.0)
             self._A.solve(b, out)
         else:

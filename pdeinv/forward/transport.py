@@ -29,6 +29,15 @@ Derivatives: tangent :math:`A_k\delta\psi_k = -\int e^m\delta m\,\psi_k v` (abso
 :math:`J^T w = -\sum_k \int e^m\chi\,\psi_k\lambda_k` or :math:`\sum_k\int\chi\,\lambda_k`.
 Each :math:`A_k` (non-symmetric) is factorised once per new :math:`m` (once in all for the source)
 and reused for the tangent and, transposed, the adjoint solves.
+
+Why these sweeps are written here and not declared on
+:class:`~pdeinv.forward.stationary.StationaryModel`: the model is :math:`K` independent steady
+problems sharing one parameter, observed in :math:`K` channels of one sinogram with a detector mask.
+A ``StationaryModel`` is one residual and one channel; :math:`K` of them would need a sum of maps
+over experiments, which is the ensemble layer (experiments distributed over
+``firedrake.Ensemble`` members, reduced in one place) planned with the parallel-performance work.
+The derivative formulas above are the ones UFL derives from :math:`a_k`, checked by the same Taylor
+and dot tests.
 """
 
 from __future__ import annotations
