@@ -33,7 +33,7 @@ def _source(mesh):
 
 
 def nonlinear_diffusion(mesh, *, observation=None, points=None, taped: bool = False, degree: int = 1,
-                        solver_parameters=None):
+                        solver_parameters=None, initial_guess: str = "previous"):
     """The steady nonlinear diffusion model (parameter: log-conductivity on P1).
 
     ``observation`` defaults to point values at ``points`` (default a 5 x 5 grid).  With
@@ -65,7 +65,7 @@ def nonlinear_diffusion(mesh, *, observation=None, points=None, taped: bool = Fa
     u, m, v = fd.Function(V, name="u"), fd.Function(Vm, name="m"), fd.TestFunction(V)
     F = (1 + u**2) * fd.exp(m) * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx - f * v * fd.dx
     return StationaryModel(F, u, m, observation=observation, bcs=[fd.DirichletBC(V, 0.0, "on_boundary")],
-                           solver_parameters=solver_parameters)
+                           solver_parameters=solver_parameters, initial_guess=initial_guess)
 
 
 def _wind(mesh):
