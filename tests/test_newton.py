@@ -99,7 +99,10 @@ def test_same_map_on_1_and_2_ranks():
     norm = fd.assemble(res.m**2 * fd.dx) ** 0.5
     ref_cost, ref_norm = POISSON_MAP_COST
     assert abs(res.cost.total - ref_cost) <= 1e-8 * ref_cost
-    assert abs(norm - ref_norm) <= 1e-8 * ref_norm
+    # 2-rank runs are not bit-reproducible here (MUMPS / reduction order: identical runs differ from
+    # 1e-12 up to ~2e-8 when a CG iteration count flips), and the stopping rule ||g|| <= 1e-10 ||g0||
+    # fixes the MAP to about that: the point is compared at 1e-7, the cost (quadratic in it) at 1e-8.
+    assert abs(norm - ref_norm) <= 1e-7 * ref_norm
 
 
 def test_options_are_validated():

@@ -73,6 +73,17 @@ def bratu(mesh):
                            bcs=[fd.DirichletBC(V, 0.0, "on_boundary")], solver_parameters=params)
 
 
+def bratu_problem(n, *, m_data, sigma, seed, correlation_length, variance):
+    """The Bratu model, data from a constant m_data, a BiLaplacian prior: (model, problem)."""
+    mesh = fd.UnitSquareMesh(n, n)
+    model = bratu(mesh)
+    V = model.parameter_space
+    noise = GaussianNoise(model.observation, sigma)
+    data = noise.sample(model(fd.Function(V).assign(m_data)), seed=seed)
+    prior = BiLaplacianPrior.from_correlation(V, correlation_length=correlation_length, variance=variance)
+    return model, InverseProblem(Misfit(model, noise, data), prior)
+
+
 @pytest.mark.parallel(nprocs=[1, 2])
 def test_failing_solve_leaves_no_stale_linearisation():
     mesh = fd.UnitSquareMesh(8, 8)
@@ -95,13 +106,8 @@ def test_failing_solve_leaves_no_stale_linearisation():
 
 @pytest.mark.parallel(nprocs=[1, 2])
 def test_failing_trial_point_shortens_the_step_with_a_logged_reason():
-    mesh = fd.UnitSquareMesh(8, 8)
-    model = bratu(mesh)
-    V = model.parameter_space
-    noise = GaussianNoise(model.observation, 0.01)
-    data = noise.sample(model(fd.Function(V).assign(1.0)), seed=4)
-    prior = BiLaplacianPrior.from_correlation(V, correlation_length=0.3, variance=1.0)
-    problem = InverseProblem(Misfit(model, noise, data), prior)
+    model, problem = bratu_problem(8, m_data=1.0, sigma=0.01, seed=4, correlation_length=0.3, variance=1.0)
+    V, prior, mesh = model.parameter_space, problem.prior, model.parameter_space.mesh()
     m = fd.Function(V).assign(0.5)
     cost = problem.cost(m)
     g = problem.gradient(m)
@@ -138,15 +144,12 @@ def test_nonfinite_prediction_is_a_solve_failure_and_nonfinite_parameter_a_clear
 def test_newton_cg_runs_through_failed_trials():
     """Newton-CG from a start where full Newton steps overshoot into the no-solution region still
     converges (failed trials only shorten steps)."""
-    mesh = fd.UnitSquareMesh(6, 6)
-    model = bratu(mesh)
-    V = model.parameter_space
-    noise = GaussianNoise(model.observation, 0.001)
-    data = noise.sample(model(fd.Function(V).assign(1.6)), seed=5)
-    prior = BiLaplacianPrior.from_correlation(V, correlation_length=0.5, variance=4.0)
-    problem = InverseProblem(Misfit(model, noise, data), prior)
+    model, problem = bratu_problem(6, m_data=1.6, sigma=0.001, seed=5, correlation_length=0.5, variance=4.0)
+    V, mesh = model.parameter_space, model.parameter_space.mesh()
     stream = io.StringIO()
     result = newton_cg(problem, fd.Function(V).assign(-1.0), options=NewtonCGOptions(max_iterations=15),
                        log=RankZeroLog(mesh.comm, stream=stream))
-    assert result.cost.total < problem.cost(fd.Function(V).assign(-1.0)).total
     assert result.reason != "line search failed", stream.getvalue()
+    assert result.cost.total < 1e-3 * problem.cost(fd.Function(V).assign(-1.0)).total
+    if mesh.comm.rank == 0:  # the overshooting steps really were rejected, with the solver's reason
+        assert "trial point rejected: StationaryModel: forward solve failed" in stream.getvalue()

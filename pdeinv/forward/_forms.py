@@ -35,13 +35,29 @@ def is_zero(form) -> bool:
 
 
 def depends_on(form, *things) -> bool:
-    """Whether the expanded ``form`` refers to any of ``things`` (Functions or Constants)."""
+    """Whether the expanded ``form`` refers to any of ``things`` (Functions or Constants).
+
+    Firedrake's ``Constant`` is a UFL constant *value* (not listed by ``form.constants()``), so
+    non-Functions are found by walking the integrands, by identity (two Constants of equal value
+    compare equal)."""
+    from ufl import Coefficient
+    from ufl.corealg.traversal import unique_pre_traversal
+
     f = expand(form)
     if is_zero(f):
         return False
+    things = [t for t in things if t is not None]
     coeffs = set(f.coefficients())
-    consts = set(f.constants()) if hasattr(f, "constants") else set()
-    return any(t in coeffs or t in consts for t in things if t is not None)
+    if any(t in coeffs for t in things if isinstance(t, Coefficient)):
+        return True
+    others = [t for t in things if not isinstance(t, Coefficient)]
+    if not others:
+        return False
+    for integral in f.integrals():
+        for node in unique_pre_traversal(integral.integrand()):
+            if any(node is t for t in others):
+                return True
+    return False
 
 
 def at_zero(form, *functions):

@@ -15,17 +15,17 @@ derived with UFL.  With :math:`A_n = \partial_{u_{n+1}}F`, :math:`C_n = \partial
 
 Two engines, chosen automatically from the form:
 
-*Constant step operator* (the PDE is linear in the state and the operators do not depend on time,
-e.g. heat, advection–diffusion–reaction with a fixed wind)
-    :math:`A` and :math:`C` are assembled once per new :math:`m` (once in all when they do not
+*Constant step operator*
+    The PDE is linear in the state and the operators do not depend on time (e.g. heat,
+    advection–diffusion–reaction with a fixed wind).  :math:`A` and :math:`C` are assembled once per new :math:`m` (once in all when they do not
     depend on :math:`m`), :math:`A` is factorised once, and every step of the forward, tangent and
     adjoint sweeps is a matrix–vector product and a pair of triangular solves on PETSc Vecs.  The
     parameter terms are assembled once per JVP as matrices in the state
     (:math:`\partial_{u}F^m[\delta m]`); in the adjoint they are accumulated as :math:`\sum_n\mu_n`
     and assembled once when they do not depend on the state, else assembled per step (a 1-form).
 
-*General* (nonlinear in the state, or time-dependent operators)
-    The forward solves each step with Firedrake's nonlinear solver; tangent and adjoint assemble and
+*General*
+    Nonlinear in the state, or time-dependent operators.  The forward solves each step with Firedrake's nonlinear solver; tangent and adjoint assemble and
     factorise :math:`A_n` per step (reused by that step's solve), so they need the states
     :math:`u_n, u_{n+1}`.  Those come from the stored trajectory, or — with ``checkpointing`` — from
     a ``checkpoint_schedules`` multistage (binomial, Revolve-optimal) schedule that keeps at most
