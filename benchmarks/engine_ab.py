@@ -23,11 +23,10 @@ init_petsc()
 
 import firedrake as fd  # noqa: E402
 import numpy as np  # noqa: E402
+from derivative_costs import operations  # noqa: E402
 
 from pdeinv.forward.heat import HeatModel  # noqa: E402
 from pdeinv.forward.poisson import PoissonModel  # noqa: E402
-from pdeinv.maps import Misfit  # noqa: E402
-from pdeinv.noise import GaussianNoise  # noqa: E402
 
 
 def load(rev, path, name):
@@ -39,19 +38,6 @@ def load(rev, path, name):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
-
-def ops(model, m, dm):
-    noise = GaussianNoise(model.observation, 0.01)
-    data = noise.sample(model(m), seed=0)
-    mis = Misfit(model, noise, data)
-    w = noise.gradient(model(m), data)
-
-    def fwd():
-        model.invalidate()
-        model(m)
-
-    return {"forward": fwd, "gradient": lambda: mis.gradient(m), "jvp": lambda: model.jvp(m, dm),
-            "vjp": lambda: model.vjp(m, w), "gn_action": lambda: mis.gauss_newton_action(m, dm)}
 
 def run(kind, par, n, steps, reps, old_heat, old_poisson):
     mesh = fd.UnitSquareMesh(n, n)
@@ -71,7 +57,7 @@ def run(kind, par, n, steps, reps, old_heat, old_poisson):
     for k, model in models.items():
         m = fd.Function(model.parameter_space).interpolate(0.5 + 0.3 * fd.sin(fd.pi * x) * fd.sin(fd.pi * y))
         dm = fd.Function(model.parameter_space).interpolate(fd.cos(2 * x) * y)
-        res[k] = ops(model, m, dm)
+        res[k] = operations(model, m, dm)
         model(m)
         for f in res[k].values():
             f()  # warm up

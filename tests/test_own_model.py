@@ -209,6 +209,10 @@ def test_wrong_inputs_give_one_clear_error():
                           observation_times=[0.15])
     with pytest.raises(ValueError, match="snapshots_in_ram"):
         Checkpointing(snapshots_in_ram=-1)
+    other = fd.FunctionSpace(mesh, "CG", 2)
+    with pytest.raises(ValueError, match="boundary condition lives on"):
+        StationaryModel(fd.inner(fd.grad(u), fd.grad(v)) * fd.dx - m * v * fd.dx, u, m, observation=obs,
+                        bcs=[fd.DirichletBC(other, 0.0, "on_boundary")])
 
 
 # --------------------------------------------------------------------- observations beyond points

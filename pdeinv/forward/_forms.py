@@ -123,15 +123,19 @@ def check_parameter(parameter, name: str):
 
 
 def check_bcs(bcs, state_space, name: str):
+    """Dirichlet conditions on the state space (or one of its sub-spaces), with one clear error."""
     import firedrake as fd
 
     bcs = list(bcs or ())
     for bc in bcs:
         if not isinstance(bc, fd.DirichletBC):
             raise TypeError(f"{name}: bcs must be firedrake.DirichletBC objects, got {type(bc).__name__}")
-        if bc.function_space().parent is not None and bc.function_space().parent != state_space \
-                and bc.function_space() != state_space:
-            raise ValueError(f"{name}: a boundary condition lives on another space than the state")
+        V = bc.function_space()
+        while getattr(V, "parent", None) is not None:  # a condition on a component or sub-space
+            V = V.parent
+        if V != state_space:
+            raise ValueError(f"{name}: a boundary condition lives on {_space_name(V)}, not on the state space "
+                             f"{_space_name(state_space)}")
     return bcs
 
 

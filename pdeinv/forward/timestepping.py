@@ -17,19 +17,21 @@ Two engines, chosen automatically from the form:
 
 *Constant step operator*
     The PDE is linear in the state and the operators do not depend on time (e.g. heat,
-    advection–diffusion–reaction with a fixed wind).  :math:`A` and :math:`C` are assembled once per new :math:`m` (once in all when they do not
-    depend on :math:`m`), :math:`A` is factorised once, and every step of the forward, tangent and
-    adjoint sweeps is a matrix–vector product and a pair of triangular solves on PETSc Vecs.  The
-    parameter terms are assembled once per JVP as matrices in the state
+    advection–diffusion–reaction with a fixed wind).  :math:`A` and :math:`C` are assembled once
+    per new :math:`m` (once in all when they do not depend on :math:`m`), :math:`A` is factorised
+    once, and every step of the forward, tangent and adjoint sweeps is a matrix–vector product and a
+    pair of triangular solves on PETSc Vecs.  The parameter terms are assembled once per JVP as
+    matrices in the state
     (:math:`\partial_{u}F^m[\delta m]`); in the adjoint they are accumulated as :math:`\sum_n\mu_n`
     and assembled once when they do not depend on the state, else assembled per step (a 1-form).
 
 *General*
-    Nonlinear in the state, or time-dependent operators.  The forward solves each step with Firedrake's nonlinear solver; tangent and adjoint assemble and
-    factorise :math:`A_n` per step (reused by that step's solve), so they need the states
-    :math:`u_n, u_{n+1}`.  Those come from the stored trajectory, or — with ``checkpointing`` — from
-    a ``checkpoint_schedules`` multistage (binomial, Revolve-optimal) schedule that keeps at most
-    ``snapshots_in_ram`` states in memory and ``snapshots_on_disk`` on disk and recomputes the rest.
+    Nonlinear in the state, or time-dependent operators.  The forward solves each step with
+    Firedrake's nonlinear solver; tangent and adjoint assemble and factorise :math:`A_n` per step
+    (reused by that step's solve), so they need the states :math:`u_n, u_{n+1}`.  Those come from
+    the stored trajectory, or — with ``checkpointing`` — from a ``checkpoint_schedules`` multistage
+    (binomial, Revolve-optimal) schedule that keeps at most ``snapshots_in_ram`` states in memory and
+    ``snapshots_on_disk`` on disk and recomputes the rest.
 
 The trajectory is kept only when the derivatives need it.
 """
@@ -263,6 +265,8 @@ class TimeSteppingModel(ParameterToObservable):
             self._A = DirichletOperator(self._A_form, self._hbcs, solver_parameters=linear_solver_parameters,
                                         options_prefix=prefix + "linearised_", lift=False, symmetric=symmetric)
         self._trajectory = None
+        self._work_vecs, self._work_mats = {}, {}
+        self._d0 = fd.Cofunction(V.dual())
         self._step_rhs = self._vec()
         self.newton_iterations = 0
         self.recomputed_steps = 0
@@ -272,6 +276,30 @@ class TimeSteppingModel(ParameterToObservable):
     def _vec(self):
         with self._zero.dat.vec_ro as z:
             return z.duplicate()
+
+    def _work(self, name):
+        """A work Vec of the state space, allocated at the first use and reused by every sweep."""
+        vec = self._work_vecs.get(name)
+        if vec is None:
+            vec = self._work_vecs[name] = self._vec()
+        return vec
+
+    def _assemble_matrix(self, name, form):
+        """Assemble a bilinear form into a matrix kept between calls; its PETSc Mat."""
+        import firedrake as fd
+
+        mat = self._work_mats.get(name)
+        self._work_mats[name] = mat = fd.assemble(form, mat_type="aij", tensor=mat)
+        return mat.petscmat
+
+    def _assemble_d0(self):
+        """F_m[dm] at zero states (the state-independent parameter term) as a Vec."""
+        import firedrake as fd
+
+        fd.assemble(self._d0_form, tensor=self._d0)
+        with self._d0.dat.vec_ro as a:
+            a.copy(self._work("d0"))
+        return self._work("d0")
 
     def _set(self, f, vec):
         with f.dat.vec_wo as x:
@@ -408,16 +436,16 @@ class TimeSteppingModel(ParameterToObservable):
         if not self._ic_is_parameter:
             x.zeroEntries()
         self._observe(0, x, out)
-        nxt, tmp, b = self._vec(), self._vec(), self._vec()
+        nxt, tmp, b = self._work("jvp_next"), self._work("jvp_tmp"), self._work("jvp_rhs")
         const = self.constant_operator
         if const and self._has_Fm:
-            Dn = None if self._Dn_zero else fd.assemble(self._Dn_form, mat_type="aij").petscmat
-            Do = None if self._Do_zero else fd.assemble(self._Do_form, mat_type="aij").petscmat
+            # the parameter terms as matrices in the state, assembled once per direction into
+            # matrices kept between calls (the sparsity is built once)
+            Dn = None if self._Dn_zero else self._assemble_matrix("Dn", self._Dn_form)
+            Do = None if self._Do_zero else self._assemble_matrix("Do", self._Do_form)
             d0 = None
             if not self._d0_zero and not self._Fm_time:
-                d0 = self._vec()
-                with fd.assemble(self._d0_form).dat.vec_ro as a:
-                    a.copy(d0)
+                d0 = self._assemble_d0()
         states = self._states_forward(self._m) if self.needs_states else ((None, None) for _ in range(self.steps))
         for n, (un, un1) in enumerate(states):
             if const:
@@ -435,9 +463,8 @@ class TimeSteppingModel(ParameterToObservable):
                         b.axpy(1.0, tmp)
                     if d0 is not None:
                         b.axpy(1.0, d0)
-                    elif not self._d0_zero:
-                        with fd.assemble(self._d0_form).dat.vec_ro as a:
-                            b.axpy(1.0, a)
+                    elif not self._d0_zero:  # time-dependent: once per step
+                        b.axpy(1.0, self._assemble_d0())
                 b.scale(-1.0)
                 self._A.solve_homogeneous(b, nxt)
             else:
@@ -460,12 +487,12 @@ class TimeSteppingModel(ParameterToObservable):
 
         result = fd.Cofunction(self.parameter_space.dual(), name="vjp")
         self._grad_vec = result
-        self._carry = self._vec()
+        self._carry = self._work("vjp_carry")
         self._carry.zeroEntries()
-        self._mu_vec = self._vec()
+        self._mu_vec = self._work("vjp_mu")
         self._w = w
         accumulate = self._has_Fm and not (self._Fm_state or self._Fm_time or not self.constant_operator)
-        self._mu_sum = self._vec() if accumulate else None
+        self._mu_sum = self._work("vjp_mu_sum") if accumulate else None
         if accumulate:
             self._mu_sum.zeroEntries()
         self._begin_parameter_terms()
