@@ -43,8 +43,7 @@ from pdeinv.maps import Misfit  # noqa: E402
 from pdeinv.noise import GaussianNoise  # noqa: E402
 
 
-def build(args, taped):
-    mesh = fd.UnitSquareMesh(args.n, args.n)
+def build(args, taped, mesh):
     if args.model == "nonlinear_diffusion":
         # Newton from u = 0 at every forward solve (as at a new parameter value): with the default warm
         # start, re-solving at the same m would take no Newton step and time nothing.
@@ -63,10 +62,12 @@ def point(mesh, V):
 
 
 def costs(model, mesh, args, data_values=None):
+    """Timings of one route; ``data_values``: the data as an array in input order (two
+    VertexOnlyMeshes may distribute the same points differently in parallel)."""
     m, dm = point(mesh, model.parameter_space)
     noise = GaussianNoise(model.observation, 0.01)
     clean = model(m)
-    data = noise.sample(clean, seed=0) if data_values is None else fd.Function(model.data_space, val=data_values)
+    data = noise.sample(clean, seed=0) if data_values is None else model.observation.from_array(data_values)
     misfit = Misfit(model, noise, data)
 
     def forward():
@@ -89,11 +90,12 @@ def costs(model, mesh, args, data_values=None):
     out["gradient_s"] = timed(lambda: misfit.gradient(m), args.repeats)
     out["gn_action_s"] = timed(lambda: misfit.gauss_newton_action(m, dm), args.repeats)
     gradient = misfit.gradient(m)
-    return out, gradient, data.dat.data_ro.copy()
+    return out, gradient, model.observation.to_array(data)
 
 
 def measure(args):
-    mesh, model = build(args, taped=False)
+    mesh = fd.UnitSquareMesh(args.n, args.n)  # one mesh for both routes: their gradients are compared
+    mesh, model = build(args, taped=False, mesh=mesh)
     res = {"model": args.model, "n": args.n, "dofs": model.state_space.dim(),
            "parameter_dofs": model.parameter_space.dim(), "ranks": fd.COMM_WORLD.size, "repeats": args.repeats,
            "engine": type(model).__name__}
@@ -107,7 +109,7 @@ def measure(args):
     for k in ("gradient", "jvp", "gn_action"):
         res[f"{k}_s"] = gen[f"{k}_s"]
         res[f"{k}_ratio"] = gen[f"{k}_s"] / gen["forward_s"]
-    _, taped = build(args, taped=True)
+    _, taped = build(args, taped=True, mesh=mesh)
     tap, g_tap, _ = costs(taped, mesh, args, data_values=data)
     res["taped_forward_s"] = tap["forward_s"]
     for k in ("gradient", "jvp", "gn_action"):
