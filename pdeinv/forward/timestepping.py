@@ -40,13 +40,10 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-import shutil
-import tempfile
-from dataclasses import dataclass
 
 import numpy as np
 
+from pdeinv.checkpointing import Checkpointing
 from pdeinv.forward._forms import (
     at_zero,
     check_bcs,
@@ -64,34 +61,6 @@ from pdeinv.maps import ParameterToObservable
 __all__ = ["TimeSteppingModel", "Checkpointing", "observation_steps"]
 
 _prefix = itertools.count()
-
-
-@dataclass(frozen=True)
-class Checkpointing:
-    """Bounded-memory derivatives for time-dependent models (``checkpoint_schedules``' multistage
-    schedule: binomial checkpointing, optimal in recomputations for a given number of snapshots).
-
-    Attributes
-    ----------
-    snapshots_in_ram : int
-        States kept in memory at most (besides the two a reverse step works on).
-    snapshots_on_disk : int
-        States written to disk at most (NumPy files, one per rank and snapshot).
-    directory : str or None
-        Where disk snapshots go (default: the system's temporary directory); removed afterwards.
-    """
-
-    snapshots_in_ram: int
-    snapshots_on_disk: int = 0
-    directory: str | None = None
-
-    def __post_init__(self):
-        for key in ("snapshots_in_ram", "snapshots_on_disk"):
-            val = getattr(self, key)
-            if not isinstance(val, (int, np.integer)) or val < 0:
-                raise ValueError(f"Checkpointing: {key} must be a non-negative integer, got {val!r}")
-        if self.snapshots_in_ram + self.snapshots_on_disk < 1:
-            raise ValueError("Checkpointing: allow at least one snapshot (in RAM or on disk)")
 
 
 def observation_steps(times, *, dt: float, steps: int, name: str) -> list[int]:
@@ -576,80 +545,24 @@ class TimeSteppingModel(ParameterToObservable):
 
     # ----------------------------------------------------------------------------- checkpointing
     def _run_schedule(self):
-        """Execute a checkpoint_schedules multistage schedule: forward recomputation with snapshots
-        in RAM / on disk, reverse steps with the two states each needs."""
-        from checkpoint_schedules import (
-            Copy,
-            EndForward,
-            EndReverse,
-            Forward,
-            Move,
-            MultistageCheckpointSchedule,
-            Reverse,
-            StorageType,
-        )
+        """The reverse sweep under the checkpointing schedule (:func:`pdeinv.checkpointing.reverse_sweep`):
+        forward recomputation with snapshots in RAM / on disk, reverse steps with the two states each needs."""
+        from pdeinv.checkpointing import SweepStatistics, reverse_sweep
 
-        cp = self.checkpointing
-        schedule = MultistageCheckpointSchedule(self.steps, cp.snapshots_in_ram, cp.snapshots_on_disk)
-        disk_dir = None
-        if cp.snapshots_on_disk:
-            disk_dir = tempfile.mkdtemp(prefix=f"pdeinv-ckpt-r{self.comm.rank}-", dir=cp.directory)
-        ram, disk, deps = {}, {}, {}
-        x, nxt = self._initial_state(self._m), self._vec()
-        xn = 0
+        bufs = [self._vec(), self._vec()]
 
-        def store(storage, n, vec):
-            if storage == StorageType.RAM:
-                ram[n] = vec.copy()
-            elif storage == StorageType.DISK:
-                path = os.path.join(disk_dir, f"{n}.npy")
-                np.save(path + ".tmp.npy", vec.array_r)
-                os.replace(path + ".tmp.npy", path)
-                disk[n] = path
-            self.peak_stored_states = max(self.peak_stored_states, len(ram) + len(deps) + 2)
+        def advance(n, x):
+            out = bufs[1] if x is bufs[0] else bufs[0]
+            self._step(n, x, out)
+            return out
 
-        def load(storage, n, delete):
-            if storage == StorageType.RAM:
-                vec = ram.pop(n) if delete else ram[n].copy()
-            else:
-                vec = self._vec()
-                vec.array = np.load(disk[n])
-                if delete:
-                    os.remove(disk.pop(n))
+        def from_array(a):
+            vec = self._vec()
+            vec.array = a
             return vec
 
-        try:
-            for action in schedule:
-                if isinstance(action, Forward):
-                    n1 = min(action.n1, self.steps)
-                    if xn != action.n0:
-                        raise RuntimeError(f"checkpointing: at step {xn}, schedule asks to start at {action.n0}")
-                    if action.write_ics:
-                        store(action.storage, action.n0, x)
-                    if action.write_adj_deps:
-                        deps[action.n0] = x.copy()
-                    for n in range(action.n0, n1):
-                        self._step(n, x, nxt)
-                        self.recomputed_steps += 1
-                        x, nxt = nxt, x
-                        if action.write_adj_deps:
-                            deps[n + 1] = x.copy()
-                    self.peak_stored_states = max(self.peak_stored_states, len(ram) + len(deps))
-                    xn = n1
-                elif isinstance(action, Reverse):
-                    for n in range(action.n1 - 1, action.n0 - 1, -1):
-                        self._reverse_step(n, deps[n], deps[n + 1])
-                    if action.clear_adj_deps:
-                        deps.clear()
-                elif isinstance(action, (Copy, Move)):
-                    if action.to_storage != StorageType.WORK:
-                        raise RuntimeError(f"checkpointing: unexpected action {action}")
-                    x = load(action.from_storage, action.n, isinstance(action, Move))
-                    xn = action.n
-                elif isinstance(action, EndForward):
-                    pass
-                elif isinstance(action, EndReverse):
-                    break
-        finally:
-            if disk_dir is not None:
-                shutil.rmtree(disk_dir, ignore_errors=True)
+        stats = SweepStatistics(self.recomputed_steps, self.peak_stored_states)
+        reverse_sweep(self.steps, self.checkpointing, self._initial_state(self._m), advance=advance,
+                      reverse=self._reverse_step, copy=lambda v: v.copy(), to_array=lambda v: v.array_r,
+                      from_array=from_array, rank=self.comm.rank, stats=stats)
+        self.recomputed_steps, self.peak_stored_states = stats.recomputed_steps, stats.peak_stored_states

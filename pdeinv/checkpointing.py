@@ -1,0 +1,173 @@
+r"""Bounded-memory reverse sweeps: one executor of ``checkpoint_schedules``' multistage schedule.
+
+Anything that runs :math:`N` steps :math:`x_{n+1} = \Phi_n(x_n)` forward and then needs the steps'
+inputs in reverse order — the adjoint of a time-stepping model (:mod:`pdeinv.forward.timestepping`),
+the reverse of an unrolled optimizer (:mod:`pdeinv.learn.unrolled`) — calls :func:`reverse_sweep`
+with its own step, reverse step and state handling.  Without checkpointing every state is kept
+(:math:`N+1` of them); with :class:`Checkpointing` at most ``snapshots_in_ram`` (+ the two a reverse
+step works on) are held in memory and ``snapshots_on_disk`` on disk, the rest recomputed — the
+binomial (Revolve-optimal) schedule of Griewank & Walther, as implemented by ``checkpoint_schedules``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["Checkpointing", "SweepStatistics", "reverse_sweep"]
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Bounded-memory derivatives (``checkpoint_schedules``' multistage schedule: binomial
+    checkpointing, optimal in recomputations for a given number of snapshots).
+
+    Attributes
+    ----------
+    snapshots_in_ram : int
+        States kept in memory at most (besides the two a reverse step works on).
+    snapshots_on_disk : int
+        States written to disk at most (NumPy files, one per rank and snapshot).
+    directory : str or None
+        Where disk snapshots go (default: the system's temporary directory); removed afterwards.
+    """
+
+    snapshots_in_ram: int
+    snapshots_on_disk: int = 0
+    directory: str | None = None
+
+    def __post_init__(self):
+        for key in ("snapshots_in_ram", "snapshots_on_disk"):
+            val = getattr(self, key)
+            if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 0:
+                raise ValueError(f"Checkpointing: {key} must be a non-negative integer, got {val!r}")
+        if self.snapshots_in_ram + self.snapshots_on_disk < 1:
+            raise ValueError("Checkpointing: allow at least one snapshot (in RAM or on disk)")
+
+
+@dataclass
+class SweepStatistics:
+    """What a sweep cost: steps recomputed and the most states held at once."""
+
+    recomputed_steps: int = 0
+    peak_stored_states: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def reverse_sweep(steps: int, checkpointing: Checkpointing | None, x0, *, advance: Callable, reverse: Callable,
+                  copy: Callable, to_array: Callable, from_array: Callable, rank: int = 0,
+                  stats: SweepStatistics | None = None) -> SweepStatistics:
+    r"""Run ``steps`` forward steps from ``x0`` and the reverse steps :math:`N-1, \dots, 0`.
+
+    Parameters
+    ----------
+    steps : int
+    checkpointing : Checkpointing or None
+        ``None``: keep all :math:`N+1` states.
+    x0
+        The initial state (not modified).
+    advance : callable ``(n, x) -> x_next``
+        Forward step :math:`n`; may return a reused buffer (the executor copies what it keeps).
+    reverse : callable ``(n, x_n, x_{n+1})``
+        Reverse step :math:`n`, with the step's input and output states.
+    copy : callable ``x -> x'``
+        A deep copy of a state.
+    to_array, from_array : callables
+        A state to a NumPy array of this rank's values and back (disk snapshots).
+    rank : int
+        This process's rank (names disk files).
+    stats : SweepStatistics, optional
+        Accumulated into (and returned).
+    """
+    stats = stats if stats is not None else SweepStatistics()
+    if checkpointing is None:
+        traj = [copy(x0)]
+        x = traj[0]
+        for n in range(steps):
+            x = copy(advance(n, x))
+            traj.append(x)
+        stats.peak_stored_states = max(stats.peak_stored_states, len(traj))
+        for n in range(steps - 1, -1, -1):
+            reverse(n, traj[n], traj[n + 1])
+        return stats
+    _multistage(steps, checkpointing, x0, advance, reverse, copy, to_array, from_array, rank, stats)
+    return stats
+
+
+def _multistage(steps, cp, x0, advance, reverse, copy, to_array, from_array, rank, stats):
+    from checkpoint_schedules import (
+        Copy,
+        EndForward,
+        EndReverse,
+        Forward,
+        Move,
+        MultistageCheckpointSchedule,
+        Reverse,
+        StorageType,
+    )
+
+    schedule = MultistageCheckpointSchedule(steps, cp.snapshots_in_ram, cp.snapshots_on_disk)
+    disk_dir = tempfile.mkdtemp(prefix=f"pdeinv-ckpt-r{rank}-", dir=cp.directory) if cp.snapshots_on_disk else None
+    ram, disk, deps = {}, {}, {}
+    x, xn = copy(x0), 0
+
+    def held():
+        stats.peak_stored_states = max(stats.peak_stored_states, len(ram) + len(deps) + 2)
+
+    def store(storage, n, state):
+        if storage == StorageType.RAM:
+            ram[n] = copy(state)
+        elif storage == StorageType.DISK:
+            path = os.path.join(disk_dir, f"{n}.npy")
+            np.save(path + ".tmp.npy", to_array(state))  # written, then renamed: never half a file
+            os.replace(path + ".tmp.npy", path)
+            disk[n] = path
+        held()
+
+    def load(storage, n, delete):
+        if storage == StorageType.RAM:
+            return ram.pop(n) if delete else copy(ram[n])
+        state = from_array(np.load(disk[n]))
+        if delete:
+            os.remove(disk.pop(n))
+        return state
+
+    try:
+        for action in schedule:
+            if isinstance(action, Forward):
+                n1 = min(action.n1, steps)
+                if xn != action.n0:
+                    raise RuntimeError(f"checkpointing: at step {xn}, schedule asks to start at {action.n0}")
+                if action.write_ics:
+                    store(action.storage, action.n0, x)
+                if action.write_adj_deps:
+                    deps[action.n0] = copy(x)
+                for n in range(action.n0, n1):
+                    x = advance(n, x)
+                    stats.recomputed_steps += 1
+                    if action.write_adj_deps:
+                        deps[n + 1] = copy(x)
+                held()
+                xn = n1
+            elif isinstance(action, Reverse):
+                for n in range(action.n1 - 1, action.n0 - 1, -1):
+                    reverse(n, deps[n], deps[n + 1])
+                if action.clear_adj_deps:
+                    deps.clear()
+            elif isinstance(action, (Copy, Move)):
+                if action.to_storage != StorageType.WORK:
+                    raise RuntimeError(f"checkpointing: unexpected action {action}")
+                x = load(action.from_storage, action.n, isinstance(action, Move))
+                xn = action.n
+            elif isinstance(action, EndForward):
+                pass
+            elif isinstance(action, EndReverse):
+                break
+    finally:
+        if disk_dir is not None:
+            shutil.rmtree(disk_dir, ignore_errors=True)
