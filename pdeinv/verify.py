@@ -103,8 +103,8 @@ def taylor_test(
     ----------
     functional : callable
         ``functional(m) -> float``; must not modify its argument.
-    m, h : firedrake.Function
-        Point and direction, on the same space.
+    m, h : firedrake.Function or numpy.ndarray
+        Point and direction, on the same space (or two arrays of one shape, e.g. hyperparameters).
     derivative : firedrake.Cofunction or float
         The derivative :math:`J'(m)` as a Cofunction (paired with ``h``), or the directional
         derivative :math:`\\langle J'(m), h\\rangle` as a number.
@@ -121,21 +121,39 @@ def taylor_test(
     -------
     TaylorResult
     """
-    from firedrake import Function
+    import numpy as np
 
     if steps < 2:
         raise ValueError(f"taylor_test: steps must be >= 2 to give a rate, got {steps}")
-    if h.function_space() != m.function_space():
-        raise ValueError("taylor_test: direction h must be on the same space as m")
-    dJdh = derivative if isinstance(derivative, (int, float)) else dual_pairing(derivative, h)
-    hHh = None if hessian is None else (hessian if isinstance(hessian, (int, float)) else dual_pairing(hessian, h))
+    if isinstance(m, np.ndarray):  # a vector of hyperparameters: derivatives are arrays
+        m, h = np.asarray(m, dtype=float), np.asarray(h, dtype=float)
+        if h.shape != m.shape:
+            raise ValueError(f"taylor_test: direction h has shape {h.shape}, m has {m.shape}")
+
+        def pair(d):
+            return float(d) if np.ndim(d) == 0 else float(np.dot(d, h))
+
+        def shifted(e):
+            return m + e * h
+    else:
+        from firedrake import Function
+
+        if h.function_space() != m.function_space():
+            raise ValueError("taylor_test: direction h must be on the same space as m")
+        mp = Function(m.function_space())
+
+        def pair(d):
+            return float(d) if isinstance(d, (int, float)) else dual_pairing(d, h)
+
+        def shifted(e):
+            return mp.assign(m + e * h)
+    dJdh = pair(derivative)
+    hHh = None if hessian is None else pair(hessian)
     J0 = float(functional(m))
     eps = tuple(epsilon0 * 2.0**-k for k in range(steps))
     r0, r1, r2 = [], [], []
-    mp = Function(m.function_space())
     for e in eps:
-        mp.assign(m + e * h)
-        Je = float(functional(mp))
+        Je = float(functional(shifted(e)))
         r0.append(abs(Je - J0))
         r1.append(abs(Je - J0 - e * dJdh))
         if hHh is not None:
