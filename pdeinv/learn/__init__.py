@@ -8,6 +8,8 @@ implicit, Jacobian-free; :mod:`~pdeinv.learn.unrolled`: reverse through a solver
 outer optimizer (:mod:`~pdeinv.learn.bilevel`); baselines in :mod:`~pdeinv.learn.choice`.
 """
 
+from pdeinv.learn.bilevel import LearningOptions, LearningResult, TrainingPair, learn_hyperparameters, mean_loss
+from pdeinv.learn.choice import ParameterChoice, discrepancy_principle, gcv, l_curve, observation_count
 from pdeinv.learn.hyper import (
     HyperProblem,
     HyperTerm,
@@ -35,4 +37,5 @@ __all__ = ["HyperProblem", "HyperTerm", "MaternParameters", "RegularizerSum", "W
            "noise_level", "prior_variance", "regularization_weight", "HypergradientOptions", "HypergradientResult",
            "SolveCounter", "cosine", "hypergradient", "solve_inner", "HeldOutMisfit", "OuterLoss",
            "ReconstructionError", "GradientDescent", "ProximalGradient", "UnrolledSolver", "fista_momentum",
-           "reverse_through"]
+           "reverse_through", "LearningOptions", "LearningResult", "TrainingPair", "learn_hyperparameters",
+           "mean_loss", "ParameterChoice", "discrepancy_principle", "gcv", "l_curve", "observation_count"]
