@@ -392,8 +392,9 @@ def grid_patches(mesh, nx: int, ny: int = None):
     if not (isinstance(nx, (int, np.integer)) and isinstance(ny, (int, np.integer)) and nx >= 1 and ny >= 1):
         raise ValueError(f"grid_patches: nx and ny must be positive integers, got {nx!r}, {ny!r}")
     coords = mesh.coordinates.dat.data_ro
-    lo = mesh.comm.allreduce(coords.min(axis=0), op=MPI.MIN)
-    hi = mesh.comm.allreduce(coords.max(axis=0), op=MPI.MAX)
+    lo, hi = np.empty(coords.shape[1]), np.empty(coords.shape[1])
+    mesh.comm.Allreduce(np.ascontiguousarray(coords.min(axis=0)), lo, op=MPI.MIN)
+    mesh.comm.Allreduce(np.ascontiguousarray(coords.max(axis=0)), hi, op=MPI.MAX)
     x = fd.SpatialCoordinate(mesh)
     Q = fd.FunctionSpace(mesh, "DG", 0)
     mid = fd.Function(fd.VectorFunctionSpace(mesh, "DG", 0)).interpolate(x)
