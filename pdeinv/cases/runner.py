@@ -23,7 +23,7 @@ import time
 
 EXIT_CONFIG = 2
 EXIT_INTERRUPTED = 75
-CASES = ("heat", "tomography", "poisson")
+CASES = ("heat", "tomography", "poisson", "learn_regularization")
 EXACT_VARIANCE_DOFS = 5000  # below this many parameter dofs the prior variance is computed exactly
 
 __all__ = ["main", "run", "EXIT_CONFIG", "EXIT_INTERRUPTED", "CASES"]
@@ -98,6 +98,12 @@ def main(argv=None, *, case: str | None = None) -> int:
             sys.stderr.write(f"pdeinv: configuration error: {e}\n")
         return EXIT_CONFIG
     out = args.out or os.path.join("results", name)
+    if hasattr(module, "run_case"):  # a case with its own driver (bilevel learning)
+        from pdeinv._petsc import init_petsc
+
+        init_petsc()
+        module.run_case(cfg, out, quiet=args.quiet)
+        return 0
     try:
         run(name, cfg, out, resume=args.resume, quiet=args.quiet, sigterm_after=args.sigterm_after)
     except Interrupted:
