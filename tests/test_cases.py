@@ -91,7 +91,7 @@ def test_config_errors_stop_before_any_solve(tmp_path, override, message):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["heat", "tomography", "poisson"])
+@pytest.mark.parametrize("case", ["heat", "tomography", "poisson", "learn_regularization"])
 def test_shipped_config_files_are_the_defaults(case):
     import importlib
 
@@ -126,3 +126,36 @@ def test_other_cases_end_to_end(tmp_path_factory, case, extra):
     assert summary["converged"]
     assert summary["relative_error"] < summary["prior_mean_relative_error"]
     assert 0 < summary["posterior_variance_trace"] < summary["prior_variance_trace"]
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_learn_regularization_case_end_to_end(tmp_path_factory):
+    """The bilevel-learning case on a tiny setting: plots, fields and a summary with the test-set error of
+    the learned prior and of the three classical rules; learning lowers the training loss."""
+    from pdeinv.cases import learn_regularization as module
+
+    cfg = load_config(module.DEFAULTS, None, [
+        "mesh.n=8", "model.steps=5", "data.sensors=10", "train.pairs=1", "test.pairs=1", "learn.max_iterations=2",
+        "learn.weight_field=2", "classical.grid=[-2.0, 0.0, 2.0]", "classical.gcv_probes=1"])
+    module.validate(cfg)
+    out = shared_dir(tmp_path_factory, "learn")
+    summary = module.run_case(cfg, out, quiet=True)
+    for f in ("summary.json", "results.h5", "learning_history.png", "choice_rules.png", "reconstructions.png",
+              "learned_variance.pvd", "gcv.pvd"):
+        assert os.path.exists(os.path.join(out, f)), f
+    errors = summary["test_relative_error_mean"]
+    assert set(errors) == {"learned_variance", "learned_matern_field", "discrepancy", "l_curve", "gcv", "configured"}
+    learned = summary["learned"]["learned_variance"]
+    assert learned["train_loss"] <= summary["train_loss_at_configured_prior"]
+    assert len(summary["learned"]["learned_matern_field"]["theta"]) == 2 + 4
+    assert summary["conditioning"]["largest_eigenvalue"] > 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("learn.method=\"newton\"", "learn.method must be"), ("classical.grid=[1.0, 0.0, 2.0]", "classical.grid"),
+    ("model.observation_times=[0.013]", "not a time step"), ("train.pairs=0", "train.pairs")])
+def test_learn_regularization_config_errors(override, message):
+    from pdeinv.cases import learn_regularization as module
+
+    with pytest.raises(ConfigError, match=message):
+        module.validate(load_config(module.DEFAULTS, None, [override]))

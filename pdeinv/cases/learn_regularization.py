@@ -34,7 +34,7 @@ DEFAULTS = {
     "train": {"pairs": 3},
     "test": {"pairs": 3},
     "learn": {"method": "implicit", "max_iterations": 12, "weight_field": 0, "matern": True},
-    "classical": {"grid": [-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0], "gcv_probes": 6, "discrepancy_tau": 1.0,
+    "classical": {"grid": [-4.0, -2.0, 0.0, 2.0, 4.0], "gcv_probes": 4, "discrepancy_tau": 1.0,
                   "discrepancy_bracket": [-8.0, 8.0]},
 }
 
