@@ -136,7 +136,8 @@ def test_learn_regularization_case_end_to_end(tmp_path_factory):
 
     cfg = load_config(module.DEFAULTS, None, [
         "mesh.n=8", "model.steps=5", "data.sensors=10", "train.pairs=1", "test.pairs=1", "learn.max_iterations=2",
-        "learn.weight_field=2", "classical.grid=[-2.0, 0.0, 2.0]", "classical.gcv_probes=1"])
+        "learn.weight_field=2", "classical.grid=[-2.0, 0.0, 2.0]", "classical.gcv_probes=1", "lista.iterations=3",
+        "lista.max_iterations=2"])
     module.validate(cfg)
     out = shared_dir(tmp_path_factory, "learn")
     summary = module.run_case(cfg, out, quiet=True)
@@ -144,7 +145,9 @@ def test_learn_regularization_case_end_to_end(tmp_path_factory):
               "learned_variance.pvd", "gcv.pvd"):
         assert os.path.exists(os.path.join(out, f)), f
     errors = summary["test_relative_error_mean"]
-    assert set(errors) == {"learned_variance", "learned_matern_field", "discrepancy", "l_curve", "gcv", "configured"}
+    assert set(errors) == {"learned_variance", "learned_matern_field", "discrepancy", "l_curve", "gcv", "configured",
+                           "fista_3", "lista_3"}
+    assert summary["lista"]["train_loss_learned"] <= summary["lista"]["train_loss_classical"]
     learned = summary["learned"]["learned_variance"]
     assert learned["train_loss"] <= summary["train_loss_at_configured_prior"]
     assert len(summary["learned"]["learned_matern_field"]["theta"]) == 2 + 4
@@ -153,7 +156,8 @@ def test_learn_regularization_case_end_to_end(tmp_path_factory):
 
 @pytest.mark.parametrize("override, message", [
     ("learn.method=\"newton\"", "learn.method must be"), ("classical.grid=[1.0, 0.0, 2.0]", "classical.grid"),
-    ("model.observation_times=[0.013]", "not a time step"), ("train.pairs=0", "train.pairs")])
+    ("model.observation_times=[0.013]", "not a time step"), ("train.pairs=0", "train.pairs"),
+    ("lista.alpha=-1.0", "lista.alpha")])
 def test_learn_regularization_config_errors(override, message):
     from pdeinv.cases import learn_regularization as module
 

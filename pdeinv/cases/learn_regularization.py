@@ -9,7 +9,10 @@ the mean relative squared L2 error of the MAP reconstructions):
   correlation length — the same one-parameter family the classical rules choose in;
 - ``matern``: correlation length and marginal variance together (:class:`~pdeinv.learn.MaternParameters`);
 - optionally (``learn.weight_field = k > 0``) a spatially varying :math:`H^1` weight on a k x k grid of
-  patches added to the learned Matérn prior (the stretch goal: a weight *field*).
+  patches added to the learned Matérn prior (the stretch goal: a weight *field*);
+- LISTA-style (``lista.iterations = K > 0``): FISTA for the L1-regularized problem with per-iteration
+  steps and weights trained end to end on the exact unrolled hypergradient, against classical FISTA
+  (step 1/L from power iteration, weight ``lista.alpha``) after the same K iterations.
 
 Classical, per test datum (they need no truth): discrepancy principle, L-curve, GCV.  The summary
 reports each choice's test-set error, the outer iteration, and the conditioning of the
@@ -34,6 +37,7 @@ DEFAULTS = {
     "train": {"pairs": 3},
     "test": {"pairs": 3},
     "learn": {"method": "implicit", "max_iterations": 12, "weight_field": 0, "matern": True},
+    "lista": {"iterations": 10, "alpha": 0.001, "max_iterations": 15},
     "classical": {"grid": [-4.0, -2.0, 0.0, 2.0, 4.0], "gcv_probes": 4, "discrepancy_tau": 1.0,
                   "discrepancy_bracket": [-8.0, 8.0]},
 }
@@ -62,6 +66,9 @@ def validate(cfg) -> None:
         (cfg["learn"]["weight_field"] >= 0, "learn.weight_field must be >= 0 (0: off)"),
         (len(g) >= 3 and all(isinstance(t, (int, float)) for t in g) and list(g) == sorted(set(g)),
          "classical.grid must hold at least 3 increasing numbers"),
+        (cfg["lista"]["iterations"] >= 0, "lista.iterations must be >= 0 (0: off)"),
+        (cfg["lista"]["alpha"] > 0 and cfg["lista"]["max_iterations"] >= 1,
+         "lista.alpha must be > 0 and lista.max_iterations >= 1"),
         (cfg["classical"]["gcv_probes"] >= 1, "classical.gcv_probes must be >= 1"),
         (cfg["classical"]["discrepancy_tau"] > 0, "classical.discrepancy_tau must be > 0"),
         (len(br) == 2 and br[0] < br[1], "classical.discrepancy_bracket must be [low, high] with low < high"),
@@ -179,7 +186,15 @@ def run_case(cfg, out, *, quiet=False, log=None):
             learned[name] = (family, res.theta)
             histories[name] = res
 
-    errors, choices, reconstructions = {}, {}, {}
+    errors, choices, reconstructions, lista = {}, {}, {}, {}
+    K = cfg["lista"]["iterations"]
+    if K > 0:
+        with log.phase("lista"):
+            lista = _lista(cfg, model, noise, V, train_pairs, test_pairs, log)
+            for name in ("fista", "lista"):
+                errors[f"{name}_{K}"] = lista.pop(f"{name}_errors")
+                reconstructions[f"{name}_{K}"] = lista.pop(f"{name}_m")
+            histories[f"lista_{K}"] = lista.pop("result")
     with log.phase("test"):
         for name, (family, theta) in learned.items():
             errs = []
@@ -232,6 +247,8 @@ def run_case(cfg, out, *, quiet=False, log=None):
             _plots(out, histories, choices, errors)
             names = ["truth"] + [n for n in ("learned_variance", "learned_matern", "learned_matern_field",
                                              "discrepancy", "l_curve", "gcv") if n in reconstructions]
+            if K > 0:
+                names += [f"fista_{K}", f"lista_{K}"]
             output.plot_fields(os.path.join(out, "reconstructions.png"), os.path.join(out, "results.h5"), names,
                                [n.replace("_", " ") for n in names], points=points)
         comm.barrier()
@@ -244,6 +261,8 @@ def run_case(cfg, out, *, quiet=False, log=None):
                         "reason": histories[k].reason,
                         "loss_history": [h["loss"] for h in histories[k].history]}
                     for k, (f, t) in learned.items()},
+        "lista_loss_history": [h["loss"] for h in histories[f"lista_{K}"].history] if K > 0 else [],
+        "lista": lista,
         "classical_log_variance_factors": {r: choices[r + "_thetas"] for r in ("discrepancy", "l_curve", "gcv")},
         "train_loss_at_configured_prior": float(mean_loss(variance_family, train_pairs, np.zeros(1))[0]),
         "conditioning": cond,
@@ -255,6 +274,42 @@ def run_case(cfg, out, *, quiet=False, log=None):
     table = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
     log.result(f"learn_regularization: best on the test set: {best}; mean relative L2 errors: {table}")
     return summary
+
+
+def _lista(cfg, model, noise, V, train_pairs, test_pairs, log):
+    """Classical FISTA vs LISTA-trained FISTA after the same number of iterations."""
+    from pdeinv.learn import ProximalGradient, learn_unrolled
+    from pdeinv.learn.loss import ReconstructionError
+    from pdeinv.linalg.spectral import lipschitz_constant
+    from pdeinv.maps import Misfit
+    from pdeinv.prior import L1
+
+    lc = cfg["lista"]
+    K, alpha = lc["iterations"], lc["alpha"]
+    l1 = L1(V, alpha=alpha)
+    L = lipschitz_constant(Misfit(model, noise, train_pairs[0].data), l1.weights)
+    log.info(f"lista: Lipschitz constant of the misfit gradient (W-metric, power iteration) {L:.4e}")
+
+    def factory(pair):
+        return ProximalGradient(Misfit(model, noise, pair.data), l1, iterations=K)
+
+    theta0 = factory(train_pairs[0]).constant_theta(1.0 / L, alpha)
+    bounds = [(t - 3.0, t + 3.0) for t in theta0]  # steps within e^{+-3} of 1/L, weights of alpha
+    res = learn_unrolled(factory, train_pairs, theta0, max_iterations=lc["max_iterations"], bounds=bounds, log=log)
+    out = {"iterations": K, "alpha": alpha, "lipschitz": L,
+           "learned_steps_times_L": (np.exp(res.theta[:K]) * L).tolist(),
+           "learned_alphas": np.exp(res.theta[K:]).tolist(), "train_loss_classical": res.history[0]["loss"],
+           "train_loss_learned": res.loss, "result": res}
+    for name, theta in (("fista", theta0), ("lista", res.theta)):
+        errs = []
+        for i, p in enumerate(test_pairs):
+            m = factory(p).run(theta, None)
+            errs.append(ReconstructionError(p.truth).relative_error(m))
+            if i == 0:
+                out[f"{name}_m"] = m
+        out[f"{name}_errors"] = errs
+        log.info(f"{name} after {K} iterations: test relative L2 errors {np.array2string(np.array(errs), precision=4)}")
+    return out
 
 
 def _max():

@@ -8,7 +8,14 @@ implicit, Jacobian-free; :mod:`~pdeinv.learn.unrolled`: reverse through a solver
 outer optimizer (:mod:`~pdeinv.learn.bilevel`); baselines in :mod:`~pdeinv.learn.choice`.
 """
 
-from pdeinv.learn.bilevel import LearningOptions, LearningResult, TrainingPair, learn_hyperparameters, mean_loss
+from pdeinv.learn.bilevel import (
+    LearningOptions,
+    LearningResult,
+    TrainingPair,
+    learn_hyperparameters,
+    learn_unrolled,
+    mean_loss,
+)
 from pdeinv.learn.choice import ParameterChoice, discrepancy_principle, gcv, l_curve, observation_count
 from pdeinv.learn.hyper import (
     HyperProblem,
@@ -38,4 +45,5 @@ __all__ = ["HyperProblem", "HyperTerm", "MaternParameters", "RegularizerSum", "W
            "SolveCounter", "cosine", "hypergradient", "solve_inner", "HeldOutMisfit", "OuterLoss",
            "ReconstructionError", "GradientDescent", "ProximalGradient", "UnrolledSolver", "fista_momentum",
            "reverse_through", "LearningOptions", "LearningResult", "TrainingPair", "learn_hyperparameters",
+           "learn_unrolled",
            "mean_loss", "ParameterChoice", "discrepancy_principle", "gcv", "l_curve", "observation_count"]

@@ -25,7 +25,7 @@ import numpy as np
 from pdeinv._tape import unannotated
 from pdeinv.learn.hypergradient import HypergradientOptions
 
-__all__ = ["TrainingPair", "LearningOptions", "LearningResult", "learn_hyperparameters", "mean_loss"]
+__all__ = ["TrainingPair", "LearningOptions", "LearningResult", "learn_hyperparameters", "learn_unrolled", "mean_loss"]
 
 
 @dataclass(frozen=True)
@@ -210,3 +210,61 @@ def learn_hyperparameters(hyper, pairs, theta0, *, options: LearningOptions | No
                           iterations=iterations, evaluations=len(history),
                           converged=converged or math.isclose(history[-1]["gradient_norm"], 0.0),
                           reason=reason, reconstructions=best["ms"])
+
+
+@unannotated
+def learn_unrolled(solver_factory, pairs, theta0, *, max_iterations: int = 20, bounds=None, gradient_tol=1e-8,
+                   checkpointing=None, loss_factory=None, log=None) -> LearningResult:
+    r"""Train an unrolled solver's parameters end to end (LISTA-style): minimise
+    :math:`\frac1n\sum_i L_i(m_K^{(i)}(\theta))` with :math:`m_K^{(i)}` the output of ``K`` iterations of
+    the solver on pair :math:`i`'s data, by L-BFGS-B on the exact unrolled hypergradients.
+
+    Parameters
+    ----------
+    solver_factory : callable ``TrainingPair -> UnrolledSolver``
+        E.g. ``lambda p: ProximalGradient(Misfit(model, noise, p.data), l1, iterations=K)``.
+    pairs : sequence of TrainingPair
+    theta0 : array_like
+        E.g. ``solver.constant_theta(1 / L, alpha)``: the classical solver's parameters.
+    """
+    from scipy.optimize import minimize
+
+    from pdeinv.learn.loss import ReconstructionError
+    from pdeinv.learn.unrolled import reverse_through
+    from pdeinv.log import RankZeroLog
+
+    if len(pairs) == 0:
+        raise ValueError("learn_unrolled: give at least one training pair")
+    solvers = [solver_factory(p) for p in pairs]
+    theta0 = solvers[0].check_theta(theta0)
+    comm = solvers[0].space.mesh().comm
+    log = log or RankZeroLog(comm)
+    make = loss_factory or (lambda pair: ReconstructionError(pair.truth))
+    losses = [make(p) for p in pairs]
+    history, best = [], {}
+    start = time.perf_counter()
+
+    def evaluate(theta):
+        theta = comm.bcast(np.array(theta, dtype=float), root=0)
+        value, grad, ms, solves = 0.0, np.zeros_like(theta), [], 0
+        for s, loss in zip(solvers, losses, strict=True):
+            r = reverse_through(s, loss, theta, None, checkpointing=checkpointing)
+            value += r.value / len(solvers)
+            grad += r.gradient / len(solvers)
+            ms.append(r.m)
+            solves += r.solves + r.inner_solves
+        entry = {"evaluation": len(history) + 1, "loss": value, "gradient_norm": float(np.linalg.norm(grad)),
+                 "theta": theta.tolist(), "seconds": time.perf_counter() - start, "solves": solves}
+        history.append(entry)
+        if not best or value < best["loss"]:
+            best.update(loss=value, theta=theta.copy(), ms=ms)
+        log.info(f"unrolled outer {entry['evaluation']:3d}  loss {value:.6e}  |grad| {entry['gradient_norm']:.3e} "
+                 f"({entry['seconds']:.1f} s)")
+        return value, grad
+
+    res = minimize(evaluate, theta0, jac=True, method="L-BFGS-B", bounds=bounds,
+                   options={"maxiter": max_iterations, "gtol": gradient_tol})
+    log.info(f"learn_unrolled: {res.message} after {res.nit} iterations, best loss {best['loss']:.6e}")
+    return LearningResult(theta=best["theta"], loss=float(best["loss"]), history=tuple(history),
+                          iterations=int(res.nit), evaluations=len(history), converged=bool(res.success),
+                          reason=str(res.message), reconstructions=best["ms"])

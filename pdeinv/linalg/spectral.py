@@ -31,7 +31,7 @@ import numpy as np
 from pdeinv.linalg.multivector import MultiFunction, random_multifunction
 from pdeinv.verify import dual_pairing
 
-__all__ = ["SpectralResult", "power_iteration", "lanczos", "conditioning_report"]
+__all__ = ["SpectralResult", "power_iteration", "lanczos", "conditioning_report", "lipschitz_constant"]
 
 
 @dataclass(frozen=True)
@@ -161,3 +161,21 @@ def conditioning_report(problem, m, *, iterations: int = 30, seed: int = 7) -> d
             "effective_parameters": float(np.sum(lam / (1.0 + lam))),
             "condition_number": float((1.0 + lam[0]) / (1.0 + lam[-1])), "lanczos_iterations": res.iterations,
             "converged": bool(res.converged)}
+
+
+def lipschitz_constant(misfit, weights, m=None, *, rtol: float = 1e-8, seed: int = 7) -> float:
+    """:math:`L = \\lambda_{\\max}(W^{-1}J^T\\Gamma^{-1}J)` at ``m`` (default 0) by power iteration: the
+    Lipschitz constant of the misfit gradient in the lumped-mass metric :math:`W` (``weights``: a
+    Cofunction such as ``L1(...).weights``), exact for maps linear in m; FISTA's fixed step is :math:`1/L`."""
+    import firedrake as fd
+
+    V = misfit.parameter_space
+    m = m if m is not None else fd.Function(V)
+    w = weights.dat.data_ro
+
+    def w_inverse(c):
+        f = fd.Function(V)
+        f.dat.data[:] = c.dat.data_ro / w
+        return f
+
+    return power_iteration(lambda p: misfit.gauss_newton_action(m, p), w_inverse, V, rtol=rtol, seed=seed).largest

@@ -43,6 +43,9 @@ class FISTAOptions:
     initial_lipschitz : float
         First estimate of :math:`L` (it only grows).
     backtrack_factor : float
+    backtracking : bool
+        ``False``: a fixed step :math:`1/L` with ``initial_lipschitz`` as :math:`L` (e.g. from
+        :func:`pdeinv.linalg.spectral.lipschitz_constant`), no extra cost evaluations.
     quiet : bool
     """
 
@@ -50,6 +53,7 @@ class FISTAOptions:
     step_rtol: float = 1e-6
     initial_lipschitz: float = 1.0
     backtrack_factor: float = 2.0
+    backtracking: bool = True
     quiet: bool = False
 
     def __post_init__(self):
@@ -89,7 +93,7 @@ def fista(smooth, nonsmooth, m0, *, options: FISTAOptions | None = None, callbac
             z = nonsmooth.prox(fd.Function(V).assign(y - (1.0 / L) * grad_fn), 1.0 / L)
             diff.assign(z - y)
             fz = smooth(z)
-            if fz <= fy + dual_pairing(gy, diff) + 0.5 * L * wnorm2(diff) + 1e-14 * abs(fy):
+            if not opts.backtracking or fz <= fy + dual_pairing(gy, diff) + 0.5 * L * wnorm2(diff) + 1e-14 * abs(fy):
                 break
             L *= opts.backtrack_factor
         t_next = 0.5 * (1.0 + math.sqrt(1.0 + 4.0 * t * t))
