@@ -107,6 +107,8 @@ class HypergradientResult:
         Hessian actions of the derivative phase.
     peak_stored_states : int
         Iterates held at once by the unrolled reverse sweep (0 otherwise).
+    stored_mb : float
+        Their size on this rank in MB (the memory that checkpointing bounds).
     seconds : float
         Wall time of the derivative phase.
     inner : OptimizationResult or None
@@ -122,6 +124,7 @@ class HypergradientResult:
     cg_iterations: int = 0
     hessian_actions: int = 0
     peak_stored_states: int = 0
+    stored_mb: float = 0.0
     seconds: float = 0.0
     inner: object = None
 

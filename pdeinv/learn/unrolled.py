@@ -335,4 +335,5 @@ def reverse_through(solver: UnrolledSolver, loss, theta, m0=None, *, checkpointi
     return HypergradientResult(value=float(box["value"]), gradient=grad, method="unrolled", m=box["m"],
                                solves=counter.lap() if counter else 0, inner_solves=box["inner_solves"],
                                hessian_actions=T, peak_stored_states=stats.peak_stored_states,
+                               stored_mb=stats.peak_stored_states * to_array(state).nbytes / 1e6,
                                seconds=time.perf_counter() - box["start"])

@@ -63,12 +63,20 @@ class SpectralResult:
         return float(self.eigenvalues[0])
 
 
-def _start(space, seed):
+def _start(name, max_iterations, apply_Binv, space, seed):
+    """Check the iteration limit; a random Cofunction q (partition-independent) and p = B^{-1} q,
+    scaled so that <q, p> = 1."""
     import firedrake as fd
 
+    if not (isinstance(max_iterations, int) and max_iterations >= 1):
+        raise ValueError(f"{name}: max_iterations must be a positive integer, got {max_iterations!r}")
     q = fd.Cofunction(space.dual())
     q.dat.data[:] = random_multifunction(space, 1, seed=seed)[0].dat.data_ro
-    return q
+    p = apply_Binv(q)
+    s = math.sqrt(max(dual_pairing(q, p), 0.0))
+    q.dat.data[:] /= s
+    p.dat.data[:] /= s
+    return q, p
 
 
 def power_iteration(apply_A: Callable, apply_Binv: Callable, space, *, max_iterations: int = 200,
@@ -77,13 +85,7 @@ def power_iteration(apply_A: Callable, apply_Binv: Callable, space, *, max_itera
 
     ``apply_A(p: Function) -> Cofunction``, ``apply_Binv(q: Cofunction) -> Function``.
     """
-    if not (isinstance(max_iterations, int) and max_iterations >= 1):
-        raise ValueError(f"power_iteration: max_iterations must be a positive integer, got {max_iterations!r}")
-    q = _start(space, seed)
-    p = apply_Binv(q)
-    s = math.sqrt(max(dual_pairing(q, p), 0.0))
-    q.dat.data[:] /= s
-    p.dat.data[:] /= s
+    q, p = _start("power_iteration", max_iterations, apply_Binv, space, seed)
     lam, change = 0.0, math.inf
     for k in range(1, max_iterations + 1):
         aq = apply_A(p)
@@ -106,13 +108,7 @@ def lanczos(apply_A: Callable, apply_Binv: Callable, space, *, max_iterations: i
             seed: int = 7, vectors: bool = False) -> SpectralResult:
     """Ritz values of :math:`B^{-1}A` by Lanczos with full re-orthogonalisation; stops when the largest
     Ritz value's residual bound is below ``rtol`` relative (or the Krylov space is exhausted)."""
-    if not (isinstance(max_iterations, int) and max_iterations >= 1):
-        raise ValueError(f"lanczos: max_iterations must be a positive integer, got {max_iterations!r}")
-    q = _start(space, seed)
-    p = apply_Binv(q)
-    s = math.sqrt(max(dual_pairing(q, p), 0.0))
-    q.dat.data[:] /= s
-    p.dat.data[:] /= s
+    q, p = _start("lanczos", max_iterations, apply_Binv, space, seed)
     Q, Pf, alpha, beta = [q], [p], [], []
     comm = space.mesh().comm
     converged, bound, k = False, math.inf, 0
