@@ -348,10 +348,9 @@ def _plots(out, histories, choices, errors):
     axes[0].legend()
     lc = choices["l_curve"].curve
     axes[1].loglog(np.sqrt(lc["residual2"]), np.sqrt(lc["seminorm2"]), "o-")
-    i = int(np.argmin(np.abs(lc["t"] - choices["l_curve"].theta[0])))
     axes[1].set_xlabel("‖r̃‖")
     axes[1].set_ylabel("‖m‖ (prior norm)")
-    axes[1].set_title(f"L-curve (corner at t = {choices['l_curve'].theta[0]:.2f}, near point {i})")
+    axes[1].set_title(f"L-curve (corner at log variance factor {choices['l_curve'].theta[0]:.2f})")
     g = choices["gcv"].curve
     axes[2].semilogy(g["t"], g["gcv"], "o-")
     axes[2].axvline(choices["gcv"].theta[0], color="r")

@@ -94,8 +94,12 @@ def plot_fields(path, checkpoint, names, titles, points=None, mesh_name="mesh") 
     with fd.CheckpointFile(checkpoint, "r", comm=fd.COMM_SELF) as ck:
         mesh = ck.load_mesh(mesh_name)
         fields = [ck.load_function(mesh, n) for n in names]
-    fig, axes = plt.subplots(1, len(fields), figsize=(4.2 * len(fields), 3.8))
-    for ax, f, title in zip(np.atleast_1d(axes), fields, titles, strict=True):
+    ncols = min(len(fields), 4)
+    nrows = -(-len(fields) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in axes.flat[len(fields):]:
+        ax.set_axis_off()
+    for ax, f, title in zip(axes.flat[:len(fields)], fields, titles, strict=True):
         c = tripcolor(f, axes=ax, cmap="viridis")
         fig.colorbar(c, ax=ax, shrink=0.8)
         if points is not None:
