@@ -12,6 +12,7 @@ from pdeinv.forward.poisson import PoissonModel
 from pdeinv.forward.stationary import StationaryModel
 from pdeinv.learn import (
     GradientDescent,
+    HeldOutMisfit,
     HypergradientOptions,
     HyperProblem,
     LearningOptions,
@@ -331,3 +332,23 @@ def test_bad_input_is_one_clear_error():
         discrepancy_principle(HyperProblem(noise_level(misfit), prior), [0.0])
     with pytest.raises(TypeError, match="Regularizers or regularizer"):
         HyperProblem(misfit, "tikhonov")
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_held_out_misfit_loss_and_adam():
+    """The outer loss may be the misfit of held-out data (no truth): the implicit hypergradient is the
+    derivative of theta -> Phi_ho(m*(theta)) (Taylor rate 2); Adam on it lowers the loss."""
+    model, misfit, prior, truth = source_problem()
+    held_out = Misfit(model, misfit.noise, misfit.noise.sample(model(truth), seed=99))
+    hyper = HyperProblem(misfit, prior_variance(prior), regularization_weight(TikhonovH1(model.parameter_space,
+                                                                                         alpha=1.0)))
+    loss = HeldOutMisfit(held_out)
+    theta = np.array([0.5, -3.0])
+    imp = hypergradient(hyper, loss, theta, method="implicit")
+    res = taylor_test(lambda th: loss(solve_inner(hyper, th, imp.m).m, th), theta, np.array([1.0, -0.5]),
+                      derivative=imp.gradient, epsilon0=0.1, steps=3)
+    assert res.min_rate > 1.9, (res.rates1, res.remainder1)
+    pair = TrainingPair(truth, misfit.data)
+    out = learn_hyperparameters(hyper, [pair], theta, loss_factory=lambda p: loss,
+                                options=LearningOptions(optimizer="adam", max_iterations=4, learning_rate=0.3))
+    assert out.evaluations == 4 and out.loss < out.history[0]["loss"]
