@@ -46,6 +46,6 @@ def test_poisson_gradient_equals_pyadjoint():
         J = fd.assemble(0.5 * r * r / sigma**2 * fd.dx)
         theirs = ReducedFunctional(J, Control(control)).derivative()
     diff = ours.dat.data_ro - theirs.dat.data_ro
-    scale = np.max(np.abs(theirs.dat.data_ro))
+    scale = mesh.comm.allreduce(float(np.max(np.abs(theirs.dat.data_ro), initial=0.0)), op=MPI.MAX)
     err = mesh.comm.allreduce(float(np.max(np.abs(diff), initial=0.0)), op=MPI.MAX)
     assert err <= 1e-10 * scale, err / scale

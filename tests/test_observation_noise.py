@@ -7,6 +7,7 @@ import pytest
 from pdeinv.maps import Misfit
 from pdeinv.noise import GaussianNoise, LaplaceNoise, PoissonNoise
 from pdeinv.observation import ObservationPointsOutsideMesh, PointObservation
+from pdeinv.verify import taylor_test
 
 POINTS = np.array([[0.1, 0.2], [0.9, 0.3], [0.5, 0.5], [0.3, 0.85], [0.77, 0.66], [0.05, 0.95]])
 
@@ -119,3 +120,34 @@ def test_misfit_rejects_nan_data():
     data.dat.data[0] = np.nan
     with pytest.raises(ValueError, match="data contain NaN"):
         Misfit(model, GaussianNoise(model.observation, 0.1), data)
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_noise_second_derivatives_and_fisher_weights():
+    """misfit_hessian is the exact second derivative of every noise model (second-order Taylor rate 3);
+    Gaussian and (smoothed) Laplace Gauss-Newton weights are that derivative; Poisson's is the Fisher
+    information: the exact second derivative at the expected counts d = s p."""
+    _, obs = setup(channels=1)
+    rng = np.random.default_rng(3)
+    pred = obs.from_array(1.0 + rng.random(6))
+    dp = obs.from_array(rng.standard_normal(6))
+    for noise, data in [(GaussianNoise(obs, 0.3), obs.from_array(rng.standard_normal(6))),
+                        (LaplaceNoise(obs, 0.5, smoothing=0.2), obs.from_array(1.0 + rng.random(6))),
+                        (PoissonNoise(obs, 40.0), obs.from_array(rng.poisson(60.0, 6).astype(float)))]:
+        name = type(noise).__name__
+        res = taylor_test(lambda p, noise=noise, data=data: noise.misfit(p, data), pred, dp,
+                          derivative=noise.gradient(pred, data), hessian=noise.misfit_hessian(pred, data, dp),
+                          epsilon0=1e-3)
+        exact = max(res.remainder2) < 1e-10 * res.remainder0[0]  # quadratic (Gaussian): remainder is round-off
+        assert res.min_rate > 1.9 and (res.min_rate2 > 2.9 or exact), (name, res.rates1, res.rates2)
+        gn = noise.gauss_newton_weight(pred, data, dp)
+        if isinstance(noise, PoissonNoise):
+            expected = obs.from_array(noise.intensity * obs.to_array(pred))  # E[d] = s p
+            ref = noise.misfit_hessian(pred, expected, dp)
+        else:
+            ref = noise.misfit_hessian(pred, data, dp)
+        assert np.allclose(gn.dat.data_ro, ref.dat.data_ro, rtol=1e-12, atol=0), name
+    # and the weights are not trivially the identity: Poisson's is s / p
+    noise = PoissonNoise(obs, 40.0)
+    w = noise.gauss_newton_weight(pred, pred, dp)
+    assert np.allclose(w.dat.data_ro, 40.0 / pred.dat.data_ro * dp.dat.data_ro, rtol=1e-12)

@@ -34,9 +34,15 @@ def test_taylor_and_symmetry_of_every_regularizer():
     for R in regularizers(V):
         t = taylor_test(R, m, h, derivative=R.gradient(m))
         assert t.min_rate > 1.9, (type(R).__name__, str(t))
-        # the gradient of a quadratic is the Hessian action on the deviation
         s = symmetry_test(lambda d, R=R: R.hessian_action(m, d), h, h2)
         assert s.relative_error < 1e-12
+        # every one is quadratic: the gradient is the Hessian action on the deviation from the reference
+        ref = getattr(R, "mean", getattr(R, "reference", None))
+        dev = fd.Function(V).assign(m - ref)
+        g, Hd = R.gradient(m), R.hessian_action(m, dev)
+        err = V.mesh().comm.allreduce(float(np.max(np.abs(g.dat.data_ro - Hd.dat.data_ro), initial=0.0)), op=MPI.MAX)
+        scale = V.mesh().comm.allreduce(float(np.max(np.abs(g.dat.data_ro), initial=0.0)), op=MPI.MAX)
+        assert err <= 1e-10 * scale, (type(R).__name__, err, scale)
 
 
 @pytest.mark.parallel(nprocs=[1, 2])

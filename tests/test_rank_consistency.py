@@ -7,7 +7,7 @@ Reference values were measured in serial; every model must reproduce them on 2 r
 import firedrake as fd
 import numpy as np
 import pytest
-from derivative_checks import run_checks
+from derivative_checks import assert_derivatives_ok, run_checks
 
 from pdeinv.forward.heat import HeatModel
 from pdeinv.forward.poisson import PoissonModel
@@ -43,6 +43,7 @@ def _measure(name):
     x, y = fd.SpatialCoordinate(model.parameter_space.mesh())
     m_true = fd.Function(model.parameter_space).interpolate(0.4 + 0.3 * fd.sin(fd.pi * x) * y)
     c = run_checks(model, m_true, GaussianNoise(model.observation, 0.01))
+    assert_derivatives_ok(c)  # Taylor, dot and symmetry on this rank count too
     return c.misfit, c.gradient_norm
 
 
