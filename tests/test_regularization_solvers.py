@@ -93,6 +93,18 @@ def test_fista_l1_recovers_a_sparse_heat_source_better_than_l2():
     assert error(res.m) < 0.8 * min(l2_errors), (error(res.m), l2_errors)
     costs = [h["cost"] for h in res.history]
     assert costs[-1] < costs[0]
+    # optimality: the result is (nearly) a fixed point of the proximal-gradient map m -> prox(m - W^-1 f'(m) / L)
+    l1 = L1(V, alpha=300.0)
+    L = res.history[-1]["lipschitz"]
+    w = l1.weights.dat.data_ro
+    step = res.m.copy(deepcopy=True)
+    step.dat.data[:] -= misfit.gradient(res.m).dat.data_ro / w / L
+    z = l1.prox(step, 1.0 / L)
+    comm = V.mesh().comm
+    residual = comm.allreduce(float(np.sum(w * (z.dat.data_ro - res.m.dat.data_ro) ** 2))) ** 0.5
+    size = comm.allreduce(float(np.sum(w * res.m.dat.data_ro**2))) ** 0.5
+    print(f"FISTA prox-gradient fixed-point residual (relative): {residual / size:.2e}")
+    assert residual <= 1e-3 * size, residual / size
 
 
 @pytest.mark.parallel(nprocs=[1, 2])
