@@ -16,4 +16,12 @@ tape and prints nothing.  Submodules import Firedrake when they are imported the
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "init_petsc"]
+
+
+def init_petsc(argv=None) -> None:
+    """Start PETSc without the script's own command line (call before importing Firedrake in a script
+    that parses its own arguments); see :func:`pdeinv._petsc.init_petsc`."""
+    from pdeinv._petsc import init_petsc as _init
+
+    _init(argv)

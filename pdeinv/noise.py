@@ -117,7 +117,13 @@ class NoiseModel(ABC):
 
     def _per_observation(self, value, name):
         """A positive scalar or (N, channels) array -> local owned values of a data-space Function."""
-        arr = np.asarray(value, dtype=float)
+        if isinstance(value, (str, bytes, bool)) or np.asarray(value).dtype.kind in "USOb":
+            raise TypeError(f"{type(self).__name__}: {name} must be a number or an array of numbers, got {value!r}")
+        try:
+            arr = np.asarray(value, dtype=float)
+        except (TypeError, ValueError):
+            raise TypeError(f"{type(self).__name__}: {name} must be a number or an array of numbers, "
+                            f"got {type(value).__name__}") from None
         if arr.ndim == 0:
             if not np.isfinite(arr) or arr <= 0:
                 raise ValueError(f"{type(self).__name__}: {name} must be positive and finite, got {value}")

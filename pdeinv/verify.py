@@ -79,9 +79,11 @@ def _rates(eps, rem):
 def dual_pairing(cofunction, function) -> float:
     """Global dual pairing :math:`\\langle g, h\\rangle` of a Cofunction with a Function (all ranks agree)."""
     if cofunction.function_space().dual() != function.function_space():
+        from pdeinv._checks import describe_space
+
         raise ValueError(
-            "dual_pairing: the Cofunction lives on the dual of "
-            f"{cofunction.function_space()} but the Function lives on {function.function_space()}"
+            f"dual_pairing: the Cofunction lives on the {describe_space(cofunction.function_space())} "
+            f"but the Function lives on {describe_space(function.function_space())}"
         )
     with cofunction.dat.vec_ro as g, function.dat.vec_ro as h:
         return g.dot(h)

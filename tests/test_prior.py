@@ -64,7 +64,7 @@ def test_coefficients_from_correlation_length():
     kappa = np.sqrt(8.0) / 0.2
     assert delta / gamma == pytest.approx(kappa**2)
     assert 1.0 / (4 * np.pi * kappa**2 * gamma**2) == pytest.approx(2.0)
-    with pytest.raises(ValueError, match="must be positive"):
+    with pytest.raises(ValueError, match="correlation_length must be > 0"):
         bilaplacian_coefficients(-1.0, 1.0, 2)
 
 
@@ -106,7 +106,7 @@ def test_autoregressive_prior_sample_variance():
 
 def test_bad_prior_parameters():
     V = space(4)
-    with pytest.raises(ValueError, match="gamma and delta must be positive"):
+    with pytest.raises(ValueError, match="gamma must be > 0"):
         BiLaplacianPrior(V, gamma=0.0, delta=1.0)
-    with pytest.raises(ValueError, match="alpha must be positive"):
+    with pytest.raises(ValueError, match="alpha must be > 0"):
         TikhonovL2(V, alpha=-1.0)

@@ -43,9 +43,10 @@ def bilaplacian_coefficients(correlation_length: float, variance: float, dim: in
     :math:`\\sigma^2` in dimension ``dim`` (2 or 3)."""
     if dim not in (1, 2, 3):
         raise ValueError(f"bilaplacian_coefficients: dim must be 1, 2 or 3, got {dim}")
-    if not (correlation_length > 0 and variance > 0):
-        raise ValueError("bilaplacian_coefficients: correlation_length and variance must be positive, got "
-                         f"{correlation_length}, {variance}")
+    from pdeinv._checks import real_number
+
+    correlation_length = real_number("bilaplacian_coefficients", "correlation_length", correlation_length)
+    variance = real_number("bilaplacian_coefficients", "variance", variance)
     nu = 2.0 - dim / 2.0
     kappa = math.sqrt(8.0 * nu) / correlation_length
     gamma = math.sqrt(math.gamma(nu) / ((4.0 * math.pi) ** (dim / 2.0) * kappa ** (2.0 * nu) * variance))
@@ -75,8 +76,10 @@ class BiLaplacianPrior(GaussianPrior):
                  solver_parameters=None):
         import firedrake as fd
 
-        if not (gamma > 0 and delta > 0 and math.isfinite(gamma) and math.isfinite(delta)):
-            raise ValueError(f"BiLaplacianPrior: gamma and delta must be positive, got {gamma}, {delta}")
+        from pdeinv._checks import real_number
+
+        gamma = real_number("BiLaplacianPrior", "gamma", gamma)
+        delta = real_number("BiLaplacianPrior", "delta", delta)
         super().__init__(space, mean)
         self.gamma, self.delta = float(gamma), float(delta)
         u, v = fd.TrialFunction(space), fd.TestFunction(space)

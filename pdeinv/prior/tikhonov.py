@@ -60,8 +60,9 @@ class TikhonovL2(_Quadratic):
     def __init__(self, space, *, alpha: float, reference=None):
         import firedrake as fd
 
-        if not alpha > 0:
-            raise ValueError(f"TikhonovL2: alpha must be positive, got {alpha}")
+        from pdeinv._checks import real_number
+
+        alpha = real_number("TikhonovL2", "alpha", alpha)
         u, v = fd.TrialFunction(space), fd.TestFunction(space)
         super().__init__(space, alpha * u * v * fd.dx, reference)
 
@@ -72,8 +73,10 @@ class TikhonovH1(_Quadratic):
     def __init__(self, space, *, alpha: float, beta: float = 0.0, reference=None):
         import firedrake as fd
 
-        if not (alpha > 0 and beta >= 0):
-            raise ValueError(f"TikhonovH1: need alpha > 0 and beta >= 0, got {alpha}, {beta}")
+        from pdeinv._checks import real_number
+
+        alpha = real_number("TikhonovH1", "alpha", alpha)
+        beta = real_number("TikhonovH1", "beta", beta, strict=False)
         u, v = fd.TrialFunction(space), fd.TestFunction(space)
         form = alpha * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx
         if beta > 0:

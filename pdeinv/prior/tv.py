@@ -45,8 +45,10 @@ class TotalVariation(Regularizer):
     def __init__(self, space, *, alpha: float, epsilon: float, hessian: str = "lagged"):
         import firedrake as fd
 
-        if not (alpha > 0 and epsilon > 0):
-            raise ValueError(f"TotalVariation: alpha and epsilon must be positive, got {alpha}, {epsilon}")
+        from pdeinv._checks import real_number
+
+        alpha = real_number("TotalVariation", "alpha", alpha)
+        epsilon = real_number("TotalVariation", "epsilon", epsilon)
         if hessian not in ("lagged", "exact"):
             raise ValueError(f"TotalVariation: hessian must be 'lagged' or 'exact', got {hessian!r}")
         super().__init__(space)
@@ -90,8 +92,9 @@ class L1(Regularizer):
     def __init__(self, space, *, alpha: float):
         import firedrake as fd
 
-        if not alpha > 0:
-            raise ValueError(f"L1: alpha must be positive, got {alpha}")
+        from pdeinv._checks import real_number
+
+        alpha = real_number("L1", "alpha", alpha)
         super().__init__(space)
         self.alpha = float(alpha)
         self.weights = fd.assemble(fd.TestFunction(space) * fd.dx)  # lumped mass, a Cofunction

@@ -1,0 +1,44 @@
+"""Input checks shared by the library: one clear error naming the input and what was expected."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+__all__ = ["real_number", "describe_space", "require_scalar_space"]
+
+
+def real_number(owner: str, name: str, value, *, minimum: float | None = 0.0, strict: bool = True) -> float:
+    """``value`` as a float: a real, finite number (not a string or bool) above ``minimum``
+    (``strict``: > minimum, else >=; ``minimum=None``: any finite value)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{owner}: {name} must be a number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
+    if minimum is not None and (v <= minimum if strict else v < minimum):
+        raise ValueError(f"{owner}: {name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
+    return v
+
+
+def describe_space(V) -> str:
+    """A readable name of a function space: element family and degree, value shape, mesh name and
+    dimension (instead of Firedrake's full repr); ``dual of ...`` for dual spaces."""
+    try:
+        from firedrake.functionspaceimpl import FiredrakeDualSpace
+
+        dual = isinstance(V, FiredrakeDualSpace)
+        el = V.ufl_element()
+        mesh = V.mesh()
+        shape = f", value shape {V.value_shape}" if V.value_shape != () else ""
+        text = (f"{el.family()} degree {el.embedded_superdegree}{shape} on mesh '{mesh.name}' "
+                f"({mesh.topological_dimension}D, id {id(mesh) % 10000:04d})")
+        return f"dual of {text}" if dual else text
+    except Exception:  # an unusual space: fall back to Firedrake's own text
+        return str(V)
+
+
+def require_scalar_space(owner: str, V) -> None:
+    """One clear error unless ``V`` is a scalar function space."""
+    if V.value_shape != ():
+        raise ValueError(f"{owner}: expected a scalar function space, got {describe_space(V)}")
