@@ -107,3 +107,34 @@ def test_selfcheck_command_writes_json(tmp_path):
     assert data["passed"] and data["ranks"] == 1
     assert math.isclose(min(data["convergence"]["rates"]), 2.0, abs_tol=0.1)
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_two_clones_each_import_their_own_pdeinv(tmp_path):
+    """Every clone gets its own thin .venv on the shared cached stack: a second clone's `make stack`
+    makes its own environment, which imports the second clone's pdeinv, and ours still imports ours."""
+    import os
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".venv" / ".pdeinv-thin").is_file():
+        pytest.skip("this clone uses an existing environment (PDEINV_VENV): shared by choice")
+    if shutil.which("git") is None or not (root / ".git").exists():
+        pytest.skip("needs git and a git checkout")
+    clone = tmp_path / "second-clone"
+    subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PDEINV_VENV")}
+    p = subprocess.run(["tools/stack/ensure.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    probe = ["-c", "import pdeinv, sys; print(pdeinv.__file__); print(sys.prefix)"]
+
+    def where(venv):
+        out = subprocess.run([str(venv / "bin" / "python"), *probe], capture_output=True, text=True, env=env,
+                             check=True).stdout.split()
+        return Path(out[0]).resolve(), Path(out[1]).resolve()
+
+    theirs, their_prefix = where(clone / ".venv")
+    ours, our_prefix = where(root / ".venv")
+    assert theirs == (clone / "pdeinv" / "__init__.py").resolve()
+    assert ours == (root / "pdeinv" / "__init__.py").resolve()
+    assert their_prefix != our_prefix

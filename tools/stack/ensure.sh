@@ -216,6 +216,33 @@ link_venv() {
   ln -sfn "$target" "$ROOT/.venv"
 }
 
+thin_venv() {
+  # This clone's own environment: a venv on the stack's interpreter that sees the stack's packages
+  # through one .pth line (a plain directory: the stack's own .pth files, e.g. an editable pdeinv an
+  # older clone put there, are not run) and holds only this clone's editable pdeinv.  Two clones
+  # sharing one stack then never import each other's code.
+  local stack=$1 v="$ROOT/.venv" stack_site site f name
+  [ -L "$v" ] && rm -f "$v"  # the old layout: a link to the shared stack
+  if [ -e "$v" ] && [ ! -f "$v/.pdeinv-thin" ]; then
+    die "$v exists and was not made by this script; move it away (or set PDEINV_VENV to it)"
+  fi
+  if [ -f "$v/.pdeinv-thin" ] && [ "$(cat "$v/.pdeinv-thin")" = "$stack" ]; then return 0; fi
+  log "making this clone's environment .venv on the stack $stack"
+  rm -rf "$v"
+  "$stack/bin/python" -m venv --without-pip "$v"
+  stack_site=$("$stack/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  site=$("$v/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$stack_site" > "$site/_pdeinv_stack.pth"
+  # the stack's command-line tools (ruff, firedrake-check, ...), except interpreters and pdeinv's own
+  for f in "$stack/bin/"*; do
+    name=$(basename "$f")
+    case "$name" in python*|activate*|Activate*|pdeinv|pip*|deactivate) continue;; esac
+    [ -e "$v/bin/$name" ] || ln -s "$f" "$v/bin/$name"
+  done
+  { echo "# pdeinv stack"; cat "$(dirname "$stack")/env.sh"; } >> "$v/bin/activate"
+  echo "$stack" > "$v/.pdeinv-thin"
+}
+
 install_project() {
   # Editable install, skipped when this clone and this pyproject.toml are already the installed ones.
   local py="$ROOT/.venv/bin/python" want stamp
@@ -266,6 +293,7 @@ main() {
     --dir) [ -L "$STACK" ] && echo "$D"; return 0;;
     --distclean)
       [ -L "$ROOT/.venv" ] && rm -f "$ROOT/.venv"
+      [ -f "$ROOT/.venv/.pdeinv-thin" ] && rm -rf "$ROOT/.venv"
       log "removing the stack cache $CACHE"; rm -rf "$CACHE"; return 0;;
   esac
 
@@ -279,7 +307,7 @@ main() {
     [ -L "$STACK" ] || build_stack
     flock -u 9
   fi
-  link_venv "$D/venv"
+  thin_venv "$D/venv"
   install_extras
   install_project
 }
