@@ -123,14 +123,23 @@ def test_two_clones_each_import_their_own_pdeinv(tmp_path):
         pytest.skip("needs git and a git checkout")
     clone = tmp_path / "second-clone"
     subprocess.run(["git", "clone", "-q", str(root), str(clone)], check=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PDEINV_VENV")}
-    p = subprocess.run(["tools/stack/ensure.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=600)
+    # the cache our stack lives in (Firedrake points XDG_CACHE_HOME of this process into .venv: the
+    # script would otherwise look for — and build — a stack there)
+    stack_venv = Path((root / ".venv" / ".pdeinv-thin").read_text().strip())
+    cache = stack_venv.parent.parent
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PDEINV_VENV", "XDG_CACHE_HOME")}
+    env["PDEINV_CACHE"] = str(cache)
+    if not (cache / stack_venv.parent.name.removesuffix(".d")).is_symlink():
+        pytest.skip(f"the stack is not a published one in {cache}")
+    p = subprocess.run(["tools/stack/ensure.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
+    assert "started" not in p.stdout + p.stderr, "the second clone rebuilt the stack instead of reusing it"
     probe = ["-c", "import pdeinv, sys; print(pdeinv.__file__); print(sys.prefix)"]
 
     def where(venv):
+        # from a neutral directory: `python -c` puts the working directory first on sys.path
         out = subprocess.run([str(venv / "bin" / "python"), *probe], capture_output=True, text=True, env=env,
-                             check=True).stdout.split()
+                             check=True, cwd=tmp_path).stdout.split()
         return Path(out[0]).resolve(), Path(out[1]).resolve()
 
     theirs, their_prefix = where(clone / ".venv")
