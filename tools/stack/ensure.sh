@@ -233,11 +233,19 @@ thin_venv() {
   stack_site=$("$stack/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   site=$("$v/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   echo "$stack_site" > "$site/_pdeinv_stack.pth"
-  # the stack's command-line tools (ruff, firedrake-check, ...), except interpreters and pdeinv's own
+  # the stack's command-line tools (pytest, ruff, firedrake-check, ...), except interpreters and
+  # pdeinv's own: Python entry points are copied with this environment's interpreter in their #! line
+  # (so .venv/bin/pytest imports this clone's pdeinv), anything else is linked
   for f in "$stack/bin/"*; do
     name=$(basename "$f")
     case "$name" in python*|activate*|Activate*|pdeinv|pip*|deactivate) continue;; esac
-    [ -e "$v/bin/$name" ] || ln -s "$f" "$v/bin/$name"
+    [ -e "$v/bin/$name" ] && continue
+    if head -c 256 "$f" 2>/dev/null | head -n 1 | grep -q "^#!$stack/bin/python"; then
+      { echo "#!$v/bin/python"; tail -n +2 "$f"; } > "$v/bin/$name"
+      chmod +x "$v/bin/$name"
+    else
+      ln -s "$f" "$v/bin/$name"
+    fi
   done
   { echo "# pdeinv stack"; cat "$(dirname "$stack")/env.sh"; } >> "$v/bin/activate"
   echo "$stack" > "$v/.pdeinv-thin"
