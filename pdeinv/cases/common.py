@@ -22,9 +22,14 @@ def require(checks) -> None:
 
 
 def laplace_checks(cfg):
-    """The checks of the [mesh] and [laplace] tables every case has."""
-    lc = cfg["laplace"]
+    """The checks of the [mesh], [optimizer] and [laplace] tables every case has."""
+    lc, oc = cfg["laplace"], cfg["optimizer"]
     return [
+        (0 < oc["gradient_rtol"] < 1, f"optimizer.gradient_rtol must be in (0, 1), got {oc['gradient_rtol']!r}"),
+        (oc["max_iterations"] >= 1, f"optimizer.max_iterations must be >= 1, got {oc['max_iterations']!r}"),
+        (oc["max_cg_iterations"] >= 1, f"optimizer.max_cg_iterations must be >= 1, got {oc['max_cg_iterations']!r}"),
+        (oc["globalization"] in ("line_search", "trust_region"),
+         f"optimizer.globalization must be 'line_search' or 'trust_region', got {oc['globalization']!r}"),
         (cfg["mesh"]["n"] >= 2, "mesh.n must be >= 2"),
         (lc["rank"] >= 1 and lc["oversampling"] >= 0, "laplace.rank must be >= 1 and laplace.oversampling >= 0"),
         (lc["prior_variance"] in ("auto", "exact", "samples"),

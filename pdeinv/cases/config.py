@@ -8,6 +8,7 @@ names the key, the value and what was expected.
 from __future__ import annotations
 
 import copy
+import math
 
 import tomllib
 
@@ -54,12 +55,19 @@ def _check_type(name, ref, value):
     elif isinstance(ref, float):
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     elif isinstance(ref, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif isinstance(ref, str):
         ok = isinstance(value, str)
     elif isinstance(ref, list):
         ok = isinstance(value, list)
+        numeric = bool(ref) and all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in ref)
+        if ok and numeric:
+            for v in value:
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ConfigError(f"{name}: expected a list of finite numbers (like {ref!r}), got {value!r}")
     else:
         ok = True
     if not ok:
