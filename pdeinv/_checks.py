@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["real_number", "describe_space", "require_scalar_space"]
+__all__ = ["real_number", "describe_space", "describe_mismatch", "require_scalar_space"]
 
 
 def real_number(owner: str, name: str, value, *, minimum: float | None = 0.0, strict: bool = True) -> float:
@@ -32,10 +32,17 @@ def describe_space(V) -> str:
         mesh = V.mesh()
         shape = f", value shape {V.value_shape}" if V.value_shape != () else ""
         text = (f"{el.family()} degree {el.embedded_superdegree}{shape} on mesh '{mesh.name}' "
-                f"({mesh.topological_dimension}D, id {id(mesh) % 10000:04d})")
+                f"({mesh.topological_dimension}D)")
         return f"dual of {text}" if dual else text
     except Exception:  # an unusual space: fall back to Firedrake's own text
         return str(V)
+
+
+def describe_mismatch(want, got) -> tuple[str, str]:
+    """Descriptions of two different spaces; where they read the same (same element, another mesh
+    object of the same name) the second says so."""
+    a, b = describe_space(want), describe_space(got)
+    return (a, b + " (a different mesh object)") if a == b else (a, b)
 
 
 def require_scalar_space(owner: str, V) -> None:

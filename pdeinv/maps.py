@@ -50,14 +50,14 @@ def check_function(f, space, name: str, *, dual: bool = False):
 
     kind = fd.Cofunction if dual else fd.Function
     want = space.dual() if dual else space
-    from pdeinv._checks import describe_space
+    from pdeinv._checks import describe_mismatch, describe_space
 
     if not isinstance(f, kind):
         raise TypeError(f"{name}: expected a firedrake.{kind.__name__} on {describe_space(want)}, "
                         f"got {type(f).__name__}")
     if f.function_space() != want:
-        raise ValueError(f"{name}: expected a {kind.__name__} on {describe_space(want)}, "
-                         f"got one on {describe_space(f.function_space())}")
+        a, b = describe_mismatch(want, f.function_space())
+        raise ValueError(f"{name}: expected a {kind.__name__} on {a}, got one on {b}")
 
 
 @unannotated_methods

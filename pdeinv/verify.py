@@ -79,12 +79,10 @@ def _rates(eps, rem):
 def dual_pairing(cofunction, function) -> float:
     """Global dual pairing :math:`\\langle g, h\\rangle` of a Cofunction with a Function (all ranks agree)."""
     if cofunction.function_space().dual() != function.function_space():
-        from pdeinv._checks import describe_space
+        from pdeinv._checks import describe_mismatch
 
-        raise ValueError(
-            f"dual_pairing: the Cofunction lives on the {describe_space(cofunction.function_space())} "
-            f"but the Function lives on {describe_space(function.function_space())}"
-        )
+        a, b = describe_mismatch(cofunction.function_space().dual(), function.function_space())
+        raise ValueError(f"dual_pairing: the Cofunction lives on the dual of {a} but the Function lives on {b}")
     with cofunction.dat.vec_ro as g, function.dat.vec_ro as h:
         return g.dot(h)
 

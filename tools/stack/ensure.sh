@@ -28,6 +28,9 @@ ROOT=$(cd "$HERE/../.." && pwd)
 # shellcheck source=spec.sh
 source "$HERE/spec.sh"
 
+# Firedrake points XDG_CACHE_HOME into its environment (.venv/.cache) inside a Python process that
+# imported it; a `make` started from there must still find the shared stack, not build a new one.
+case "${XDG_CACHE_HOME:-}" in */.venv/*|"${VIRTUAL_ENV:-/nonexistent}"/*) XDG_CACHE_HOME="";; esac
 CACHE=${PDEINV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pdeinv}
 PY=${PDEINV_PYTHON:-python3}
 # Not nproc: it obeys OMP_NUM_THREADS=1, which the Makefile exports.
