@@ -32,7 +32,7 @@ test-parallel: stack  ## only the 2-rank pass
 	@tools/run_tests.sh --parallel-only $(PYTEST_ARGS)
 
 demo: stack  ## run the main case: the heat inversion (truth, data, MAP, Laplace posterior) on 2 ranks
-	@$(MPIEXEC) -n $(NPROCS) .venv/bin/pdeinv run cases/heat/config.toml --out results/demo-heat
+	@$(MPIEXEC) -n $(NPROCS) .venv/bin/pdeinv run cases/heat/config.toml --out results/demo-heat --overwrite
 	@echo "[demo] outputs in results/demo-heat/: summary.json, fields.png, convergence.png, eigenvalues.png,"
 	@echo "[demo] data_fit.png, ParaView files (*.pvd, observation_points.vtk), results.h5"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 import warnings
 
-__all__ = ["init_petsc"]
+__all__ = ["init_petsc", "unused_solver_options"]
 
 
 def init_petsc(argv=None) -> None:
@@ -29,3 +29,51 @@ def init_petsc(argv=None) -> None:
         petsc4py.init(list(argv) if argv is not None else sys.argv[:1])
     # Firedrake then notes that PETSc was initialised already: that is the point.
     warnings.filterwarnings("ignore", message="Calling petsctools.init but PETSc has already")
+
+
+_PETSC_ERRORS = {56: "an option value PETSc cannot use here", 62: "an invalid option value",
+                 63: "an option value out of range",
+                 86: "an unknown type (not a PETSc KSP/PC name, or a package this PETSc was not built with)"}
+_OUTPUT_OPTIONS = ("monitor", "view", "converged_reason", "log")  # read at solve time, not at setup
+
+
+def unused_solver_options(parameters: dict, *, name: str = "solver_parameters") -> list:
+    """Check PETSc KSP options before any real solve: set them up on a small SPD system.
+
+    Returns the options PETSc did not read (misspelt, or for another object), and raises ``ValueError``
+    naming ``name`` when PETSc rejects one (an unknown ``ksp_type``/``pc_type``, a package not built,
+    a malformed value).  Options that are read only while solving (monitors, viewers) count as used.
+    Collective-free (``COMM_SELF``); milliseconds.
+    """
+    import petsctools
+    from petsc4py import PETSc
+
+    if not isinstance(parameters, dict):
+        raise TypeError(f"{name}: expected a dict of PETSc options, got {type(parameters).__name__}")
+    flat = petsctools.flatten_parameters(parameters)
+    n = 64  # enough rows for multigrid to build a hierarchy and consume its level options
+    A = PETSc.Mat().createAIJ([n, n], nnz=3, comm=PETSc.COMM_SELF)
+    for i in range(n):
+        A.setValue(i, i, 2.0)
+        if i:
+            A.setValue(i, i - 1, -1.0)
+        if i < n - 1:
+            A.setValue(i, i + 1, -1.0)
+    A.assemble()
+    ksp = PETSc.KSP().create(comm=PETSc.COMM_SELF)
+    ksp.setOperators(A)
+    prefix = "pdeinv_check_"
+    options = PETSc.Options()
+    try:
+        petsctools.set_from_options(ksp, parameters=parameters, options_prefix=prefix)
+        with petsctools.inserted_options(ksp):
+            ksp.setFromOptions()
+            ksp.setUp()
+            unused = [k for k in flat if not options.used(prefix + k)]
+    except PETSc.Error as e:
+        what = _PETSC_ERRORS.get(e.ierr, f"PETSc error {e.ierr}")
+        raise ValueError(f"{name}: PETSc rejected {dict(flat)!r}: {what}") from None
+    finally:
+        ksp.destroy()
+        A.destroy()
+    return [k for k in unused if not any(word in k for word in _OUTPUT_OPTIONS)]

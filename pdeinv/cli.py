@@ -5,6 +5,10 @@
     works under ``mpiexec``. Exit status 0 when both pass, 1 otherwise.
 
 PETSc options are read from the ``PETSC_OPTIONS`` environment variable, not from the command line.
+``pdeinv status DIR``
+    Whether the run in results directory DIR is complete (exit 0), interrupted and resumable (75: rerun
+    with ``--resume``) or neither (1).  For job scripts: after a signal, what ``mpiexec`` returns depends
+    on the MPI (Open MPI's returns 1), while the ranks themselves exit 75.
 ``pdeinv info``
     Versions of pdeinv and of the stack underneath.
 ``pdeinv run CONFIG [--out DIR] [--set key=value ...] [--resume] [--quiet]``
@@ -42,6 +46,14 @@ def _cmd_selfcheck(args) -> int:
             json.dump(summary, fh, indent=2)
         os.replace(tmp, args.json)  # never leave a half-written file
     return 0 if result.passed else 1
+
+
+def _cmd_status(args) -> int:
+    from pdeinv.cases.runner import run_status
+
+    status, text = run_status(args.directory)
+    print(text)
+    return status
 
 
 def _cmd_info(args) -> int:
@@ -82,7 +94,12 @@ def main(argv=None) -> int:
     sub.add_parser("run", help="run a case: pdeinv run cases/<name>/config.toml [--out DIR] [--set k=v] [--resume]")
     p = sub.add_parser("info", help="versions of pdeinv and the stack")
     p.set_defaults(func=_cmd_info)
+    p = sub.add_parser("status", help="a results directory: complete (0), resumable (75) or neither (1)")
+    p.add_argument("directory")
+    p.set_defaults(func=_cmd_status)
     args = parser.parse_args(argv)
+    if args.command == "status":  # no PETSc needed
+        return args.func(args)
     from pdeinv._petsc import init_petsc
 
     init_petsc()

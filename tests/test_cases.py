@@ -49,10 +49,10 @@ def test_heat_case_end_to_end_and_resume(tmp_path_factory):
     assert set(saved["timings"]) >= {"setup", "data", "map", "laplace", "output"}
     assert not [f for f in os.listdir(full) if f.endswith(".tmp")]
 
-    # interrupted by SIGTERM after 2 Newton iterations, then resumed: the same MAP
+    # stopped by SIGUSR1 after 2 Newton iterations (checkpoint first), then resumed: the same MAP
     part = shared_dir(tmp_path_factory, "part")
     with pytest.raises(Interrupted):
-        run("heat", tiny_config(), part, quiet=True, sigterm_after=2)
+        run("heat", tiny_config(), part, quiet=True, stop_after=2)
     assert os.path.exists(os.path.join(part, "checkpoint", "state.json"))
     assert not os.path.exists(os.path.join(part, "summary.json"))
     resumed = run("heat", tiny_config(), part, quiet=True, resume=True)
@@ -62,15 +62,22 @@ def test_heat_case_end_to_end_and_resume(tmp_path_factory):
 
 
 def test_command_line_exit_statuses(tmp_path):
+    """SIGTERM (real signal, one rank): exit 75 with the checkpoint of the last iteration in place;
+    `pdeinv status` says resumable (75), then complete (0) after --resume."""
     base = [sys.executable, "-m", "pdeinv", "run", "cases/heat/config.toml", "--quiet"]
     sets = [a for s in TINY for a in ("--set", s)]
     out = tmp_path / "run"
     p = subprocess.run(base + sets + ["--out", str(out), "--sigterm-after", "1"], capture_output=True, text=True)
     assert p.returncode == EXIT_INTERRUPTED, p.stderr
-    assert "rerun with --resume" in p.stdout
+    assert "checkpoint of Newton iteration 1" in p.stderr and "rerun with --resume" in p.stderr
+    assert (out / "checkpoint" / "stopped.rank-0").read_text() == "stopped by signal 15, exit 75\n"
+    status = [sys.executable, "-m", "pdeinv", "status", str(out)]
+    assert subprocess.run(status, capture_output=True).returncode == EXIT_INTERRUPTED
     p = subprocess.run(base + sets + ["--out", str(out), "--resume"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert json.loads((out / "summary.json").read_text())["resumed"]
+    assert not (out / "checkpoint" / "stopped.rank-0").exists()
+    assert subprocess.run(status, capture_output=True).returncode == 0
 
 
 @pytest.mark.parametrize("override, message", [

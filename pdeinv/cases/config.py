@@ -12,7 +12,7 @@ import math
 
 import tomllib
 
-__all__ = ["ConfigError", "load_config", "parse_override"]
+__all__ = ["ConfigError", "load_config", "parse_override", "flatten", "config_hash", "differences"]
 
 
 class ConfigError(ValueError):
@@ -104,3 +104,28 @@ def _deep_update(base: dict, new: dict) -> dict:
         else:
             base[k] = v
     return base
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; free-form tables (PETSc options) stay one value."""
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value and not key == "solver":
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_hash(cfg: dict) -> str:
+    """SHA-256 of the configuration (canonical JSON): what a checkpoint was computed with."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()
+
+
+def differences(old: dict, new: dict) -> dict:
+    """``{key: (old value, new value)}`` for every flattened key whose value differs."""
+    a, b = flatten(old), flatten(new)
+    return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}

@@ -1,14 +1,27 @@
 """The common driver of every case: configuration → data → MAP (Newton–CG) → Laplace → outputs.
 
+Before anything is written or solved, :func:`main` checks the whole run (:func:`preflight`): every
+configuration value, the PETSc options (:func:`pdeinv._petsc.unused_solver_options`), data files, the
+results directory and, for ``--resume``, the checkpoint and its configuration.  Any problem is one line on
+stderr and exit status 2.
+
 Phases, each timed and logged on rank 0: setup, data, map, laplace, output.  The optimizer's state is
 checkpointed after every Newton iteration (``DIR/checkpoint/``: the iterate in an HDF5 file and the
 state in ``state.json``, the JSON written last, both via temporary names, so the JSON always points at
-a complete iterate).  ``--resume`` continues from it and reproduces the uninterrupted run.  SIGTERM
-(what a batch system sends at its time limit) is honoured at the end of the current iteration: the
-checkpoint is written and the run exits with status :data:`EXIT_INTERRUPTED`.
+a complete iterate; ``config.json`` holds the configuration and its hash).  ``--resume`` continues from it
+and reproduces the uninterrupted run; it is refused if the configuration changed in a way that changes
+the result (only the keys in :data:`RESUMABLE_KEYS` may change).
 
-Exit statuses: 0 success, 2 configuration error (before any solve), 75 interrupted after
-checkpointing (EX_TEMPFAIL: run again with ``--resume``).
+Signals (see :mod:`pdeinv.cases.signals`): SIGTERM or SIGINT, to ``mpiexec`` or to the ranks, end every
+rank at once with status 75, the checkpoint of the last completed iteration in place; SIGUSR1 stops after
+the current iteration with a fresh checkpoint (status 75 too).
+
+Results directory: a fresh run refuses a directory that holds another run's results or checkpoint (or
+anything not written by pdeinv) unless ``--overwrite``, which deletes the earlier pdeinv results first
+(never a directory without pdeinv's marker file).
+
+Exit statuses: 0 success, 2 configuration error (before any solve, nothing written), 75 interrupted
+(EX_TEMPFAIL: run again with ``--resume``).
 """
 
 from __future__ import annotations
@@ -17,36 +30,29 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 
+from pdeinv.cases.signals import EXIT_INTERRUPTED, StopRequest, exit_on_signals
+
 EXIT_CONFIG = 2
-EXIT_INTERRUPTED = 75
 CASES = ("heat", "tomography", "poisson", "learn_regularization")
 EXACT_VARIANCE_DOFS = 5000  # below this many parameter dofs the prior variance is computed exactly
+MARKER = ".pdeinv-results"  # written first into every results directory pdeinv creates
+# Settings a resumed run may change: they act only after the checkpointed Newton iterations (the
+# Laplace phase is recomputed in full on resume) or only say where to stop.  Everything else changes
+# the iterates, so a changed value is refused.
+RESUMABLE_KEYS = ("optimizer.max_iterations", "laplace.rank", "laplace.oversampling", "laplace.prior_variance",
+                  "laplace.variance_samples", "laplace.posterior_samples")
 
-__all__ = ["main", "run", "EXIT_CONFIG", "EXIT_INTERRUPTED", "CASES"]
+__all__ = ["main", "run", "preflight", "run_status", "EXIT_CONFIG", "EXIT_INTERRUPTED", "CASES", "RESUMABLE_KEYS"]
 
 
 class Interrupted(Exception):
-    """SIGTERM was received; the checkpoint has been written."""
-
-
-class _SigtermFlag:
-    def __init__(self):
-        self.raised = False
-        self._old = None
-
-    def __enter__(self):
-        self._old = signal.signal(signal.SIGTERM, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        self.raised = True
-
-    def __exit__(self, *exc):
-        signal.signal(signal.SIGTERM, self._old)
+    """A stop was requested (SIGUSR1); the checkpoint has been written."""
 
 
 def _parser(prog, case=None):
@@ -59,9 +65,11 @@ def _parser(prog, case=None):
                    help="override one setting, e.g. --set mesh.n=16 (repeatable)")
     p.add_argument("--out", help="results directory (default results/<case>)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoint in the results directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in --out (deleted first)")
     p.add_argument("--quiet", action="store_true", help="only the final line")
     p.add_argument("--sigterm-after", type=int, metavar="K",
-                   help="send this process SIGTERM after Newton iteration K (to test batch-job behaviour)")
+                   help="send this process SIGTERM after Newton iteration K's checkpoint (tests the batch-job path)")
     return p
 
 
@@ -81,39 +89,218 @@ def _case_name_from_file(path):
     return name
 
 
+def _contents(out):
+    return sorted(os.listdir(out)) if os.path.isdir(out) else []
+
+
+def _has_results(out) -> bool:
+    return os.path.exists(os.path.join(out, "summary.json")) or \
+        os.path.exists(os.path.join(out, "checkpoint", "state.json"))
+
+
+def _check_output(out, *, resume, overwrite) -> bool:
+    """Check the results directory; returns whether a fresh run must first clear it."""
+    from pdeinv.cases.config import ConfigError
+
+    if resume and overwrite:
+        raise ConfigError("--resume and --overwrite exclude each other (continue the run, or replace it)")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ConfigError(f"--out {out}: exists and is not a directory")
+    if resume:
+        state = os.path.join(out, "checkpoint", "state.json")
+        if not os.path.exists(state):
+            raise ConfigError(f"--resume: no checkpoint in {out} ({state} missing); run without --resume to start")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ConfigError(f"--out {out}: not writable")
+        return False
+    # the nearest existing ancestor decides whether the directory can be made at all
+    probe = os.path.abspath(out)
+    while not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    try:  # os.access is no proof (root, read-only or virtual file systems): try it
+        os.rmdir(tempfile.mkdtemp(prefix=".pdeinv-probe-", dir=probe))
+    except OSError as e:
+        raise ConfigError(f"--out {out}: cannot create it ({probe}: {e.strerror})") from None
+    entries = _contents(out)
+    if not entries:
+        return False
+    if MARKER not in entries:
+        raise ConfigError(f"--out {out}: exists and is not empty, and is not a pdeinv results directory (no {MARKER}); "
+                          "choose another --out (pdeinv never deletes what it did not write)")
+    if _has_results(out) and not overwrite:
+        shown = ", ".join(e for e in entries if e != MARKER)
+        raise ConfigError(f"--out {out}: holds an earlier run ({shown}); pass --overwrite to replace it, --resume "
+                          "to continue it, or choose another --out")
+    return True  # an earlier pdeinv run (or a start stopped before its first checkpoint): cleared first
+
+
+def _check_resume_config(name, cfg, out):
+    from pdeinv.cases.config import ConfigError, differences
+
+    path = os.path.join(out, "checkpoint", "config.json")
+    try:
+        with open(path) as fh:
+            saved = json.load(fh)
+    except (OSError, ValueError):
+        raise ConfigError(f"--resume: {path} is missing or unreadable; the checkpoint cannot be matched to a "
+                          "configuration (start afresh with --overwrite)") from None
+    if saved.get("case") != name:
+        raise ConfigError(f"--resume: the checkpoint in {out} is of case {saved.get('case')!r}, not {name!r}")
+    changed = {k: v for k, v in differences(saved["config"], cfg).items() if k not in RESUMABLE_KEYS}
+    if changed:
+        listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+        raise ConfigError(f"--resume: the configuration differs from the checkpoint's in {listed}; these change "
+                          f"the result (only {', '.join(RESUMABLE_KEYS)} may change on resume): rerun with the "
+                          "checkpoint's settings, or start afresh with --overwrite")
+
+
+def preflight(name, module, cfg, out, *, resume=False, overwrite=False) -> bool:
+    """Every check that needs no mesh and no solve: the results directory, ``--resume`` against the
+    checkpoint, PETSc options, data files, sizes.  Raises ConfigError; returns whether the results
+    directory must be cleared first.  Call on one rank (file-system checks) — :func:`main` does."""
+    from pdeinv._petsc import unused_solver_options
+    from pdeinv.cases.config import ConfigError
+
+    clear = _check_output(out, resume=resume, overwrite=overwrite)
+    if resume:
+        _check_resume_config(name, cfg, out)
+    solver = cfg.get("model", {}).get("solver")
+    if solver:
+        try:
+            unused = unused_solver_options(solver, name="model.solver")
+        except (TypeError, ValueError) as e:
+            raise ConfigError(str(e)) from None
+        if unused:
+            raise ConfigError(f"model.solver: unknown PETSc option(s) {unused} (not read by a KSP/PC; options "
+                              "are written without the leading '-', e.g. ksp_type = \"cg\")")
+    if hasattr(module, "check_files"):
+        module.check_files(cfg)  # data files: read and checked now, not after setup
+    dofs = module.parameter_dofs(cfg) if hasattr(module, "parameter_dofs") else None
+    if dofs is not None and "laplace" in cfg:
+        _check_rank(cfg, dofs)
+    return clear
+
+
+def _check_rank(cfg, dofs):
+    from pdeinv.cases.config import ConfigError
+
+    k, p = cfg["laplace"]["rank"], cfg["laplace"]["oversampling"]
+    if k + p > dofs:
+        raise ConfigError(f"laplace.rank + laplace.oversampling = {k} + {p} exceeds the {dofs} parameter dofs; "
+                          f"expected at most {dofs}")
+
+
+def run_status(out) -> tuple[int, str]:
+    """(status, explanation) of the run in ``out``: 0 complete, 75 interrupted and resumable, 1 neither.
+    What a job script asks after ``mpiexec`` (whose own exit status after a signal depends on the MPI)."""
+    if os.path.exists(os.path.join(out, "summary.json")):
+        return 0, f"{out}: complete (summary.json)"
+    state = os.path.join(out, "checkpoint", "state.json")
+    if os.path.exists(state):
+        try:
+            with open(state) as fh:
+                k = json.load(fh)["state"].get("iteration")
+        except (OSError, ValueError, KeyError, AttributeError):
+            k = "?"
+        ckdir = os.path.dirname(state)
+        ranks = sorted(int(f.rsplit("-", 1)[1]) for f in os.listdir(ckdir) if f.startswith("stopped.rank-"))
+        how = f" (stopped by a signal on rank(s) {', '.join(map(str, ranks))})" if ranks else ""
+        return EXIT_INTERRUPTED, f"{out}: interrupted{how}, resumable from Newton iteration {k} (rerun with --resume)"
+    return 1, f"{out}: no results and no checkpoint"
+
+
+def _on_rank0(comm, fn):
+    """Run ``fn`` on rank 0; every rank gets its result or raises its ConfigError (one message)."""
+    from pdeinv.cases.config import ConfigError
+
+    result, error = None, None
+    if comm.rank == 0:
+        try:
+            result = fn()
+        except ConfigError as e:
+            error = str(e)
+    result, error = comm.bcast((result, error), root=0)
+    if error is not None:
+        raise ConfigError(error)
+    return result
+
+
 def main(argv=None, *, case: str | None = None) -> int:
     """Entry point of ``pdeinv run CONFIG`` (``case=None``) and of ``cases/<case>/run.py``."""
+    from mpi4py import MPI
+
+    from pdeinv._petsc import init_petsc
     from pdeinv.cases.config import ConfigError, load_config
 
+    comm = MPI.COMM_WORLD  # a command-line run owns the whole MPI job
     args = _parser("pdeinv run" if case is None else f"cases/{case}/run.py", case).parse_args(argv)
+    created = existed = False
     try:
         name = case or _case_name_from_file(args.config)
         module = importlib.import_module(f"pdeinv.cases.{name}")
         cfg = load_config(module.DEFAULTS, args.config, args.set)
         module.validate(cfg)
+        out = args.out or os.path.join("results", name)
+        init_petsc()  # petsc4py only (no Firedrake yet): for the options check
+        clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=args.resume,
+                                                  overwrite=args.overwrite))
+        if hasattr(module, "run_case"):  # a case with its own driver (bilevel learning)
+            _prepare_fresh(out, clear, comm)
+            module.run_case(cfg, out, quiet=args.quiet)
+            return 0
+        created = not args.resume
+        existed = os.path.isdir(out)
+        with exit_on_signals((signal.SIGTERM, signal.SIGINT)) as on_signal:
+            run(name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
+                sigterm_after=args.sigterm_after, checked=True)
     except ConfigError as e:
-        from mpi4py import MPI  # every rank found the same error: report it once
-
-        if MPI.COMM_WORLD.rank == 0:
+        if comm.rank == 0:
             sys.stderr.write(f"pdeinv: configuration error: {e}\n")
+            if created and os.path.isdir(out) and not _has_results(out):
+                shutil.rmtree(out, ignore_errors=True)  # found during setup: leave nothing behind
+                if existed:
+                    os.makedirs(out)
         return EXIT_CONFIG
-    out = args.out or os.path.join("results", name)
-    if hasattr(module, "run_case"):  # a case with its own driver (bilevel learning)
-        from pdeinv._petsc import init_petsc
-
-        init_petsc()
-        module.run_case(cfg, out, quiet=args.quiet)
-        return 0
-    try:
-        run(name, cfg, out, resume=args.resume, quiet=args.quiet, sigterm_after=args.sigterm_after)
     except Interrupted:
         return EXIT_INTERRUPTED
     return 0
 
 
-def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = False,
-        sigterm_after: int | None = None) -> dict:
-    """Run case ``name`` with configuration ``cfg`` into directory ``out``; returns the summary."""
+def _prepare_fresh(out, clear, comm, *, name=None, cfg=None, mesh_name=None):
+    """Rank 0: clear an earlier pdeinv run if asked, make the directories, write the marker (first)
+    and the configuration the checkpoint belongs to."""
+    from pdeinv.cases.config import config_hash
+    from pdeinv.cases.output import atomic_json
+
+    if comm.rank == 0:
+        if clear:
+            shutil.rmtree(out)
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, MARKER), "w") as fh:
+            fh.write("results of a pdeinv run; `pdeinv run --overwrite` may delete this directory\n")
+        if cfg is not None:
+            os.makedirs(os.path.join(out, "checkpoint"), exist_ok=True)
+    comm.barrier()
+    if cfg is not None:
+        atomic_json(os.path.join(out, "checkpoint", "config.json"),
+                    {"case": name, "config": cfg, "config_hash": config_hash(cfg), "mesh_name": mesh_name}, comm)
+
+
+def _signal_message(comm, text):
+    return f"pdeinv: {text}\n" if comm.rank == 0 else ""
+
+
+def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = False, clear: bool | None = None,
+        overwrite: bool = False, stop_after: int | None = None, sigterm_after: int | None = None,
+        exit_message=None, checked: bool = False) -> dict:
+    """Run case ``name`` with configuration ``cfg`` into directory ``out``; returns the summary.
+
+    ``resume`` continues from the checkpoint in ``out``; ``overwrite`` replaces an earlier run there.
+    ``stop_after=K`` sends this process SIGUSR1 after iteration K (the stop-after-iteration path: raises
+    :class:`Interrupted` once the checkpoint is written); ``sigterm_after=K`` sends SIGTERM (the immediate
+    path of :func:`main`).  ``exit_message``: the handle of :func:`~pdeinv.cases.signals.exit_on_signals`
+    whose message is kept up to date.  Unless ``checked``, runs :func:`preflight` first.
+    """
     from pdeinv._petsc import init_petsc
 
     init_petsc()
@@ -130,45 +317,63 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
 
     module = importlib.import_module(f"pdeinv.cases.{name}")
     comm = fd.COMM_WORLD  # a case run owns the whole MPI job
+    if not checked:
+        clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=resume, overwrite=overwrite))
     log = RankZeroLog(comm, quiet=quiet, announce_phases=True)
     ckdir = os.path.join(out, "checkpoint")
-    if comm.rank == 0:
-        os.makedirs(ckdir, exist_ok=True)
-    comm.barrier()
     mesh_file = os.path.join(ckdir, "mesh.h5")
     state_file = os.path.join(ckdir, "state.json")
     t_start = time.perf_counter()
     log.info(f"pdeinv case '{name}' on {comm.size} rank(s) -> {out}")
+    if exit_message is not None:
+        exit_message.set_message(_signal_message(comm, "stopped by a signal before the first checkpoint: nothing "
+                                                       "to resume; rerun without --resume"))
+        # each rank records its own stop next to the checkpoint (what `pdeinv status` reports)
+        exit_message.set_report(os.path.abspath(os.path.join(ckdir, f"stopped.rank-{comm.rank}")))
 
     with log.phase("setup"):
         if resume:
-            if not os.path.exists(state_file):
-                raise FileNotFoundError(f"--resume: no checkpoint in {ckdir} (state.json missing)")
+            with open(os.path.join(ckdir, "config.json")) as fh:
+                mesh_name = json.load(fh).get("mesh_name") or "mesh"
+            if comm.rank == 0:  # leftovers of a write that a signal cut short; the run's result is redone
+                for d in (out, ckdir):
+                    for f in os.listdir(d):
+                        if f.endswith(".tmp") or f == "summary.json" or f.startswith("stopped.rank-"):
+                            os.remove(os.path.join(d, f))
+            comm.barrier()
         else:
+            mesh = module.make_mesh(cfg, comm)
+            mesh_name = mesh.name
+            # a mesh from a file is known only now: the last check that needs no solve, before writing
+            if getattr(module, "parameter_dofs", lambda c: None)(cfg) is None:
+                _check_rank(cfg, fd.FunctionSpace(mesh, "CG", 1).dim())
+            _prepare_fresh(out, clear, comm, name=name, cfg=cfg, mesh_name=mesh_name)
             tmp = mesh_file + ".tmp"
             with fd.CheckpointFile(tmp, "w", comm=comm) as ck:
-                ck.save_mesh(module.make_mesh(cfg, comm))
+                ck.save_mesh(mesh)
             if comm.rank == 0:
                 os.replace(tmp, mesh_file)
-                if os.path.exists(state_file):
-                    os.remove(state_file)  # a fresh run does not inherit an old checkpoint
             comm.barrier()
         # Fresh or resumed, the run works on the mesh as loaded from the checkpoint, so that both see
         # the same distribution and dof numbering and a resumed run repeats the uninterrupted one.
         with fd.CheckpointFile(mesh_file, "r", comm=comm) as ck:
-            mesh = ck.load_mesh("mesh")
+            mesh = ck.load_mesh(mesh_name)
         model, prior, truth, points = module.build(cfg, mesh)
         V = model.parameter_space
     log.info(f"  state dofs {model.state_space.dim()}, parameter dofs {V.dim()}, "
              f"{model.observation.n_points} points x {model.observation.channels} channels")
 
     with log.phase("data"):
-        clean = model(truth)
-        if hasattr(module, "make_noise"):
-            noise = module.make_noise(cfg, model, clean)
+        observed = module.observed_data(cfg, model) if hasattr(module, "observed_data") else None
+        if observed is not None:  # data from a file: no truth, no noise-free data
+            data, noise, clean = observed.data, observed.noise, None
         else:
-            noise = GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
-        data = noise.sample(clean, seed=cfg["data"]["seed"])
+            clean = model(truth)
+            if hasattr(module, "make_noise"):
+                noise = module.make_noise(cfg, model, clean)
+            else:
+                noise = GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
+            data = noise.sample(clean, seed=cfg["data"]["seed"])
         problem = InverseProblem(Misfit(model, noise, data), prior)
 
     oc = cfg["optimizer"]
@@ -183,8 +388,9 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
             m0 = ck.load_function(mesh, "m")
         m0 = fd.Function(V).assign(m0)
         resume_state = saved["state"]
+        log.info(f"  resumed from Newton iteration {resume_state['iteration']}")
 
-    with _SigtermFlag() as sigterm:
+    with StopRequest() as stop:
 
         def checkpoint(k, m, entry):
             fname = f"iterate-{k:04d}.h5"
@@ -195,14 +401,21 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
             if comm.rank == 0:
                 os.replace(tmp, os.path.join(ckdir, fname))
             output.atomic_json(state_file, {"iterate_file": fname, "state": entry["state"]}, comm)
+            if exit_message is not None:
+                exit_message.set_message(_signal_message(
+                    comm, f"stopped by a signal; the checkpoint of Newton iteration {k} in {ckdir} is complete: "
+                          f"rerun with --resume (exit {EXIT_INTERRUPTED})"))
             if comm.rank == 0:  # older iterates are no longer referenced
                 for old in os.listdir(ckdir):
                     if old.startswith("iterate-") and old.endswith(".h5") and old != fname:
                         os.remove(os.path.join(ckdir, old))
+            if stop_after is not None and k == stop_after:
+                os.kill(os.getpid(), signal.SIGUSR1)  # the real signal path, as a batch system would
             if sigterm_after is not None and k == sigterm_after:
-                os.kill(os.getpid(), signal.SIGTERM)  # the real signal path, as a batch system would
-            if comm.allreduce(int(sigterm.raised)):
-                log.result(f"SIGTERM: checkpoint written after iteration {k}; rerun with --resume")
+                comm.barrier()  # every rank has finished with the checkpoint files
+                os.kill(os.getpid(), signal.SIGTERM)
+            if stop.agreed(comm):
+                log.result(f"SIGUSR1: checkpoint written after iteration {k}; rerun with --resume")
                 raise Interrupted
 
         with log.phase("map"):
@@ -231,23 +444,29 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
 
     with log.phase("output"):
         prior_mean = fd.Function(V, name="prior_mean").assign(prior.mean)
-        fields = {"truth": truth, "map": m_map, "posterior_std": std, "prior_mean": prior_mean,
-                  "variance_reduction": reduction}
+        fields = {"map": m_map, "posterior_std": std, "prior_mean": prior_mean, "variance_reduction": reduction}
+        if truth is not None:
+            fields = {"truth": truth} | fields
         output.write_fields(out, mesh, fields, samples)
         output.write_points_vtk(os.path.join(out, "observation_points.vtk"), points, comm)
-        observed = model.observation.to_array(data)
+        observed_array = model.observation.to_array(data)
         predicted = model.observation.to_array(model(m_map))
-        noise_free = model.observation.to_array(clean)
+        noise_free = model.observation.to_array(clean) if clean is not None else None
         if comm.rank == 0:
-            output.plot_fields(os.path.join(out, "fields.png"), os.path.join(out, "results.h5"),
-                               ["truth", "map", "posterior_std"], ["truth", "MAP", "posterior std"], points)
+            shown = [f for f in ("truth", "map", "posterior_std") if f in fields]
+            output.plot_fields(os.path.join(out, "fields.png"), os.path.join(out, "results.h5"), shown,
+                               [{"map": "MAP", "posterior_std": "posterior std"}.get(f, f) for f in shown], points,
+                               mesh_name=mesh.name)
             output.plot_history(os.path.join(out, "convergence.png"), result.history)
             output.plot_spectrum(os.path.join(out, "eigenvalues.png"), la.eigenvalues)
-            output.plot_data_fit(os.path.join(out, "data_fit.png"), observed, predicted, noise_free)
+            output.plot_data_fit(os.path.join(out, "data_fit.png"), observed_array, predicted, noise_free)
         comm.barrier()
 
+    from pdeinv.cases.config import config_hash
+
     summary = {
-        "case": name, "ranks": comm.size, "config": cfg,
+        "case": name, "ranks": comm.size, "config": cfg, "config_hash": config_hash(cfg),
+        "data_source": observed.source if observed is not None else "synthetic",
         "dofs": {"state": model.state_space.dim(), "parameter": V.dim(),
                  "observations": model.observation.n_points * model.observation.channels},
         "newton_iterations": result.iterations, "cg_iterations": result.cg_iterations,
@@ -256,7 +475,6 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
         "hessian_actions_laplace": la.hessian_actions,
         "cost": result.cost.total, "cost_terms": {"misfit": result.cost.misfit,
                                                   "regularization": result.cost.regularization},
-        "relative_error": rel_error(m_map), "prior_mean_relative_error": rel_error(prior_mean),
         "data_informed_dim": la.data_informed_dimension, "eigenvalues": la.eigenvalues.tolist(),
         "identifiability": la.identifiability(var, pv),
         "expected_information_gain": la.expected_information_gain(),
@@ -264,9 +482,16 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
         "posterior_variance_trace": float(fd.assemble(var * fd.dx)),
         "timings": dict(log.timings), "resumed": bool(resume),
     }
+    if truth is not None:
+        summary |= {"relative_error": rel_error(m_map), "prior_mean_relative_error": rel_error(prior_mean)}
+        quality = (f"MAP error {summary['relative_error']:.3f} (prior mean "
+                   f"{summary['prior_mean_relative_error']:.3f})")
+    else:
+        rms = float(np.sqrt(np.mean((predicted - observed_array) ** 2)))
+        summary["data_rms_residual"] = rms
+        quality = f"data RMS residual {rms:.3g}"
     output.atomic_json(os.path.join(out, "summary.json"), summary, comm)
-    log.result(f"pdeinv case '{name}': MAP error {summary['relative_error']:.3f} (prior mean "
-               f"{summary['prior_mean_relative_error']:.3f}), {result.iterations} Newton / {result.cg_iterations} "
+    log.result(f"pdeinv case '{name}': {quality}, {result.iterations} Newton / {result.cg_iterations} "
                f"CG iterations, {la.data_informed_dimension} data-informed directions, "
                f"{time.perf_counter() - t_start:.1f} s -> {out}")
     return summary

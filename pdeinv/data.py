@@ -1,0 +1,224 @@
+r"""Observed data and meshes from files: CSV, NPZ or HDF5 observations; Gmsh or Firedrake-checkpoint meshes.
+
+Observations are values :math:`d_{ik}` at points :math:`x_i` (i = 1..N) and times :math:`t_k` (k = 1..T;
+T = 1 and no times for a steady model), optionally with a standard deviation :math:`\sigma_{ik}` each.
+
+CSV (``.csv``)
+    A header line naming the columns, then one row per observation: ``x, y[, z], [t,] value[, sigma]``
+    (any order; ``#`` starts a comment).  Rows with the same coordinates are one point; every point must
+    be observed at every time (the data form an N × T table).  Points keep the order of their first row.
+NPZ (``.npz``) or HDF5 (``.h5``, ``.hdf5``)
+    Arrays (HDF5: datasets at the root) ``points`` (N, gdim), ``values`` (N,) or (N, T), optional
+    ``times`` (T,) and ``sigma`` (a scalar, (N,) or (N, T)).
+
+Everything is read and checked (shapes, finiteness, positive σ, distinct points) on the calling rank
+with NumPy/h5py, before any Firedrake object exists, so a malformed file costs nothing; read on every
+rank (or on one and broadcast) — the arrays are small.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ObservedData", "DataFileError", "read_observed_data", "read_mesh", "msh_vertex_count", "DATA_FORMATS",
+           "MESH_FORMATS"]
+
+DATA_FORMATS = (".csv", ".npz", ".h5", ".hdf5")
+MESH_FORMATS = (".msh", ".h5")
+
+
+@dataclass(frozen=True)
+class ObservedData:
+    """Observations read from a file.
+
+    Attributes
+    ----------
+    points : ndarray, shape (N, gdim)
+    times : ndarray, shape (T,), or None for a steady model
+    values : ndarray, shape (N, T) (T = 1 without times)
+    sigma : ndarray, shape (N, T), or None if the file gives none
+    source : str
+        The file they came from.
+    """
+
+    points: np.ndarray
+    times: np.ndarray | None
+    values: np.ndarray
+    sigma: np.ndarray | None
+    source: str
+
+    @property
+    def n_points(self) -> int:
+        return self.points.shape[0]
+
+
+class DataFileError(ValueError):
+    """A data or mesh file that cannot be used; the message names the file and what was expected."""
+
+
+def _fail(path, message):
+    raise DataFileError(f"{path}: {message}")
+
+
+def read_observed_data(path, *, gdim: int = 2) -> ObservedData:
+    """Read observations from ``path`` (format from the extension: CSV, NPZ or HDF5; see the module
+    docstring) and check them.  Raises :class:`DataFileError` naming the file and the problem."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in DATA_FORMATS:
+        _fail(path, f"unknown data format {ext!r}; expected one of {', '.join(DATA_FORMATS)}")
+    if not os.path.isfile(path):
+        _fail(path, "no such file")
+    if ext == ".csv":
+        points, times, values, sigma = _read_csv(path, gdim)
+    else:
+        points, times, values, sigma = _read_arrays(path, ext)
+    return _checked(path, gdim, points, times, values, sigma)
+
+
+def _read_csv(path, gdim):
+    with open(path, newline="") as fh:
+        rows = [r for r in csv.reader(line for line in fh if line.strip() and not line.lstrip().startswith("#"))]
+    if len(rows) < 2:
+        _fail(path, "expected a header line and at least one row of data")
+    header = [h.strip().lower() for h in rows[0]]
+    coords = ["x", "y", "z"][:gdim]
+    missing = [c for c in coords + ["value"] if c not in header]
+    if missing:
+        _fail(path, f"missing column(s) {missing}; expected a header with {', '.join(coords)}, [t], value, [sigma], "
+                    f"got {rows[0]}")
+    unknown = [h for h in header if h not in (*coords, "t", "value", "sigma")]
+    if unknown:
+        _fail(path, f"unknown column(s) {unknown}; expected {', '.join(coords)}, [t], value, [sigma]")
+    try:
+        table = np.array([[float(v) for v in r] for r in rows[1:]], dtype=float)
+    except ValueError as e:
+        _fail(path, f"every entry must be a number ({e})")
+    if table.ndim != 2 or table.shape[1] != len(header):
+        _fail(path, f"every row must have {len(header)} entries like the header")
+    col = {h: table[:, header.index(h)] for h in header}
+    xy = np.column_stack([col[c] for c in coords])
+    # points in order of first appearance; times sorted
+    _, first, point_index = np.unique(xy, axis=0, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank_of = np.empty_like(order)
+    rank_of[order] = np.arange(len(order))
+    point_index = rank_of[point_index.ravel()]
+    points = xy[np.sort(first)]
+    if "t" in col:
+        times, time_index = np.unique(col["t"], return_inverse=True)
+    else:
+        times, time_index = None, np.zeros(len(table), dtype=int)
+    N, T = len(points), (len(times) if times is not None else 1)
+    seen = np.zeros((N, T), dtype=int)
+    np.add.at(seen, (point_index, time_index), 1)
+    if np.any(seen > 1):
+        i, k = np.argwhere(seen > 1)[0]
+        when = f" at t = {times[k]}" if times is not None else ""
+        _fail(path, f"point {points[i].tolist()} is observed twice{when}")
+    if np.any(seen == 0):
+        i, k = np.argwhere(seen == 0)[0]
+        _fail(path, f"point {points[i].tolist()} has no observation at t = {times[k]}: every point must be "
+                    f"observed at every time ({N} points x {T} times, {len(table)} rows)")
+    values = np.empty((N, T))
+    values[point_index, time_index] = col["value"]
+    sigma = None
+    if "sigma" in col:
+        sigma = np.empty((N, T))
+        sigma[point_index, time_index] = col["sigma"]
+    return points, times, values, sigma
+
+
+def _read_arrays(path, ext):
+    if ext == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: np.array(f[k]) for k in f.files}
+        except (OSError, ValueError) as e:
+            _fail(path, f"not a readable NPZ file ({e})")
+    else:
+        import h5py
+
+        try:
+            with h5py.File(path, "r") as f:
+                arrays = {k: np.array(f[k]) for k in f if isinstance(f[k], h5py.Dataset)}
+        except OSError as e:
+            _fail(path, f"not a readable HDF5 file ({e})")
+    for k in ("points", "values"):
+        if k not in arrays:
+            _fail(path, f"missing array {k!r}; expected points (N, gdim), values (N[, T]), optional times (T,), "
+                        f"sigma; found {sorted(arrays)}")
+    return arrays["points"], arrays.get("times"), arrays["values"], arrays.get("sigma")
+
+
+def _checked(path, gdim, points, times, values, sigma) -> ObservedData:
+    for name, a in (("points", points), ("values", values), ("times", times), ("sigma", sigma)):
+        if a is not None and np.asarray(a).dtype.kind not in "fiu":
+            _fail(path, f"{name} must be numbers, got dtype {np.asarray(a).dtype}")
+    points = np.asarray(points, dtype=float)
+    if points.ndim != 2 or points.shape[1] != gdim or len(points) == 0:
+        _fail(path, f"points must have shape (N, {gdim}) with N >= 1, got {points.shape}")
+    N = len(points)
+    values = np.asarray(values, dtype=float)
+    if values.ndim == 1:
+        values = values[:, None]
+    if times is not None:
+        times = np.atleast_1d(np.asarray(times, dtype=float))
+        if times.ndim != 1 or np.any(np.diff(times) <= 0):
+            _fail(path, f"times must be a strictly increasing list, got {times.tolist()}")
+    T = len(times) if times is not None else 1
+    if values.shape != (N, T):
+        _fail(path, f"values must have shape (N, T) = ({N}, {T}), got {values.shape}")
+    if sigma is not None:
+        sigma = np.asarray(sigma, dtype=float)
+        if sigma.ndim == 1 and len(sigma) == N:  # one σ per point (per sensor), for all times
+            sigma = sigma[:, None]
+        try:
+            sigma = np.array(np.broadcast_to(sigma, (N, T)))
+        except ValueError:
+            _fail(path, f"sigma must be a scalar or have shape ({N},) or ({N}, {T}), got {sigma.shape}")
+        if not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
+            _fail(path, f"every sigma must be positive and finite (minimum {np.nanmin(sigma)})")
+    for name, a in (("points", points), ("values", values), ("times", times)):
+        if a is not None and not np.all(np.isfinite(a)):
+            _fail(path, f"{name} must be finite (found NaN or inf)")
+    if len(np.unique(points, axis=0)) != N:
+        _fail(path, "points must be distinct")
+    return ObservedData(points=points, times=times, values=values, sigma=sigma, source=path)
+
+
+def msh_vertex_count(path) -> int:
+    """Number of nodes of a Gmsh ``.msh`` file (format 2 or 4, ASCII or binary), read from its header
+    without building the mesh: the P1 dofs, for checks before any Firedrake object exists."""
+    with open(path, "rb") as fh:
+        for line in fh:
+            if line.strip() == b"$MeshFormat":
+                version = float(fh.readline().split()[0])
+            elif line.strip() == b"$Nodes":
+                numbers = fh.readline().split()
+                try:
+                    return int(numbers[1] if version >= 4 else numbers[0])
+                except (IndexError, ValueError, NameError):
+                    break
+    _fail(path, "not a Gmsh .msh file (no $MeshFormat/$Nodes sections)")
+
+
+def read_mesh(path, *, comm, name: str | None = None):
+    """A mesh from a Gmsh ``.msh`` file or a Firedrake ``CheckpointFile`` (``.h5``; ``name`` picks one of
+    its meshes, default the only/default one).  Distributed over ``comm``."""
+    import firedrake as fd
+
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in MESH_FORMATS:
+        _fail(path, f"unknown mesh format {ext!r}; expected a Gmsh .msh file or a Firedrake checkpoint .h5")
+    if not os.path.isfile(path):
+        _fail(path, "no such file")
+    if ext == ".msh":
+        return fd.Mesh(path, comm=comm, name=name or "mesh")
+    with fd.CheckpointFile(path, "r", comm=comm) as ck:
+        return ck.load_mesh(name) if name else ck.load_mesh()

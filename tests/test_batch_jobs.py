@@ -1,0 +1,175 @@
+"""Batch-job hygiene of `pdeinv run`: every bad input is exit 2 with one line and nothing written; results
+directories are never silently overwritten; --resume is refused when it cannot repeat the run; SIGTERM and
+SIGINT, to mpiexec or to the ranks, end every rank with status 75 and a resumable checkpoint.
+
+The command-line tests run `pdeinv run` in subprocesses (the 2-rank ones under their own `mpiexec -n 2`),
+so they belong to the serial pass only.
+"""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pdeinv.cases.runner import EXIT_CONFIG, EXIT_INTERRUPTED, MARKER, RESUMABLE_KEYS
+
+TINY = ["mesh.n=8", "model.steps=10", "model.observation_times=[0.02, 0.05]", "data.sensors=12",
+        "laplace.rank=6", "laplace.oversampling=4", "laplace.posterior_samples=2"]
+SETS = [a for s in TINY for a in ("--set", s)]
+PDEINV = [sys.executable, "-m", "pdeinv"]
+
+
+def pdeinv_run(*args, config="cases/heat/config.toml"):
+    t0 = time.perf_counter()
+    p = subprocess.run(PDEINV + ["run", config, "--quiet", *args], capture_output=True, text=True)
+    p.seconds = time.perf_counter() - t0
+    return p
+
+
+def assert_config_error(p, *fragments):
+    assert p.returncode == EXIT_CONFIG, (p.returncode, p.stderr[-2000:])
+    line = p.stderr.strip()
+    assert line.count("\n") == 0 and line.startswith("pdeinv: configuration error: "), line
+    for f in fragments:
+        assert f in line, (f, line)
+    print(f"{p.seconds:.2f} s: {line}")
+
+
+def snapshot(path):
+    return {os.path.relpath(os.path.join(d, f), path): os.path.getmtime(os.path.join(d, f))
+            for d, _, files in os.walk(path) for f in files}
+
+
+# ----------------------------------------------------------------------------------------------------
+# checks before anything is written: one line, exit 2, nothing created
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sets, fragments", [
+    (["model.solver={ksp_tyep = \"cg\"}"], ["model.solver: unknown PETSc option(s) ['ksp_tyep']"]),
+    (["model.solver={pc_type = \"hypre\"}"], ["model.solver: PETSc rejected", "unknown type"]),
+    (["model.solver={ksp_type = \"cg\", ksp_rtol = \"tight\"}"], ["model.solver: PETSc rejected"]),
+    (["laplace.rank=500"], ["laplace.rank + laplace.oversampling = 500 + 4 exceeds the 81 parameter dofs"]),
+    (["data.file=\"missing.csv\""], ["data.file: missing.csv: no such file"]),
+    (["data.file=\"cases/heat/config.toml\""], ["unknown data format '.toml'"]),
+    (["mesh.file=\"cases/heat/data/sensors.csv\""], ["mesh.file", "expected a Gmsh .msh file"]),
+    (["mesh.file=\"cases/heat/data/domain.msh\"", "laplace.rank=700"], ["exceeds the 651 parameter dofs"]),
+    (["data.file=\"cases/heat/data/sensors.csv\""], ["data.file cases/heat/data/sensors.csv (times): 0.0125 is not "
+                                                      "a time step"]),
+], ids=["petsc-unknown-option", "petsc-unknown-type", "petsc-bad-value", "rank-exceeds-dofs", "data-file-missing",
+        "data-file-format", "mesh-file-format", "rank-exceeds-msh-dofs", "data-times-off-grid"])
+def test_checks_before_anything_is_written(tmp_path, sets, fragments):
+    out = tmp_path / "never"
+    p = pdeinv_run("--out", str(out), *SETS, *[a for s in sets for a in ("--set", s)])
+    assert_config_error(p, *fragments)
+    assert not out.exists()
+
+
+def test_unwritable_results_directory():
+    p = pdeinv_run("--out", "/proc/pdeinv-results", *SETS)
+    assert_config_error(p, "--out /proc/pdeinv-results: cannot create it")
+
+
+def test_results_directories_are_not_silently_overwritten(tmp_path):
+    out = tmp_path / "run"
+    assert pdeinv_run("--out", str(out), *SETS).returncode == 0
+    stale = out / "posterior_samples" / "posterior_samples_99.vtu"  # as left by an earlier, longer run
+    stale.write_text("stale")
+    before = snapshot(out)
+
+    assert_config_error(pdeinv_run("--out", str(out), *SETS), "holds an earlier run", "--overwrite")
+    assert snapshot(out) == before  # untouched
+
+    p = pdeinv_run("--out", str(out), "--overwrite", *SETS)
+    assert p.returncode == 0, p.stderr
+    assert not stale.exists() and (out / "summary.json").exists() and (out / MARKER).exists()
+
+    # a directory pdeinv did not write is never deleted, with or without --overwrite
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("precious")
+    for extra in ([], ["--overwrite"]):
+        assert_config_error(pdeinv_run("--out", str(foreign), *SETS, *extra), "not a pdeinv results directory")
+    assert (foreign / "notes.txt").read_text() == "precious"
+    assert_config_error(pdeinv_run("--out", str(out), "--overwrite", "--resume", *SETS), "exclude each other")
+
+
+def test_resume_safety(tmp_path):
+    missing = tmp_path / "none"
+    assert_config_error(pdeinv_run("--out", str(missing), "--resume", *SETS), "--resume: no checkpoint")
+    assert not missing.exists()
+
+    out = tmp_path / "run"
+    p = pdeinv_run("--out", str(out), "--sigterm-after", "1", *SETS)
+    assert p.returncode == EXIT_INTERRUPTED, p.stderr
+    saved = json.loads((out / "checkpoint" / "config.json").read_text())
+    assert saved["case"] == "heat" and len(saved["config_hash"]) == 64
+    before = snapshot(out)
+    p = pdeinv_run("--out", str(out), "--resume", *SETS, "--set", "mesh.n=16", "--set", "prior.variance=0.4")
+    assert_config_error(p, "differs from the checkpoint's in mesh.n: 8 -> 16; prior.variance: 0.5 -> 0.4")
+    assert snapshot(out) == before
+    # settings that act after the checkpointed iterations may change
+    assert "laplace.rank" in RESUMABLE_KEYS
+    p = pdeinv_run("--out", str(out), "--resume", *SETS, "--set", "laplace.rank=5")
+    assert p.returncode == 0, p.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] and summary["config"]["laplace"]["rank"] == 5
+
+
+# ----------------------------------------------------------------------------------------------------
+# signals on 2 ranks
+# ----------------------------------------------------------------------------------------------------
+
+def _mpiexec():
+    exe = shutil.which("mpiexec")
+    if exe is None:
+        pytest.skip("no mpiexec")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    if os.geteuid() == 0:
+        env |= {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+    return exe, env
+
+
+SLOW = ["--set", "mesh.n=24", "--set", "model.steps=40", "--set", "laplace.rank=6", "--set", "laplace.oversampling=4"]
+
+
+@pytest.mark.parametrize("target, signum", [("mpiexec", signal.SIGTERM), ("mpiexec", signal.SIGINT),
+                                            ("ranks", signal.SIGTERM)],
+                         ids=["SIGTERM-to-mpiexec", "SIGINT-to-mpiexec", "SIGTERM-to-ranks"])
+def test_signals_on_two_ranks_checkpoint_and_exit_75(tmp_path, target, signum):
+    exe, env = _mpiexec()
+    out = tmp_path / "run"
+    cmd = [exe, "-n", "2", sys.executable, "-m", "pdeinv", "run", "cases/heat/config.toml", "--out", str(out), *SLOW]
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while not state.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.poll() is None, "the run ended before its first checkpoint"
+    time.sleep(0.2)  # mid-iteration
+    if target == "mpiexec":
+        job.send_signal(signum)
+    else:
+        ranks = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+        assert len(ranks) == 2, ranks
+        for pid in ranks:
+            os.kill(int(pid), signum)
+    log = job.communicate(timeout=60)[0]
+    # every rank exited 75 (each records its own stop); mpiexec's own status: see docs/slurm.md
+    for rank in (0, 1):
+        assert (out / "checkpoint" / f"stopped.rank-{rank}").read_text().endswith("exit 75\n")
+    if target == "ranks":
+        assert job.returncode == EXIT_INTERRUPTED, log[-3000:]
+    print(f"{target}: mpiexec returned {job.returncode}")
+    status = subprocess.run(PDEINV + ["status", str(out)], capture_output=True, text=True)
+    assert status.returncode == EXIT_INTERRUPTED, status.stdout
+    # the checkpoint is complete: --resume on 2 ranks finishes the run
+    p = subprocess.run(cmd + ["--resume", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] and summary["converged"]
+    assert not [f for f in os.listdir(out / "checkpoint") if f.endswith(".tmp") or f.startswith("stopped")]
