@@ -16,7 +16,7 @@ tape and prints nothing.  Submodules import Firedrake when they are imported the
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["__version__", "init_petsc"]
+__all__ = ["__version__", "init_petsc", "unused_solver_options"]
 
 
 def init_petsc(argv=None) -> None:
@@ -25,3 +25,12 @@ def init_petsc(argv=None) -> None:
     from pdeinv._petsc import init_petsc as _init
 
     _init(argv)
+
+
+def unused_solver_options(parameters: dict, *, name: str = "solver_parameters") -> list:
+    """Check a dict of PETSc KSP options before any real solve: the names PETSc would not read, or one
+    ``ValueError`` naming ``name`` for an unknown solver type or a malformed value; see
+    :func:`pdeinv._petsc.unused_solver_options`."""
+    from pdeinv._petsc import unused_solver_options as _check
+
+    return _check(parameters, name=name)

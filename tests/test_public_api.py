@@ -189,3 +189,20 @@ def test_init_petsc_keeps_a_scripts_own_options_from_petsc(tmp_path):
 
     with pytest.raises(TypeError, match="list of strings"):
         pdeinv.init_petsc("-log_view")
+
+
+def test_unused_solver_options():
+    """Misspelt PETSc options are found before any real solve; unknown types and bad values are one
+    ValueError naming the argument; multigrid level and MUMPS options count as read."""
+    import pdeinv
+
+    assert pdeinv.unused_solver_options({"ksp_type": "cg", "pc_type": "gamg", "mg_levels_ksp_type": "chebyshev",
+                                         "ksp_rtol": 1e-8, "ksp_monitor": None}) == []
+    assert pdeinv.unused_solver_options({"pc_type": "lu", "pc_factor_mat_solver_type": "mumps",
+                                         "mat_mumps_icntl_14": 40}) == []
+    assert pdeinv.unused_solver_options({"ksp_type": "cg", "ksp_rtoll": 1e-8, "snes_type": "newtonls"}) == [
+        "ksp_rtoll", "snes_type"]
+    with pytest.raises(ValueError, match="my_solver: PETSc rejected .*unknown type"):
+        pdeinv.unused_solver_options({"ksp_type": "no_such_krylov"}, name="my_solver")
+    with pytest.raises(TypeError, match="expected a dict"):
+        pdeinv.unused_solver_options("ksp_type=cg")
