@@ -177,3 +177,40 @@ def test_learn_regularization_config_errors(override, message):
 
     with pytest.raises(ConfigError, match=message):
         module.validate(load_config(module.DEFAULTS, None, [override]))
+
+
+# Keys whose every finite value of the right type is meaningful (a prior mean, an angle): a negative value
+# must be accepted.  Every other numeric key (seeds included: NumPy takes non-negative ones) must reject -1.
+ANY_VALUE = {"prior.mean", "prior.alpha"}
+
+
+def _cases():
+    import importlib
+
+    return {c: importlib.import_module(f"pdeinv.cases.{c}") for c in ("heat", "tomography", "poisson",
+                                                                        "learn_regularization")}
+
+
+@pytest.mark.parametrize("case", ["heat", "tomography", "poisson", "learn_regularization"])
+def test_every_key_is_checked(case):
+    """Table over every key of every case: a value of the wrong type is one ConfigError naming the key;
+    numeric keys reject non-finite values and (unless any value is meaningful) negative ones."""
+    from pdeinv.cases.config import flatten
+
+    module = _cases()[case]
+    checked = 0
+    for key, value in flatten(module.DEFAULTS).items():
+        wrong = {bool: "1", int: "\"three\"", float: "\"x\"", str: "3", list: "3", dict: "3"}[type(value)]
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            module.validate(load_config(module.DEFAULTS, None, [f"{key}={wrong}"]))
+        if isinstance(value, float):
+            with pytest.raises(ConfigError, match=re.escape(key)):
+                module.validate(load_config(module.DEFAULTS, None, [f"{key}=inf"]))
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if key in ANY_VALUE:
+                module.validate(load_config(module.DEFAULTS, None, [f"{key}=-1"]))  # accepted
+            else:
+                with pytest.raises(ConfigError, match=re.escape(key.split(".")[-1])):
+                    module.validate(load_config(module.DEFAULTS, None, [f"{key}=-1"]))
+        checked += 1
+    print(f"{case}: {checked} keys checked")

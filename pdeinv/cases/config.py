@@ -59,6 +59,8 @@ def _check_type(name, ref, value):
             raise ConfigError(f"{name}: expected a finite number, got {value!r}")
     elif isinstance(ref, int):
         ok = isinstance(value, int) and not isinstance(value, bool)
+        if ok and name.endswith("seed") and value < 0:  # NumPy's generators take non-negative seeds
+            raise ConfigError(f"{name}: expected a non-negative integer seed, got {value!r}")
     elif isinstance(ref, str):
         ok = isinstance(value, str)
     elif isinstance(ref, list):
