@@ -5,7 +5,9 @@
 Times are medians over ``--repeats`` runs with warm kernel caches (one untimed warm-up of every
 operation first).  ``forward_s`` is F(m) at a new m (the map's stored state is invalidated first);
 ``gradient_s`` is the misfit gradient right after it (the forward state is reused, as pyadjoint's
-``derivative()`` reuses its tape); ``gn_action_s`` is one Gauss-Newton Hessian action (JVP + VJP).
+``derivative()`` reuses its tape); ``gn_action_s`` is one Gauss-Newton Hessian action (JVP + VJP);
+``full_hessian_s`` one full (Newton) Hessian action after a gradient at the same point (as in Newton-CG),
+``full_hessian_ratio`` its cost over a Gauss-Newton action, ``full_hessian_solves`` its linear solves.
 
 ``--baseline`` (heat only) also times plain Firedrake + pyadjoint on the same heat problem (u0 as the
 control, a LinearVariationalSolver built once with constant_jacobian=True and the same direct solver,
@@ -97,7 +99,8 @@ def operations(model, m, dm):
         model(m)
 
     return {"forward": forward, "gradient": lambda: misfit.gradient(m), "jvp": lambda: model.jvp(m, dm),
-            "vjp": lambda: model.vjp(m, w), "gn_action": lambda: misfit.gauss_newton_action(m, dm)}
+            "vjp": lambda: model.vjp(m, w), "gn_action": lambda: misfit.gauss_newton_action(m, dm),
+            "full_hessian": lambda: misfit.hessian_action(m, dm)}
 
 
 def measure(args):
@@ -115,6 +118,14 @@ def measure(args):
         res[f"{k}_s"] = timed(ops[k], args.repeats)
     for k in ("gradient", "jvp", "vjp", "gn_action"):
         res[f"{k}_ratio"] = res[f"{k}_s"] / res["forward_s"]
+    try:  # the full (Newton) Hessian action, right after a gradient at the same point as in Newton-CG
+        ops["gradient"]()
+        solves = model.counts["linear_solves"]
+        res["full_hessian_s"] = timed(ops["full_hessian"], args.repeats)
+        res["full_hessian_solves"] = (model.counts["linear_solves"] - solves) / (args.repeats + 1)
+        res["full_hessian_ratio"] = res["full_hessian_s"] / res["gn_action_s"]  # vs a Gauss-Newton action
+    except NotImplementedError:
+        res["full_hessian_s"] = None  # no second derivatives for this parameter (Gauss-Newton only)
     res["factorisations"] = model.counts["factorisations"]
     return res
 

@@ -144,6 +144,53 @@ class ParameterToObservable(ABC):
         self.counts["second_order"] += 1
         return self._second_order_vjp(w, dm)
 
+    def jvp_block(self, m, dms):
+        """:meth:`jvp` of several directions at once (a list of data-space Functions).  Models with a
+        blocked implementation solve all columns in one pass (PETSc ``KSPMatSolve``); the default loops."""
+        check_function(m, self.parameter_space, "m")
+        for i, dm in enumerate(dms):
+            check_function(dm, self.parameter_space, f"dms[{i}]")
+        self._linearise(m)
+        self.counts["jvp"] += len(dms)
+        return self._jvp_block(list(dms))
+
+    def vjp_block(self, m, ws):
+        """:meth:`vjp` of several data-space Cofunctions at once (a list of Cofunctions on :math:`V_m^*`)."""
+        check_function(m, self.parameter_space, "m")
+        for i, w in enumerate(ws):
+            check_function(w, self.data_space, f"ws[{i}]", dual=True)
+        self._linearise(m)
+        self.counts["vjp"] += len(ws)
+        return self._vjp_block(list(ws))
+
+    def _jvp_block(self, dms):
+        return [self._jvp(dm) for dm in dms]
+
+    def _vjp_block(self, ws):
+        return [self._vjp(w) for w in ws]
+
+    def hessian_vjp(self, m, w, weight, dm):
+        r"""The misfit's full Hessian action in one call:
+        :math:`F'(m)^T\,\text{weight}(F'(m)\delta m) + \langle w, F''(m)[\delta m,\cdot]\rangle`, with
+        :math:`w = \phi'(F(m))` and ``weight`` the map :math:`p \mapsto \phi''(F(m))\,p` (data-space
+        Function -> Cofunction).  The default is :meth:`jvp` + :meth:`vjp` + :meth:`second_order_vjp`;
+        models fuse them (a steady model needs 2 linear solves instead of 5)."""
+        check_function(m, self.parameter_space, "m")
+        check_function(dm, self.parameter_space, "dm")
+        check_function(w, self.data_space, "w", dual=True)
+        self._linearise(m)
+        self.counts["hessian_vjp"] += 1
+        return self._hessian_vjp(w, weight, dm)
+
+    def _hessian_vjp(self, w, weight, dm):
+        self.counts["jvp"] += 1
+        self.counts["vjp"] += 1
+        self.counts["second_order"] += 1
+        h = self._vjp(weight(self._jvp(dm)))
+        extra = self._second_order_vjp(w, dm)
+        h.dat.data[:] += extra.dat.data_ro
+        return h
+
     def _second_order_vjp(self, w, dm):
         if getattr(self, "is_linear", False):
             import firedrake as fd
@@ -240,12 +287,15 @@ class Misfit:
         jdm = self.map.jvp(m, dm)
         return self.map.vjp(m, self.noise.gauss_newton_weight(pred, self.data, jdm))
 
+    def gauss_newton_action_block(self, m, dms):
+        """:meth:`gauss_newton_action` for a list of directions, through the map's blocked JVP/VJP."""
+        pred = self.map.prediction(m)
+        jdms = self.map.jvp_block(m, dms)
+        return self.map.vjp_block(m, [self.noise.gauss_newton_weight(pred, self.data, j) for j in jdms])
+
     def hessian_action(self, m, dm):
         """Full Hessian :math:`J^T \\phi'' J\\,\\delta m + \\langle\\phi', F''(m)[\\delta m,\\cdot]\\rangle`
         (for full Newton; may be indefinite away from the minimum)."""
         pred = self.map.prediction(m)
-        jdm = self.map.jvp(m, dm)
-        h = self.map.vjp(m, self.noise.misfit_hessian(pred, self.data, jdm))
-        extra = self.map.second_order_vjp(m, self.noise.gradient(pred, self.data), dm)
-        h.dat.data[:] += extra.dat.data_ro
-        return h
+        return self.map.hessian_vjp(m, self.noise.gradient(pred, self.data),
+                                    lambda jdm: self.noise.misfit_hessian(pred, self.data, jdm), dm)

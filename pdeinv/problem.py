@@ -61,6 +61,16 @@ class InverseProblem:
         g += self.prior.gradient(m)
         return g
 
+    def hessian_action_block(self, m, dms, *, misfit_only: bool = False):
+        """Gauss–Newton :meth:`hessian_action` of a list of directions (the misfit part blocked: one pass of
+        the forward/adjoint solves for all of them where the model supports it)."""
+        block = getattr(self.misfit, "gauss_newton_action_block", None)  # a user's misfit may not have one
+        hs = block(m, dms) if block is not None else [self.misfit.gauss_newton_action(m, dm) for dm in dms]
+        if not misfit_only:
+            for h, dm in zip(hs, dms, strict=True):
+                h += self.prior.hessian_action(m, dm)
+        return hs
+
     def hessian_action(self, m, dm, *, misfit_only: bool = False, gauss_newton: bool = True):
         """Hessian action :math:`(J^T W J + R'')\\,\\delta m` (a Cofunction); ``gauss_newton=False``
         adds the second-order term of the map (full Newton)."""

@@ -96,6 +96,39 @@ def test_stationary_full_newton_hessian_taylor_rate_3():
 
 
 @pytest.mark.parallel(nprocs=[1, 2])
+@pytest.mark.parametrize("make", [nonlinear_diffusion, lambda mesh: PoissonModel(mesh, observation_points=POINTS)],
+                         ids=["nonlinear", "poisson"])
+def test_fused_full_hessian_equals_unfused_in_2_solves(make):
+    """The steady engine's full Hessian action (one tangent + one combined transpose solve, the gradient's
+    adjoint reused) equals jvp + vjp + second_order_vjp (5 solves) to round-off, and costs 2 solves."""
+    from pdeinv.maps import ParameterToObservable
+
+    model = make(fd.UnitSquareMesh(8, 8))
+    Vm = model.parameter_space
+    noise = GaussianNoise(model.observation, 0.01)
+    data = noise.sample(model(truth(Vm)), seed=3)
+    misfit = Misfit(model, noise, data)
+    dm, dm2 = directions(Vm)
+    m = fd.Function(Vm).interpolate(truth(Vm) + 0.3 * dm2)
+    pred = model.prediction(m)
+    w = noise.gradient(pred, data)
+    unfused = ParameterToObservable._hessian_vjp(model, w, lambda j: noise.misfit_hessian(pred, data, j), dm)
+    misfit.gradient(m)  # as in Newton-CG: the gradient, then Hessian actions at the same point
+    for d in (dm, dm2, dm):  # the cached adjoint must not leak between directions
+        solves = model.counts["linear_solves"]
+        fused = misfit.hessian_action(m, d)
+        assert model.counts["linear_solves"] - solves == 2
+    assert max_rel_diff(fused, unfused) <= 1e-10  # measured 1e-11: one solve of the summed right-hand sides
+    # after a gradient at another point (new adjoint), still exact
+    m2 = fd.Function(Vm).interpolate(m + 0.1 * dm)
+    misfit.gradient(m2)
+    pred2 = model.prediction(m2)
+    w2 = noise.gradient(pred2, data)
+    ref = ParameterToObservable._hessian_vjp(model, w2, lambda j: noise.misfit_hessian(pred2, data, j), dm)
+    assert max_rel_diff(misfit.hessian_action(m2, dm), ref) <= 1e-10  # (solves its own adjoint: 3 solves)
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
 def test_taped_map_equals_generic_and_pyadjoint():
     """TapedMap (pyadjoint on the user's plain Firedrake code) and StationaryModel (UFL-derived
     adjoint) give the same misfit gradient, and the same second-order term."""

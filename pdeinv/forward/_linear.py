@@ -112,6 +112,34 @@ class DirichletOperator:
         self._update_lift()
         self._stale = True
 
+    def _set_up(self):
+        import petsctools
+
+        if self._stale:
+            with petsctools.inserted_options(self.ksp):
+                self.ksp.setUp()
+            self.factorisations += 1
+            self._stale = False
+
+    def solve_block(self, B, X, *, transpose: bool = False) -> None:
+        """Solve :math:`A X = B` (or :math:`A^T X = B`) for a dense block of right-hand sides at once
+        (PETSc ``KSPMatSolve``: one pass through a direct solver's factors for all columns), with
+        :math:`X = 0` on the boundary.  ``B`` (a dense PETSc Mat, modified) and ``X`` have the operator's
+        row layout."""
+        B.getDenseArray()[self.bc_nodes, :] = 0.0
+        self._set_up()
+        (self.ksp.matSolveTranspose if transpose else self.ksp.matSolve)(B, X)
+        self.solves += B.getSize()[1]
+        reason = self.ksp.getConvergedReason()
+        if reason < 0:
+            from pdeinv.maps import ForwardSolveError
+
+            self.ksp.reset()
+            self.ksp.setOperators(self.matrix.petscmat)
+            self._stale = True
+            raise ForwardSolveError(f"block linear solve failed (KSP reason {reason})")
+        X.getDenseArray()[self.bc_nodes, :] = 0.0
+
     def _ksp_solve(self, b, x, transpose=False):
         import petsctools
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["MultiFunction", "random_multifunction", "combine_cofunctions"]
+__all__ = ["dense_block", "from_dense_block", "MultiFunction", "random_multifunction", "combine_cofunctions"]
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -55,10 +55,18 @@ class MultiFunction:
         return self.functions[i]
 
     def pair(self, cofunctions) -> np.ndarray:
-        """Matrix :math:`G_{ij} = \\langle c_i, x_j\\rangle` for Cofunctions ``c`` and the columns x."""
-        from pdeinv.verify import dual_pairing
+        """Matrix :math:`G_{ij} = \\langle c_i, x_j\\rangle` for Cofunctions ``c`` and the columns x: one
+        local matrix product over the owned dofs and one allreduce (not k² collective dot products)."""
+        if not cofunctions or not self.functions:
+            return np.zeros((len(cofunctions), len(self.functions)))
+        C = np.stack([c.dat.data_ro for c in cofunctions], axis=0).reshape(len(cofunctions), -1)
+        X = np.stack([f.dat.data_ro for f in self.functions], axis=-1).reshape(C.shape[1], -1)
+        local = np.ascontiguousarray(C @ X)
+        out = np.empty_like(local)
+        from mpi4py import MPI
 
-        return np.array([[dual_pairing(c, x) for x in self.functions] for c in cofunctions])
+        self.space.mesh().comm.Allreduce(local, out, op=MPI.SUM)
+        return out
 
     def combine(self, C: np.ndarray):
         """The block :math:`X C` (columns :math:`\\sum_i C_{ij} x_i`)."""
@@ -99,4 +107,35 @@ def random_multifunction(space, k: int, *, seed: int) -> MultiFunction:
         u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
         u2 = ((h2 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
         f.dat.data[:] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)  # Box-Muller
+    return out
+
+
+def dense_block(functions, comm=None):
+    """The owned dofs of ``functions`` (Functions or Cofunctions on one space) as the columns of a PETSc
+    dense Mat (rows distributed like the space's Vecs, all columns on every rank)."""
+    from petsc4py import PETSc
+
+    f0 = functions[0]
+    with f0.dat.vec_ro as v:
+        n_local, n = v.getLocalSize(), v.getSize()
+        comm = v.getComm()
+    X = PETSc.Mat().createDense(((n_local, n), (PETSc.DECIDE, len(functions))), comm=comm)
+    X.setUp()
+    arr = X.getDenseArray()
+    for j, f in enumerate(functions):
+        arr[:, j] = f.dat.data_ro.reshape(-1)
+    X.assemble()
+    return X
+
+
+def from_dense_block(X, space, *, dual: bool = False, scale: float = 1.0, name=None):
+    """The columns of a dense PETSc Mat as Functions (or Cofunctions, ``dual=True``) on ``space``."""
+    import firedrake as fd
+
+    arr = X.getDenseArray(readonly=True)
+    out = []
+    for j in range(arr.shape[1]):
+        f = fd.Cofunction(space.dual(), name=name) if dual else fd.Function(space, name=name)
+        f.dat.data[:] = (scale * arr[:, j]).reshape(f.dat.data.shape)
+        out.append(f)
     return out

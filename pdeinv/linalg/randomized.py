@@ -89,35 +89,46 @@ def _finish(T, Q, BQ, k, actions, method):
     return EigenResult(lam, Q.combine(V), combine_cofunctions(BQ, V), actions, method)
 
 
+def _blocked(apply_one, apply_block):
+    """A function of a list: the blocked action where there is one, else one action per column."""
+    if apply_block is not None:
+        return lambda xs: apply_block(list(xs))
+    return lambda xs: [apply_one(x) for x in xs]
+
+
 def double_pass(apply_A: Callable, apply_B: Callable, apply_Binv: Callable, space, *, k: int, p: int = 20,
-                power_iterations: int = 0, seed: int = 0) -> EigenResult:
+                power_iterations: int = 0, seed: int = 0, apply_A_block: Callable | None = None,
+                apply_Binv_block: Callable | None = None) -> EigenResult:
     """Leading ``k`` eigenpairs of :math:`Au = \\lambda Bu` with oversampling ``p``: :math:`2(k+p)`
     actions of :math:`A` (``apply_A``: Function -> Cofunction).  ``apply_B`` is unused (kept for a
-    uniform signature); ``apply_Binv``: Cofunction -> Function."""
+    uniform signature); ``apply_Binv``: Cofunction -> Function.  ``apply_A_block`` /
+    ``apply_Binv_block`` (list -> list), where given, apply them to all k+p columns at once."""
     _check(k, p)
+    A_blk, Binv_blk = _blocked(apply_A, apply_A_block), _blocked(apply_Binv, apply_Binv_block)
     omega = random_multifunction(space, k + p, seed=seed)
-    Y = [apply_A(w) for w in omega]
+    Y = A_blk(omega.functions)
     actions = len(Y)
-    Ybar = MultiFunction(space, [apply_Binv(y) for y in Y])
+    Ybar = MultiFunction(space, Binv_blk(Y))
     for _ in range(power_iterations):
-        Y = [apply_A(yb) for yb in Ybar]
+        Y = A_blk(Ybar.functions)
         actions += len(Y)
-        Ybar = MultiFunction(space, [apply_Binv(y) for y in Y])
+        Ybar = MultiFunction(space, Binv_blk(Y))
     Q, BQ = _b_orthonormalize(Ybar, Y)
-    AQ = [apply_A(q) for q in Q]
+    AQ = A_blk(Q.functions)
     actions += len(AQ)
     T = Q.pair(AQ)
     return _finish(T, Q, BQ, min(k, len(Q)), actions, "double pass")
 
 
 def single_pass(apply_A: Callable, apply_B: Callable, apply_Binv: Callable, space, *, k: int, p: int = 20,
-                seed: int = 0) -> EigenResult:
+                seed: int = 0, apply_A_block: Callable | None = None,
+                apply_Binv_block: Callable | None = None) -> EigenResult:
     """Leading ``k`` eigenpairs from one pass: :math:`k+p` actions of :math:`A`; ``apply_B``
     (Function -> Cofunction) gives :math:`B\\Omega`."""
     _check(k, p)
     omega = random_multifunction(space, k + p, seed=seed)
-    Y = [apply_A(w) for w in omega]
-    Ybar = MultiFunction(space, [apply_Binv(y) for y in Y])
+    Y = _blocked(apply_A, apply_A_block)(omega.functions)
+    Ybar = MultiFunction(space, _blocked(apply_Binv, apply_Binv_block)(Y))
     Q, BQ = _b_orthonormalize(Ybar, Y)
     W = omega.pair(BQ)  # W_ij = <B q_i, omega_j> = (Q^T B Omega)_ij
     Z = Q.pair(Y).T  # Z_ij = <y_j, q_i> = (Q^T Y)_ij

@@ -98,13 +98,20 @@ class LaplaceApproximation:
                 h.dat.data[:] += extras.extras_hessian_action(self.mean, v).dat.data_ro
             return h
 
+        def apply_A_block(vs):  # all columns through one pass of blocked forward/adjoint solves
+            self._count += len(vs)
+            return problem.hessian_action_block(self.mean, vs, misfit_only=True)
+
         self._apply_A = apply_A
+        blocked = extras is None and hasattr(problem, "hessian_action_block")
+        blocks = {"apply_A_block": apply_A_block if blocked else None,
+                  "apply_Binv_block": getattr(self.prior, "covariance_action_block", None)}
         if method == "double_pass":
             self.eig = double_pass(apply_A, self.prior.precision_action, self.prior.covariance_action, self.space,
-                                   k=rank, p=oversampling, power_iterations=power_iterations, seed=seed)
+                                   k=rank, p=oversampling, power_iterations=power_iterations, seed=seed, **blocks)
         else:
             self.eig = single_pass(apply_A, self.prior.precision_action, self.prior.covariance_action, self.space,
-                                   k=rank, p=oversampling, seed=seed)
+                                   k=rank, p=oversampling, seed=seed, **blocks)
         lam = np.maximum(self.eig.eigenvalues, 0.0)  # round-off can make tiny ones negative
         self.eigenvalues = lam
         self._d = lam / (1.0 + lam)

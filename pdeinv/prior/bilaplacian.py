@@ -126,6 +126,22 @@ class BiLaplacianPrior(GaussianPrior):
         self._apply_A(z, out)
         return out
 
+    def covariance_action_block(self, cs):
+        """:meth:`covariance_action` of a list of Cofunctions: both solves with :math:`A` blocked
+        (``KSPMatSolve``), the mass matrix applied to the dense block."""
+        from pdeinv.linalg.multivector import dense_block, from_dense_block
+        from pdeinv.maps import check_function
+
+        for i, c in enumerate(cs):
+            check_function(c, self.space, f"{type(self).__name__}: cs[{i}]", dual=True)
+        B = dense_block(cs)
+        X = B.duplicate()
+        self._A.solve_block(B, X)
+        Y = self._M.matrix.petscmat.matMult(X)
+        Z = Y.duplicate()
+        self._A.solve_block(Y, Z)
+        return from_dense_block(Z, self.space, name="covariance_action")
+
     def covariance_action(self, c):
         """:math:`\\mathcal C c = A^{-1} M A^{-1} c` for a Cofunction ``c`` (a Function)."""
         import firedrake as fd
