@@ -36,11 +36,16 @@ from pdeinv.maps import Misfit  # noqa: E402
 from pdeinv.noise import GaussianNoise  # noqa: E402
 
 
-def solver_parameters(args, symmetric):
-    """The same direct solver for pdeinv and for the pyadjoint baseline."""
+def solver_parameters(args, symmetric, mesh=None):
+    """The same direct solver for pdeinv and for the pyadjoint baseline (default: pdeinv's default for a
+    problem of this mesh's size and dimension)."""
     if args.solver == "mumps":
         return dict(MUMPS_LU)
-    return default_solver_parameters(fd.COMM_WORLD, symmetric=symmetric)
+    if args.solver == "redundant":
+        return {"ksp_type": "preonly", "pc_type": "redundant", "redundant_pc_type": "cholesky" if symmetric else "lu",
+                "redundant_pc_factor_mat_solver_type": "petsc", "redundant_pc_factor_mat_ordering_type": "nd"}
+    space = fd.FunctionSpace(mesh, "CG", 1) if mesh is not None else None
+    return default_solver_parameters(fd.COMM_WORLD, symmetric=symmetric, space=space)
 
 
 def timed(fn, repeats):
@@ -64,7 +69,7 @@ def build(args):
         model = HeatModel(mesh, parameter=args.parameter or "initial_condition", end_time=args.end_time,
                           steps=args.steps, theta=1.0, observation_points=pts,
                           initial_condition=fd.Constant(0.0), source=fd.Constant(0.0),
-                          solver_parameters=solver_parameters(args, True))
+                          solver_parameters=solver_parameters(args, True, mesh))
         size = {"steps": args.steps}
     elif args.model == "transport":
         mesh = fd.UnitSquareMesh(n, n)
@@ -72,13 +77,13 @@ def build(args):
         model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)],
                                detectors=boundary_detectors(max(1, args.points // 4)),
                                parameter=args.parameter or "log_absorption",
-                               solver_parameters=solver_parameters(args, False))
+                               solver_parameters=solver_parameters(args, False, mesh))
         size = {"directions": args.directions}
     else:
         mesh = fd.UnitSquareMesh(n, n)
         rng = np.random.default_rng(1)
         model = PoissonModel(mesh, observation_points=0.1 + 0.8 * rng.random((args.points, 2)),
-                             solver_parameters=solver_parameters(args, True))
+                             solver_parameters=solver_parameters(args, True, mesh))
         size = {"steps": 1}
     x, y = fd.SpatialCoordinate(mesh)
     m = fd.Function(model.parameter_space).interpolate(0.5 + 0.3 * fd.sin(fd.pi * x) * fd.sin(fd.pi * y))
@@ -111,7 +116,7 @@ def measure(args):
            "dofs": model.state_space.dim(), "parameter_dofs": model.parameter_space.dim(),
            "observations": model.observation.n_points * model.observation.channels, **size,
            "ranks": fd.COMM_WORLD.size, "repeats": args.repeats,
-           "solver": solver_parameters(args, args.model != "transport")}
+           "solver": solver_parameters(args, args.model != "transport", model.state_space.mesh())}
     res["forward_s"] = timed(ops["forward"], args.repeats)
     model(m)
     for k in ("gradient", "jvp", "vjp", "gn_action"):
@@ -149,7 +154,7 @@ def pyadjoint_baseline(args):
         a = (u * v + dt * fd.inner(fd.grad(u), fd.grad(v))) * fd.dx
         problem = fd.LinearVariationalProblem(a, u_old * v * fd.dx, u_new, fd.DirichletBC(V, 0, "on_boundary"),
                                               constant_jacobian=True)
-        solver = fd.LinearVariationalSolver(problem, solver_parameters=solver_parameters(args, True))
+        solver = fd.LinearVariationalSolver(problem, solver_parameters=solver_parameters(args, True, mesh))
         J = 0.0
         for _ in range(args.steps):
             solver.solve()
@@ -186,7 +191,7 @@ def main():
     p.add_argument("--points", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--baseline", action="store_true", help="also time plain pyadjoint (heat only)")
-    p.add_argument("--solver", choices=["default", "mumps"], default="default",
+    p.add_argument("--solver", choices=["default", "mumps", "redundant"], default="default",
                    help="direct solver for both pdeinv and the baseline (default: pdeinv's default)")
     args = p.parse_args()
     if args.n is None:

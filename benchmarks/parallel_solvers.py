@@ -11,6 +11,9 @@ inversion), and reports the setup time separately.  Configurations:
 - ``mumps``: MUMPS LU (the parallel default)
 - ``mumps_cholesky``: MUMPS Cholesky (symmetric operator: half the factor)
 - ``superlu_dist``: SuperLU_dist LU
+- ``redundant_cholesky``: every rank gathers the operator and right-hand side and solves the whole system
+  with PETSc's sparse Cholesky (PCREDUNDANT): no parallel speed-up of the solve, but no distributed
+  triangular solves either
 - ``cg_gamg``: CG + GAMG (smoothed aggregation), relative tolerance 1e-10
 - ``cg_bjacobi_icc``: CG + block Jacobi with ICC(0) per rank, relative tolerance 1e-10
 """
@@ -39,6 +42,9 @@ CONFIGS = {
     "mumps": {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"},
     "mumps_cholesky": {"ksp_type": "preonly", "pc_type": "cholesky", "pc_factor_mat_solver_type": "mumps"},
     "superlu_dist": {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "superlu_dist"},
+    "redundant_cholesky": {"ksp_type": "preonly", "pc_type": "redundant", "redundant_pc_type": "cholesky",
+                           "redundant_pc_factor_mat_solver_type": "petsc",
+                           "redundant_pc_factor_mat_ordering_type": "nd"},
     "cg_gamg": {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": 1e-10, "ksp_atol": 0.0},
     "cg_bjacobi_icc": {"ksp_type": "cg", "pc_type": "bjacobi", "sub_pc_type": "icc", "ksp_rtol": 1e-10,
                        "ksp_atol": 0.0},
