@@ -173,3 +173,20 @@ def test_signals_on_two_ranks_checkpoint_and_exit_75(tmp_path, target, signum):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["resumed"] and summary["converged"]
     assert not [f for f in os.listdir(out / "checkpoint") if f.endswith(".tmp") or f.startswith("stopped")]
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--out", "/proc/pdeinv-results"], "cannot create it"),
+    (["--set", "model.solver={ksp_tyep = \"cg\"}"], "unknown PETSc option"),
+    (["--resume", "--out", "NOWHERE"], "--resume: no checkpoint"),
+], ids=["unwritable", "petsc-option", "resume-without-checkpoint"])
+def test_config_errors_on_two_ranks(tmp_path, args, fragment):
+    """Under mpiexec every rank exits 2 (no MPI_Abort, no traceback), the message is printed once."""
+    exe, env = _mpiexec()
+    args = [str(tmp_path / "none") if a == "NOWHERE" else a for a in args]
+    p = subprocess.run([exe, "-n", "2", sys.executable, "-m", "pdeinv", "run", "cases/heat/config.toml", *SETS, *args],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == EXIT_CONFIG, p.stdout[-2000:] + p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("pdeinv: configuration error")]
+    assert len(lines) == 1 and fragment in lines[0], p.stderr
+    assert not (tmp_path / "none").exists()

@@ -153,7 +153,10 @@ def test_implicit_and_unrolled_match_the_closed_form():
 
     jfb = hypergradient(hyper, loss, theta, method="jfb", m_star=imp.m)
     assert jfb.gradient @ exact > 0  # (m* depends on b - 2a only: the two directions agree up to sign)
-    assert jfb.solves < imp.solves / 10 and imp.solves < unr.solves / 5
+    print(f"solves: jfb {jfb.solves}, implicit {imp.solves}, unrolled {unr.solves}")
+    # JFB costs at most one gradient at m* (forward + adjoint); implicit ~10 CG iterations of 2-solve full
+    # Hessian actions (#10: 5 solves each before); unrolled to convergence far more
+    assert jfb.solves <= 2 and jfb.solves < imp.solves / 5 and imp.solves < unr.solves / 5
 
 
 @pytest.mark.parallel(nprocs=[1, 2])
