@@ -11,6 +11,7 @@ unchanged on top (redundantly per member, on the member's spatial communicator).
 
 Ranks: ``COMM_WORLD.size = members × spatial ranks``.  ``mpiexec -n 4`` with ``members=2`` runs two
 experiments side by side, each on 2 ranks.  The MAP is the same as on one rank up to round-off (tested).
+Usage::
 
     ensemble = make_ensemble(COMM_WORLD, members=2)
     mesh = UnitSquareMesh(64, 64, comm=ensemble.comm,          # the member's spatial communicator

@@ -194,6 +194,8 @@ class ProximalGradient(UnrolledSolver):
     accelerated : bool
         FISTA momentum (default) or ISTA.
 
+    Notes
+    -----
     The hyperparameters are :math:`\theta = (\log\tau_1, \dots, \log\tau_K, \log\alpha_1, \dots, \log\alpha_K)`;
     :meth:`constant_theta` gives the classical solver's constant step and weight.
     """
