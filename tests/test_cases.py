@@ -214,3 +214,39 @@ def test_every_key_is_checked(case):
                     module.validate(load_config(module.DEFAULTS, None, [f"{key}=-1"]))
         checked += 1
     print(f"{case}: {checked} keys checked")
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_solver_knob_direct_iterative_and_recorded():
+    """model.solver = "direct" | "iterative" | {PETSc options}; summary.json records what it resolved to, and
+    the iterative run reaches the direct run's MAP."""
+    for bad, message in (("\"fast\"", "model.solver: expected one of 'direct', 'iterative'"),):
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            load_config(DEFAULTS, None, [f"model.solver={bad}"])
+    results = {}
+    for setting in ("direct", "iterative"):
+        out = shared_dir_simple(f"solver-{setting}")
+        results[setting] = run("heat", tiny_config(f"model.solver=\"{setting}\""), out, quiet=True)
+    direct, iterative = results["direct"]["solver"], results["iterative"]["solver"]
+    assert iterative == {"setting": "iterative", "petsc_options": {"ksp_type": "cg", "pc_type": "gamg",
+                                                                   "ksp_rtol": 1e-12, "ksp_atol": 0.0}}
+    assert direct["setting"] == "direct"
+    assert direct["petsc_options"]["pc_type"] == ("cholesky" if MPI.COMM_WORLD.size == 1 else "redundant")
+    a, b = results["direct"]["relative_error"], results["iterative"]["relative_error"]
+    assert abs(a - b) <= 1e-6 * a, (a, b)
+    MPI.COMM_WORLD.barrier()
+    if MPI.COMM_WORLD.rank == 0:
+        import glob
+        import shutil
+
+        for d in glob.glob(os.path.join(os.path.dirname(shared_dir_simple.last), "pdeinv-solver-*")):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def shared_dir_simple(name):
+    import tempfile
+
+    comm = MPI.COMM_WORLD
+    path = tempfile.mkdtemp(prefix=f"pdeinv-{name}-") if comm.rank == 0 else None
+    shared_dir_simple.last = path = comm.bcast(path, root=0)
+    return path

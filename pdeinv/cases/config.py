@@ -15,6 +15,9 @@ import tomllib
 __all__ = ["ConfigError", "load_config", "parse_override", "flatten", "config_hash", "differences"]
 
 
+SOLVER_CHOICES = ("direct", "iterative")  # model.solver: a name, or a table of PETSc options
+
+
 class ConfigError(ValueError):
     """A configuration error, reported before any solve."""
 
@@ -40,6 +43,12 @@ def _merge(defaults: dict, given: dict, prefix: str = "") -> dict:
             raise ConfigError(f"unknown key {name!r}; expected one of: {', '.join(prefix + k for k in defaults)}")
         ref = defaults[key]
         if isinstance(ref, dict):
+            if key == "solver" and isinstance(value, str):  # the named choices of the solver knob
+                if value not in SOLVER_CHOICES:
+                    raise ConfigError(f"{name}: expected one of {', '.join(map(repr, SOLVER_CHOICES))} or a table of "
+                                      f"PETSc options, got {value!r}")
+                out[key] = value
+                continue
             if not isinstance(value, dict):
                 raise ConfigError(f"{name}: expected a table of settings, got {value!r}")
             # an empty default table is free-form (PETSc options): taken as it is

@@ -19,9 +19,11 @@ import os
 
 import numpy as np
 
-from pdeinv.cases.common import unit_square_mesh
+from pdeinv.cases.common import solver_parameters, unit_square_mesh
 
 __all__ = ["DEFAULTS", "validate", "check_files", "parameter_dofs", "make_mesh", "build", "observed_data"]
+
+SYMMETRIC = True  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
 DEFAULTS = {
     "mesh": {"n": 32, "file": "", "name": ""},
@@ -139,7 +141,8 @@ def build(cfg, mesh):
     try:
         model = HeatModel(mesh, parameter="initial_condition", end_time=mc["end_time"], steps=mc["steps"],
                           theta=mc["theta"], conductivity=mc["conductivity"], observation_points=points,
-                          observation_times=times, solver_parameters=mc["solver"] or None)
+                          observation_times=times,
+                          solver_parameters=solver_parameters(mc["solver"], symmetric=SYMMETRIC))
     except ObservationPointsOutsideMesh as e:
         raise ConfigError(f"data: {e}") from None
     V = model.parameter_space

@@ -13,9 +13,11 @@ import math
 
 import numpy as np
 
-from pdeinv.cases.common import unit_square_mesh
+from pdeinv.cases.common import solver_parameters, unit_square_mesh
 
 __all__ = ["DEFAULTS", "validate", "make_mesh", "build", "anisotropy_tensor"]
+
+SYMMETRIC = True  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
 DEFAULTS = {
     "mesh": {"n": 64},
@@ -67,7 +69,7 @@ def build(cfg, mesh):
     n = cfg["data"]["points"]
     points = np.c_[0.1 + 0.8 * rng.random(n), 0.1 + 0.4 * rng.random(n)]
     model = PoissonModel(mesh, observation_points=points, degree=cfg["model"]["degree"],
-                         solver_parameters=cfg["model"]["solver"] or None)
+                         solver_parameters=solver_parameters(cfg["model"]["solver"], symmetric=SYMMETRIC))
     p = cfg["prior"]
     prior = BiLaplacianPrior(model.parameter_space, gamma=p["gamma"], delta=p["delta"],
                              anisotropy=anisotropy_tensor(p["theta0"], p["theta1"], p["alpha"]),

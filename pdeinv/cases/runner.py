@@ -165,6 +165,10 @@ def preflight(name, module, cfg, out, *, resume=False, overwrite=False) -> bool:
     if resume:
         _check_resume_config(name, cfg, out)
     solver = cfg.get("model", {}).get("solver")
+    if isinstance(solver, str):
+        from pdeinv.cases.common import solver_parameters
+
+        solver = solver_parameters(solver, symmetric=getattr(module, "SYMMETRIC", True))
     if solver:
         try:
             unused = unused_solver_options(solver, name="model.solver")
@@ -284,6 +288,19 @@ def _prepare_fresh(out, clear, comm, *, name=None, cfg=None, mesh_name=None):
     if cfg is not None:
         atomic_json(os.path.join(out, "checkpoint", "config.json"),
                     {"case": name, "config": cfg, "config_hash": config_hash(cfg), "mesh_name": mesh_name}, comm)
+
+
+def _solver_record(module, cfg, model) -> dict:
+    """What ``model.solver`` resolved to: the PETSc options of the state solves on this run's ranks."""
+    from pdeinv.cases.common import solver_parameters
+    from pdeinv.forward._linear import default_solver_parameters
+
+    setting = cfg["model"].get("solver", {})
+    symmetric = getattr(module, "SYMMETRIC", True)
+    params = solver_parameters(setting, symmetric=symmetric)
+    if params is None:
+        params = default_solver_parameters(model.state_space.mesh().comm, symmetric=symmetric, space=model.state_space)
+    return {"setting": setting or "direct", "petsc_options": params}
 
 
 def _signal_message(comm, text):
@@ -466,6 +483,7 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
 
     summary = {
         "case": name, "ranks": comm.size, "config": cfg, "config_hash": config_hash(cfg),
+        "solver": _solver_record(module, cfg, model),
         "data_source": observed.source if observed is not None else "synthetic",
         "dofs": {"state": model.state_space.dim(), "parameter": V.dim(),
                  "observations": model.observation.n_points * model.observation.channels},

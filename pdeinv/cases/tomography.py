@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from pdeinv.cases.common import unit_square_mesh
+from pdeinv.cases.common import solver_parameters, unit_square_mesh
 
 __all__ = ["DEFAULTS", "validate", "make_mesh", "build", "make_noise"]
+
+SYMMETRIC = False  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
 DEFAULTS = {
     "mesh": {"n": 30},
@@ -60,7 +62,7 @@ def build(cfg, mesh):
     detectors = boundary_detectors(mc["detectors_per_side"])
     model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)], detectors=detectors,
                            parameter="log_absorption", degree=mc["degree"], inflow=1.0,
-                           solver_parameters=mc["solver"] or None)
+                           solver_parameters=solver_parameters(mc["solver"], symmetric=SYMMETRIC))
     V = model.parameter_space
     x, y = fd.SpatialCoordinate(mesh)
     truth = fd.Function(V, name="truth").interpolate(
