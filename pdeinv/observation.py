@@ -129,6 +129,33 @@ class PointObservation:
         self._tmp.array = values if self.mask is None else values * self._columns(self.mask)[:, channel]
         self.matrix.multTransposeAdd(self._tmp, out_vec, out_vec)
 
+    def observe_block(self, U, channel: int = 0) -> list:
+        """:math:`B` applied to every column of the dense PETSc Mat ``U`` (state layout) at once: one
+        sparse x dense product; a data-space Function per column (the block version of :meth:`observe`)."""
+        arr = self.matrix.matMult(U).getDenseArray(readonly=True)
+        outs = []
+        for j in range(arr.shape[1]):
+            d = self.zero_data()
+            values = arr[:, j] if self.mask is None else arr[:, j] * self._columns(self.mask)[:, channel]
+            self._columns(d.dat.data)[:, channel] = values
+            outs.append(d)
+        return outs
+
+    def transpose_block(self, ws, channel: int = 0):
+        """:math:`B^T w_j` for data-space Cofunctions ``ws`` as the columns of a dense PETSc Mat (state
+        layout): one sparse x dense product (the block version of :meth:`observe_transpose_add`)."""
+        from petsc4py import PETSc
+
+        rows = self.matrix.getSizes()[0]
+        W = PETSc.Mat().createDense((rows, (PETSc.DECIDE, len(ws))), comm=self.matrix.getComm())
+        W.setUp()
+        arr = W.getDenseArray()
+        for j, w in enumerate(ws):
+            values = self._columns(w.dat.data_ro)[:, channel]
+            arr[:, j] = values if self.mask is None else values * self._columns(self.mask)[:, channel]
+        W.assemble()
+        return self.matrix.transposeMatMult(W)
+
     # -------------------------------------------------------------------------- NumPy, input order
     def to_array(self, d) -> np.ndarray:
         """Values of a data-space Function (or Cofunction) as an array of shape (N, channels), in the
@@ -176,6 +203,32 @@ class PointObservation:
         import firedrake as fd
 
         return fd.Function(self.space, name=name)
+
+
+def _observe_columns(obs, U, channel):
+    """:meth:`observe` of each column of a dense PETSc Mat (observations without a sparse matrix)."""
+    outs = []
+    for j in range(U.getSize()[1]):
+        d = obs.zero_data()
+        col = U.getDenseColumnVec(j, "r")
+        obs.observe(col, d, channel)
+        U.restoreDenseColumnVec(j, "r")
+        outs.append(d)
+    return outs
+
+
+def _transpose_columns(obs, ws, channel):
+    """:meth:`observe_transpose_add` of each Cofunction into the columns of a dense PETSc Mat."""
+    import firedrake as fd
+
+    from pdeinv.linalg.multivector import dense_block
+
+    X = dense_block([fd.Function(obs.state_space) for _ in ws])  # zeros, state layout
+    for j, w in enumerate(ws):
+        col = X.getDenseColumnVec(j, "rw")
+        obs.observe_transpose_add(w, channel, col)
+        X.restoreDenseColumnVec(j, "rw")
+    return X
 
 
 class FieldObservation:
@@ -227,6 +280,12 @@ class FieldObservation:
         import firedrake as fd
 
         return fd.Function(self.space, name=name)
+
+    def observe_block(self, U, channel: int = 0) -> list:
+        return _observe_columns(self, U, channel)
+
+    def transpose_block(self, ws, channel: int = 0):
+        return _transpose_columns(self, ws, channel)
 
     def field(self, data, channel: int = 0):
         """Channel ``channel`` of a data Function as a state-space Function (for plotting/output)."""
@@ -306,6 +365,13 @@ class IntegralObservation(PointObservation):
         coeffs = np.empty_like(local)
         self.comm.Allreduce(local, coeffs, op=MPI.SUM)
         out_vec.maxpy(coeffs, self._row_vecs)
+
+    # the inherited interpolation matrix is that of the placeholder point, not of the functionals
+    def observe_block(self, U, channel: int = 0) -> list:
+        return _observe_columns(self, U, channel)
+
+    def transpose_block(self, ws, channel: int = 0):
+        return _transpose_columns(self, ws, channel)
 
 
 def _interior_point(mesh):

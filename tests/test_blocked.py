@@ -54,6 +54,38 @@ def test_block_jvp_vjp_equal_columnwise(make):
         assert max_rel_diff(b, misfit.gauss_newton_action(m, dm)) <= 1e-12
 
 
+def linear_model(mesh, kind):
+    """-div grad u = m with u = 0 on the boundary, observed at points, as a field or by two integrals."""
+    from pdeinv.forward.stationary import StationaryModel
+    from pdeinv.observation import FieldObservation, IntegralObservation, PointObservation
+
+    V = fd.FunctionSpace(mesh, "CG", 1)
+    u, m, v = fd.Function(V), fd.Function(V), fd.TestFunction(V)
+    x, y = fd.SpatialCoordinate(mesh)
+    obs = {"points": lambda: PointObservation(V, POINTS),
+           "field": lambda: FieldObservation(V),
+           "integrals": lambda: IntegralObservation(V, [lambda w: w * fd.dx, lambda w: x * y * w * fd.dx])}[kind]()
+    F = fd.inner(fd.grad(u), fd.grad(v)) * fd.dx - m * v * fd.dx
+    return StationaryModel(F, u, m, observation=obs, bcs=[fd.DirichletBC(V, 0, "on_boundary")])
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+@pytest.mark.parametrize("kind", ["points", "field", "integrals"])
+def test_block_jvp_vjp_every_observation_kind(kind):
+    """The observation's own block versions (one sparse product for points, column by column for fields
+    and integrals) give what one action at a time gives."""
+    model = linear_model(fd.UnitSquareMesh(8, 8), kind)
+    V = model.parameter_space
+    m = fd.Function(V)
+    dms = random_multifunction(V, 3, seed=5).functions
+    blocked = model.jvp_block(m, dms)
+    for b, dm in zip(blocked, dms, strict=True):
+        assert max_rel_diff(b, model.jvp(m, dm)) <= 1e-12
+    ws = [fd.Cofunction(model.data_space.dual(), val=j.dat) for j in blocked]
+    for b, w in zip(model.vjp_block(m, ws), ws, strict=True):
+        assert max_rel_diff(b, model.vjp(m, w)) <= 1e-12
+
+
 @pytest.mark.parallel(nprocs=[1, 2])
 def test_block_covariance_and_pair():
     V = fd.FunctionSpace(fd.UnitSquareMesh(10, 10), "CG", 1)

@@ -293,32 +293,28 @@ class StationaryModel(ParameterToObservable):
     def _jvp_block(self, dms):
         from pdeinv.linalg.multivector import dense_block
 
+        if not hasattr(self.observation, "observe_block"):  # a user's observation without block versions
+            return super()._jvp_block(dms)
+
         A = self._linearisation()
         C = self._parameter_jacobian()
         rhs = C.matMult(dense_block(dms))  # C dm_j for all j
         rhs.scale(-1.0)
         U = rhs.duplicate()
         A.solve_block(rhs, U)
-        BU = self.observation.matrix.matMult(U)
-        arr = BU.getDenseArray(readonly=True)
-        outs = []
-        for j in range(len(dms)):
-            out = self.observation.zero_data(name="jvp")
-            values = arr[:, j] if self.observation.mask is None else arr[:, j] * self.observation.mask.reshape(-1)
-            self.observation._columns(out.dat.data)[:, 0] = values
-            outs.append(out)
+        outs = self.observation.observe_block(U, 0)
         self._counts()
         return outs
 
     def _vjp_block(self, ws):
-        from pdeinv.linalg.multivector import dense_block, from_dense_block
+        from pdeinv.linalg.multivector import from_dense_block
+
+        if not hasattr(self.observation, "transpose_block"):
+            return super()._vjp_block(ws)
 
         A = self._linearisation()
         C = self._parameter_jacobian()
-        W = dense_block(ws)
-        if self.observation.mask is not None:
-            W.getDenseArray()[:] *= self.observation.mask.reshape(-1, 1)
-        rhs = self.observation.matrix.transposeMatMult(W)  # B^T w_j
+        rhs = self.observation.transpose_block(ws, 0)  # B^T w_j
         Lam = rhs.duplicate()
         A.solve_block(rhs, Lam, transpose=True)
         out = from_dense_block(C.transposeMatMult(Lam), self.parameter_space, dual=True, scale=-1.0)
