@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import time
 
 from pdeinv._petsc import init_petsc
@@ -31,6 +30,7 @@ init_petsc()
 
 import firedrake as fd  # noqa: E402
 import numpy as np  # noqa: E402
+from derivative_costs import timed  # noqa: E402  (benchmarks/derivative_costs.py: warm-up + median)
 
 from pdeinv.forward.heat import HeatModel  # noqa: E402
 from pdeinv.maps import Misfit  # noqa: E402
@@ -51,17 +51,6 @@ CONFIGS = {
 }
 
 
-def timed(fn, repeats):
-    samples = []
-    for _ in range(repeats):
-        fd.COMM_WORLD.barrier()
-        t0 = time.perf_counter()
-        fn()
-        fd.COMM_WORLD.barrier()
-        samples.append(time.perf_counter() - t0)
-    return statistics.median(samples)
-
-
 def measure(name, args, mesh, pts):
     model = HeatModel(mesh, parameter="initial_condition", end_time=args.end_time, steps=args.steps, theta=1.0,
                       observation_points=pts, solver_parameters=CONFIGS[name])
@@ -80,7 +69,6 @@ def measure(name, args, mesh, pts):
 
     fwd = timed(forward, args.repeats)
     model(m)
-    misfit.gauss_newton_action(m, dm)
     gn = timed(lambda: misfit.gauss_newton_action(m, dm), args.repeats)
     ref = misfit.gauss_newton_action(m, dm)
     return {"forward_s": fwd, "gn_action_s": gn, "first_forward_s": first, "setup_s": max(first - fwd, 0.0),

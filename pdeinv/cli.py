@@ -49,10 +49,13 @@ def _cmd_selfcheck(args) -> int:
 
 
 def _cmd_status(args) -> int:
+    from mpi4py import MPI
+
     from pdeinv.cases.runner import run_status
 
     status, text = run_status(args.directory)
-    print(text)
+    if MPI.COMM_WORLD.rank == 0:  # under mpiexec every rank reads the same files: say it once
+        sys.stdout.write(text + "\n")
     return status
 
 

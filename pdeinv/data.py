@@ -24,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ObservedData", "DataFileError", "read_observed_data", "read_mesh", "msh_vertex_count", "DATA_FORMATS",
-           "MESH_FORMATS"]
+__all__ = ["ObservedData", "DataFileError", "read_observed_data", "read_mesh", "msh_vertex_count", "checked_path",
+           "check_mesh_file", "DATA_FORMATS", "MESH_FORMATS"]
 
 DATA_FORMATS = (".csv", ".npz", ".h5", ".hdf5")
 MESH_FORMATS = (".msh", ".h5")
@@ -64,15 +64,27 @@ def _fail(path, message):
     raise DataFileError(f"{path}: {message}")
 
 
+def checked_path(path, formats, kind: str, expected: str) -> tuple[str, str]:
+    """(path, lower-case extension) of an existing file whose extension is one of ``formats``; else one
+    DataFileError naming the file ("unknown {kind} '.x'; expected {expected}", or "no such file")."""
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in formats:
+        _fail(path, f"unknown {kind} {ext!r}; expected {expected}")
+    if not os.path.isfile(path):
+        _fail(path, "no such file")
+    return path, ext
+
+
+def check_mesh_file(path) -> tuple[str, str]:
+    """:func:`checked_path` for the mesh formats :func:`read_mesh` reads."""
+    return checked_path(path, MESH_FORMATS, "mesh format", "a Gmsh .msh file or a Firedrake checkpoint .h5")
+
+
 def read_observed_data(path, *, gdim: int = 2) -> ObservedData:
     """Read observations from ``path`` (format from the extension: CSV, NPZ or HDF5; see the module
     docstring) and check them.  Raises :class:`DataFileError` naming the file and the problem."""
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in DATA_FORMATS:
-        _fail(path, f"unknown data format {ext!r}; expected one of {', '.join(DATA_FORMATS)}")
-    if not os.path.isfile(path):
-        _fail(path, "no such file")
+    path, ext = checked_path(path, DATA_FORMATS, "data format", f"one of {', '.join(DATA_FORMATS)}")
     if ext == ".csv":
         points, times, values, sigma = _read_csv(path, gdim)
     else:
@@ -212,12 +224,7 @@ def read_mesh(path, *, comm, name: str | None = None):
     its meshes, default the only/default one).  Distributed over ``comm``."""
     import firedrake as fd
 
-    path = os.fspath(path)
-    ext = os.path.splitext(path)[1].lower()
-    if ext not in MESH_FORMATS:
-        _fail(path, f"unknown mesh format {ext!r}; expected a Gmsh .msh file or a Firedrake checkpoint .h5")
-    if not os.path.isfile(path):
-        _fail(path, "no such file")
+    path, ext = check_mesh_file(path)
     if ext == ".msh":
         return fd.Mesh(path, comm=comm, name=name or "mesh")
     with fd.CheckpointFile(path, "r", comm=comm) as ck:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+from pdeinv._tape import unannotated_methods
+
 __all__ = ["make_ensemble", "experiments_of", "EnsembleMisfit", "ENSEMBLE_DISTRIBUTION"]
 
 # Mesh distribution for ensemble members: the members' meshes must be partitioned identically (the
@@ -72,6 +74,7 @@ class _Counts:
         return total
 
 
+@unannotated_methods
 class EnsembleMisfit:
     """:math:`\\Phi(m) = \\sum_e \\Phi_e(m)` over the experiments of every ensemble member.
 
@@ -83,7 +86,7 @@ class EnsembleMisfit:
         (``ensemble.comm``).
 
     Values are summed over the member's misfits, then over the members (``ensemble_comm``): every
-    method is collective over ``COMM_WORLD``.
+    method is collective over the communicator the ensemble splits.
     """
 
     def __init__(self, ensemble, misfits):

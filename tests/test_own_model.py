@@ -80,15 +80,19 @@ def test_stationary_linear_equals_handwritten_poisson():
     assert model.counts["factorisations"] == 1
 
 
-@pytest.mark.parallel(nprocs=[1, 2])
-def test_stationary_full_newton_hessian_taylor_rate_3():
-    model = nonlinear_diffusion(fd.UnitSquareMesh(8, 8))
+def full_newton_setup(model):
+    """Synthetic data (1 % noise) for ``model``, its misfit, a point m away from the truth, directions."""
     Vm = model.parameter_space
     noise = GaussianNoise(model.observation, 0.01)
     data = noise.sample(model(truth(Vm)), seed=3)
-    misfit = Misfit(model, noise, data)
     dm, dm2 = directions(Vm)
     m = fd.Function(Vm).interpolate(truth(Vm) + 0.3 * dm2)
+    return Misfit(model, noise, data), noise, data, m, dm, dm2
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_stationary_full_newton_hessian_taylor_rate_3():
+    misfit, _, _, m, dm, _ = full_newton_setup(nonlinear_diffusion(fd.UnitSquareMesh(8, 8)))
     res = taylor_test(misfit, m, dm, derivative=misfit.gradient(m), hessian=misfit.hessian_action(m, dm),
                       epsilon0=0.05)
     assert res.min_rate >= 1.9, str(res)
@@ -104,12 +108,7 @@ def test_fused_full_hessian_equals_unfused_in_2_solves(make):
     from pdeinv.maps import ParameterToObservable
 
     model = make(fd.UnitSquareMesh(8, 8))
-    Vm = model.parameter_space
-    noise = GaussianNoise(model.observation, 0.01)
-    data = noise.sample(model(truth(Vm)), seed=3)
-    misfit = Misfit(model, noise, data)
-    dm, dm2 = directions(Vm)
-    m = fd.Function(Vm).interpolate(truth(Vm) + 0.3 * dm2)
+    misfit, noise, data, m, dm, dm2 = full_newton_setup(model)
     pred = model.prediction(m)
     w = noise.gradient(pred, data)
     unfused = ParameterToObservable._hessian_vjp(model, w, lambda j: noise.misfit_hessian(pred, data, j), dm)
@@ -120,7 +119,7 @@ def test_fused_full_hessian_equals_unfused_in_2_solves(make):
         assert model.counts["linear_solves"] - solves == 2
     assert max_rel_diff(fused, unfused) <= 1e-10  # measured 1e-11: one solve of the summed right-hand sides
     # after a gradient at another point (new adjoint), still exact
-    m2 = fd.Function(Vm).interpolate(m + 0.1 * dm)
+    m2 = fd.Function(model.parameter_space).interpolate(m + 0.1 * dm)
     misfit.gradient(m2)
     pred2 = model.prediction(m2)
     w2 = noise.gradient(pred2, data)

@@ -15,8 +15,6 @@ the summary reports the data residual instead of the reconstruction error.
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from pdeinv.cases.common import solver_parameters, unit_square_mesh
@@ -80,7 +78,7 @@ def _observed(cfg):
 def check_files(cfg) -> None:
     """Read and check the data and mesh files (no Firedrake): before any solve."""
     from pdeinv.cases.config import ConfigError
-    from pdeinv.data import MESH_FORMATS
+    from pdeinv.data import DataFileError, check_mesh_file
 
     obs = _observed(cfg)
     if obs is not None:
@@ -89,12 +87,11 @@ def check_files(cfg) -> None:
                               "array); the heat case observes time series")
         for t in obs.times:
             _check_time_step(float(t), cfg, f"data.file {obs.source} (times)")
-    path = cfg["mesh"]["file"]
-    if path:
-        if os.path.splitext(path)[1].lower() not in MESH_FORMATS:
-            raise ConfigError(f"mesh.file: {path}: expected a Gmsh .msh file or a Firedrake checkpoint .h5")
-        if not os.path.isfile(path):
-            raise ConfigError(f"mesh.file: {path}: no such file")
+    if cfg["mesh"]["file"]:
+        try:
+            check_mesh_file(cfg["mesh"]["file"])
+        except DataFileError as e:
+            raise ConfigError(f"mesh.file: {e}") from None
 
 
 def parameter_dofs(cfg):
