@@ -25,9 +25,12 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
+
 from pdeinv._tape import unannotated_methods
 
-__all__ = ["make_ensemble", "experiments_of", "EnsembleMisfit", "ENSEMBLE_DISTRIBUTION"]
+__all__ = ["make_ensemble", "experiments_of", "EnsembleMisfit", "ENSEMBLE_DISTRIBUTION", "gather_channels",
+           "sample_ensemble"]
 
 # Mesh distribution for ensemble members: the members' meshes must be partitioned identically (the
 # reductions pair up the dofs rank by rank), and the default graph partitioners are not reproducible
@@ -58,6 +61,52 @@ def experiments_of(n_experiments: int, ensemble) -> range:
     base, extra = divmod(n_experiments, members)
     start = k * base + min(k, extra)
     return range(start, start + base + (k < extra))
+
+
+def gather_channels(ensemble, array) -> np.ndarray:
+    """Every member's (N, c_e) array (replicated on the member's ranks) joined along the channel axis,
+    members in order: the (N, Σ c_e) array one model holding all members' channels would give."""
+    arr = np.asarray(array)
+    return np.concatenate(ensemble.ensemble_comm.allgather(arr.reshape(arr.shape[0], -1)), axis=1)
+
+
+def sample_ensemble(ensemble, noise, pred, *, seed: int, name: str = "data"):
+    """Synthetic data for this member's channels, drawn exactly as :meth:`NoiseModel.sample
+    <pdeinv.noise.NoiseModel.sample>` would draw them for one model holding every member's channels
+    (channels in member order).  The data therefore do not depend on the number of ensemble members —
+    what makes an ensemble run reproduce the one-member run.
+
+    Parameters
+    ----------
+    ensemble : firedrake.Ensemble
+    noise : pdeinv.noise.NoiseModel
+        This member's noise model, on a :class:`~pdeinv.observation.PointObservation`; its law's
+        parameters (σ, scale, intensity) must be scalars, the same for every member.
+    pred : firedrake.Function
+        This member's noise-free prediction on ``noise.observation``'s data space.
+    seed : int
+    """
+    from pdeinv.noise import FieldGaussianNoise
+
+    if isinstance(noise, FieldGaussianNoise):
+        raise TypeError("sample_ensemble: field observations are drawn node by node and are already "
+                        "partition-independent; call noise.sample on each member")
+    obs = noise.observation
+    noise._check(pred, "pred")
+    mine = obs.to_array(pred)
+    mask = noise._observed_array()
+    observed = gather_channels(ensemble, np.ones(mine.shape, dtype=bool) if mask is None else mask)
+    widths = ensemble.ensemble_comm.allgather(mine.shape[1])
+    start = sum(widths[:ensemble.ensemble_comm.rank])
+    try:
+        draw = noise._sample_array(gather_channels(ensemble, mine), np.random.Generator(np.random.PCG64(seed)),
+                                   observed)
+    except ValueError as e:
+        if "per-observation parameters" not in str(e):
+            raise
+        raise ValueError(f"sample_ensemble: {type(noise).__name__} has per-observation parameters; give a scalar "
+                         "(the same on every member), or draw each member's data with noise.sample") from None
+    return obs.from_array(draw[:, start:start + mine.shape[1]], name=name)
 
 
 class _Counts:
@@ -110,8 +159,6 @@ class EnsembleMisfit:
     def _check_same_partition(ensemble, space):
         """Every member's rank r must own the same dofs in the same order (one allgather)."""
         import hashlib
-
-        import numpy as np
 
         from pdeinv.linalg.multivector import _dof_coordinates
 

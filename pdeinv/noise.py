@@ -105,15 +105,32 @@ class NoiseModel(ABC):
     def sample(self, pred, *, seed: int, name: str = "data"):
         """Synthetic data: one draw from the noise law around ``pred`` (same on any number of ranks)."""
         self._check(pred, "pred")
-        p = self.observation.to_array(pred)
         rng = np.random.Generator(np.random.PCG64(seed))
-        observed = self._observed_array()
+        draw = self._sample_array(self.observation.to_array(pred), rng, self._observed_array())
+        return self.observation.from_array(draw, name=name)
+
+    def _sample_array(self, p, rng, observed):
+        """The draw of :meth:`sample` on an (N, channels) array in input order (``observed``: the mask
+        as a boolean array, or None).  Also used for the channels of several ensemble members at once."""
         if observed is not None:
             p = np.where(observed, p, 1.0)  # a harmless value where nothing is observed
         draw = self._draw(p, rng)
         if observed is not None:
             draw = np.where(observed, draw, 0.0)
-        return self.observation.from_array(draw, name=name)
+        return draw
+
+    def _broadcast(self, value, shape):
+        """A scalar law parameter as is; a per-observation one as an (N, channels) array."""
+        import firedrake as fd
+
+        if np.ndim(value) == 0:
+            return value
+        if shape != (self.observation.n_points, self.observation.channels):  # e.g. several members' channels
+            raise ValueError(f"{type(self).__name__}: per-observation parameters are given for this observation's "
+                             f"{self.observation.channels} channel(s), not for a draw of shape {shape}")
+        f = fd.Function(self.space)
+        f.dat.data[:] = value
+        return np.broadcast_to(self.observation.to_array(f), shape)
 
     def _per_observation(self, value, name):
         """A positive scalar or (N, channels) array -> local owned values of a data-space Function."""
@@ -176,15 +193,7 @@ class GaussianNoise(NoiseModel):
         return self.weighted_residual(dpred)
 
     def _draw(self, pred, rng):
-        sigma = np.broadcast_to(self.observation.to_array(self._sigma_function()), pred.shape)
-        return pred + sigma * rng.standard_normal(pred.shape)
-
-    def _sigma_function(self):
-        import firedrake as fd
-
-        f = fd.Function(self.space)
-        f.dat.data[:] = self.sigma
-        return f
+        return pred + self._broadcast(self.sigma, pred.shape) * rng.standard_normal(pred.shape)
 
 
 class LaplaceNoise(NoiseModel):
@@ -233,12 +242,7 @@ class LaplaceNoise(NoiseModel):
         return self._cofunction(w * self._check(dpred, "dpred"))
 
     def _draw(self, pred, rng):
-        import firedrake as fd
-
-        f = fd.Function(self.space)
-        f.dat.data[:] = self.scale
-        b = np.broadcast_to(self.observation.to_array(f), pred.shape)
-        return pred + rng.laplace(0.0, 1.0, pred.shape) * b
+        return pred + rng.laplace(0.0, 1.0, pred.shape) * self._broadcast(self.scale, pred.shape)
 
 
 class PoissonNoise(NoiseModel):

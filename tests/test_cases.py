@@ -143,6 +143,51 @@ def test_other_cases_end_to_end(tmp_path_factory, case, extra):
 
 
 @pytest.mark.parallel(nprocs=[1, 2])
+def test_tomography_ensemble_reproduces_one_member(tmp_path_factory):
+    """parallel.ensemble = 2 on 2 ranks (directions split 2 + 1, one rank each) gives the run of one member
+    on 2 ranks: same data, cost, MAP and Laplace eigenvalues; member 0 alone writes every output.  On one
+    rank, the ensemble setting is refused before anything is written."""
+    import firedrake as fd
+    import numpy as np
+
+    from pdeinv.cases import tomography as module
+    from pdeinv.cases.runner import preflight
+
+    comm = MPI.COMM_WORLD
+    if comm.size == 1:
+        cfg = load_config(module.DEFAULTS, None, TINY_CASES["tomography"] + ["parallel.ensemble=2"])
+        out = shared_dir(tmp_path_factory, "ens1") + "/never"
+        with pytest.raises(ConfigError, match="cannot share 1 MPI rank"):
+            preflight("tomography", module, cfg, out, ranks=1)
+        with pytest.raises(ConfigError, match="parallel.ensemble must be between 1 and model.directions = 3"):
+            module.validate(load_config(module.DEFAULTS, None, TINY_CASES["tomography"] + ["parallel.ensemble=4"]))
+        assert not os.path.exists(out)
+        return
+    runs = {}
+    for members in (1, 2):
+        cfg = load_config(module.DEFAULTS, None, TINY_CASES["tomography"] + [f"parallel.ensemble={members}"])
+        module.validate(cfg)
+        out = shared_dir(tmp_path_factory, f"ens{members}")
+        runs[members] = (out, run("tomography", cfg, out, quiet=True))
+    (out1, one), (out2, two) = runs[1], runs[2]
+    assert two["ensemble"] == {"members": 2, "ranks_per_member": 1, "experiments_per_member": [2, 1]}
+    assert one["ensemble"]["members"] == 1 and one["ensemble"]["ranks_per_member"] == 2
+    assert abs(two["cost"] - one["cost"]) <= 1e-10 * one["cost"]
+    assert abs(two["relative_error"] - one["relative_error"]) <= 1e-8 * one["relative_error"]
+    np.testing.assert_allclose(two["eigenvalues"], one["eigenvalues"], rtol=1e-8)
+    assert two["dofs"] == one["dofs"]  # solve counts may differ by a CG iteration (round-off of 2 spatial ranks)
+    for f in OUTPUTS:
+        assert os.path.exists(os.path.join(out2, f)), f
+    probes = np.array([[0.4, 0.55], [0.68, 0.3], [0.2, 0.8], [0.5, 0.5]])
+    values = []
+    for out in (out1, out2):
+        with fd.CheckpointFile(os.path.join(out, "results.h5"), "r") as ck:
+            mesh = ck.load_mesh("mesh")
+            values.append(np.asarray(fd.PointEvaluator(mesh, probes).evaluate(ck.load_function(mesh, "map"))))
+    assert np.max(np.abs(values[1] - values[0])) <= 1e-8 * np.max(np.abs(values[0]))
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
 def test_learn_regularization_case_end_to_end(tmp_path_factory):
     """The bilevel-learning case on a tiny setting: plots, fields and a summary with the test-set error of
     the learned prior and of the three classical rules; learning lowers the training loss."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mpi4py import MPI
 
-from pdeinv.ensemble import ENSEMBLE_DISTRIBUTION, EnsembleMisfit, experiments_of, make_ensemble
+from pdeinv.ensemble import ENSEMBLE_DISTRIBUTION, EnsembleMisfit, experiments_of, make_ensemble, sample_ensemble
 from pdeinv.forward.poisson import PoissonModel
 from pdeinv.maps import Misfit
 from pdeinv.noise import GaussianNoise
@@ -120,3 +120,36 @@ def test_ensemble_map_equals_one_member():
                         options=NewtonCGOptions(gradient_rtol=1e-10, quiet=True))
         values = np.asarray(fd.PointEvaluator(mesh, PROBES).evaluate(res.m), dtype=float)
         assert np.max(np.abs(values - ref)) <= 1e-8 * np.max(np.abs(ref))
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+@pytest.mark.parametrize("law", ["gaussian", "poisson", "laplace"])
+def test_sample_ensemble_draws_what_one_member_would(law):
+    """Each member's data are its columns of the data one model holding every direction draws (masked
+    transport sinogram, 3 directions split 2 + 1 on 2 ranks), so an ensemble run sees the same data."""
+    from pdeinv.forward.transport import TransportModel, boundary_detectors
+    from pdeinv.noise import LaplaceNoise, PoissonNoise
+
+    ens = make_ensemble(MPI.COMM_WORLD, MPI.COMM_WORLD.size)
+    mesh = fd.UnitSquareMesh(6, 6, comm=ens.comm, distribution_parameters=ENSEMBLE_DISTRIBUTION)
+    angles = np.array([0.1, 1.2, 2.3])
+    mine = list(experiments_of(3, ens))
+
+    def model_of(directions):
+        return TransportModel(mesh, directions=np.c_[np.cos(directions), np.sin(directions)],
+                              detectors=boundary_detectors(4), parameter="log_absorption")
+
+    def noise_of(model):
+        return {"gaussian": lambda o: GaussianNoise(o, 0.01), "poisson": lambda o: PoissonNoise(o, 1e3),
+                "laplace": lambda o: LaplaceNoise(o, 0.02)}[law](model.observation)
+
+    full, part = model_of(angles), model_of(angles[mine])
+    m = fd.Function(full.parameter_space).interpolate(fd.Constant(0.3))
+    expected = full.observation.to_array(noise_of(full).sample(full(m), seed=7))[:, mine]
+    got = part.observation.to_array(sample_ensemble(ens, noise_of(part), part(m), seed=7))
+    assert np.array_equal(got, expected)
+    assert np.count_nonzero(got) < got.size  # the mask is honoured (unobserved entries are 0)
+    if ens.ensemble_comm.size > 1:  # per-observation σ describes one member's channels only
+        with pytest.raises(ValueError, match="per-observation parameters"):
+            sigma = np.full((part.observation.n_points, part.observation.channels), 0.01)
+            sample_ensemble(ens, GaussianNoise(part.observation, sigma), part(m), seed=7)

@@ -5,11 +5,12 @@ from __future__ import annotations
 __all__ = ["unit_square_mesh", "require", "laplace_checks", "solver_parameters", "ITERATIVE"]
 
 
-def unit_square_mesh(cfg, comm):
+def unit_square_mesh(cfg, comm, *, distribution_parameters=None):
     """``UnitSquareMesh(n, n)`` with ``n = cfg["mesh"]["n"]`` (named, for checkpoints)."""
     import firedrake as fd
 
-    return fd.UnitSquareMesh(cfg["mesh"]["n"], cfg["mesh"]["n"], comm=comm, name="mesh")
+    return fd.UnitSquareMesh(cfg["mesh"]["n"], cfg["mesh"]["n"], comm=comm, name="mesh",
+                             distribution_parameters=distribution_parameters)
 
 
 def require(checks) -> None:

@@ -20,6 +20,11 @@ Results directory: a fresh run refuses a directory that holds another run's resu
 anything not written by pdeinv) unless ``--overwrite``, which deletes the earlier pdeinv results first
 (never a directory without pdeinv's marker file).
 
+Ensembles: a case whose module defines ``n_experiments(cfg)`` takes ``parallel.ensemble = P``: the
+experiments are split over P ``firedrake.Ensemble`` members (``COMM_WORLD.size / P`` ranks each), the
+misfit summed in :class:`pdeinv.ensemble.EnsembleMisfit`; the optimizer and the Laplace approximation
+run on every member alike, and member 0 alone writes the checkpoint and the results.
+
 Exit statuses: 0 success, 2 configuration error (before any solve, nothing written), 75 interrupted
 (EX_TEMPFAIL: run again with ``--resume``).
 """
@@ -154,13 +159,18 @@ def _check_resume_config(name, cfg, out):
                           "checkpoint's settings, or start afresh with --overwrite")
 
 
-def preflight(name, module, cfg, out, *, resume=False, overwrite=False) -> bool:
+def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: int = 1) -> bool:
     """Every check that needs no mesh and no solve: the results directory, ``--resume`` against the
-    checkpoint, PETSc options, data files, sizes.  Raises ConfigError; returns whether the results
-    directory must be cleared first.  Call on one rank (file-system checks) — :func:`main` does."""
+    checkpoint, PETSc options, data files, sizes, the ensemble against the ``ranks`` of the run.
+    Raises ConfigError; returns whether the results directory must be cleared first.  Call on one rank
+    (file-system checks) — :func:`main` does."""
     from pdeinv._petsc import unused_solver_options
     from pdeinv.cases.config import ConfigError
 
+    members = _members(cfg)
+    if ranks % members:
+        raise ConfigError(f"parallel.ensemble = {members} members cannot share {ranks} MPI rank(s) equally; run on a "
+                          f"multiple of {members} ranks (members x ranks per member)")
     clear = _check_output(out, resume=resume, overwrite=overwrite)
     if resume:
         _check_resume_config(name, cfg, out)
@@ -183,6 +193,10 @@ def preflight(name, module, cfg, out, *, resume=False, overwrite=False) -> bool:
     if dofs is not None and "laplace" in cfg:
         _check_rank(cfg, dofs)
     return clear
+
+
+def _members(cfg) -> int:
+    return cfg.get("parallel", {}).get("ensemble", 1)
 
 
 def _check_rank(cfg, dofs):
@@ -247,7 +261,7 @@ def main(argv=None, *, case: str | None = None) -> int:
         out = args.out or os.path.join("results", name)
         init_petsc()  # petsc4py only (no Firedrake yet): for the options check
         clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=args.resume,
-                                                  overwrite=args.overwrite))
+                                                  overwrite=args.overwrite, ranks=comm.size))
         if hasattr(module, "run_case"):  # a case with its own driver (bilevel learning)
             _prepare_fresh(out, clear, comm)
             module.run_case(cfg, out, quiet=args.quiet)
@@ -325,6 +339,7 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
     import numpy as np
 
     from pdeinv.cases import output
+    from pdeinv.ensemble import gather_channels
     from pdeinv.log import RankZeroLog
     from pdeinv.maps import Misfit
     from pdeinv.noise import GaussianNoise
@@ -335,13 +350,24 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
     module = importlib.import_module(f"pdeinv.cases.{name}")
     comm = fd.COMM_WORLD  # a case run owns the whole MPI job
     if not checked:
-        clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=resume, overwrite=overwrite))
+        clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=resume, overwrite=overwrite,
+                                                  ranks=comm.size))
     log = RankZeroLog(comm, quiet=quiet, announce_phases=True)
+    # ensemble members split the experiments; member 0 writes (checkpoint, results) on its ranks `space`
+    ensemble, space, writer, mesh_kw, experiments = None, comm, True, {}, None
+    if _members(cfg) > 1:
+        from pdeinv.ensemble import ENSEMBLE_DISTRIBUTION, experiments_of, make_ensemble
+
+        ensemble = make_ensemble(comm, _members(cfg))
+        space, writer = ensemble.comm, ensemble.ensemble_comm.rank == 0
+        mesh_kw = {"distribution_parameters": ENSEMBLE_DISTRIBUTION}
+        experiments = experiments_of(module.n_experiments(cfg), ensemble)
     ckdir = os.path.join(out, "checkpoint")
     mesh_file = os.path.join(ckdir, "mesh.h5")
     state_file = os.path.join(ckdir, "state.json")
     t_start = time.perf_counter()
-    log.info(f"pdeinv case '{name}' on {comm.size} rank(s) -> {out}")
+    log.info(f"pdeinv case '{name}' on {comm.size} rank(s) -> {out}"
+             + (f" ({_members(cfg)} ensemble members x {space.size} rank(s))" if ensemble is not None else ""))
     if exit_message is not None:
         exit_message.set_message(_signal_message(comm, "stopped by a signal before the first checkpoint: nothing "
                                                        "to resume; rerun without --resume"))
@@ -359,26 +385,31 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
                             os.remove(os.path.join(d, f))
             comm.barrier()
         else:
-            mesh = module.make_mesh(cfg, comm)
+            mesh = module.make_mesh(cfg, space, **mesh_kw)
             mesh_name = mesh.name
             # a mesh from a file is known only now: the last check that needs no solve, before writing
             if getattr(module, "parameter_dofs", lambda c: None)(cfg) is None:
                 _check_rank(cfg, fd.FunctionSpace(mesh, "CG", 1).dim())
             _prepare_fresh(out, clear, comm, name=name, cfg=cfg, mesh_name=mesh_name)
             tmp = mesh_file + ".tmp"
-            with fd.CheckpointFile(tmp, "w", comm=comm) as ck:
-                ck.save_mesh(mesh)
+            if writer:
+                with fd.CheckpointFile(tmp, "w", comm=space) as ck:
+                    ck.save_mesh(mesh)
             if comm.rank == 0:
                 os.replace(tmp, mesh_file)
             comm.barrier()
         # Fresh or resumed, the run works on the mesh as loaded from the checkpoint, so that both see
         # the same distribution and dof numbering and a resumed run repeats the uninterrupted one.
-        with fd.CheckpointFile(mesh_file, "r", comm=comm) as ck:
+        # (Every ensemble member loads the same saved partition.)
+        with fd.CheckpointFile(mesh_file, "r", comm=space) as ck:
             mesh = ck.load_mesh(mesh_name)
-        model, prior, truth, points = module.build(cfg, mesh)
+        model, prior, truth, points = (module.build(cfg, mesh) if ensemble is None
+                                       else module.build(cfg, mesh, experiments=experiments))
         V = model.parameter_space
+    channels = model.observation.channels if ensemble is None else \
+        ensemble.ensemble_comm.allreduce(model.observation.channels)
     log.info(f"  state dofs {model.state_space.dim()}, parameter dofs {V.dim()}, "
-             f"{model.observation.n_points} points x {model.observation.channels} channels")
+             f"{model.observation.n_points} points x {channels} channels")
 
     with log.phase("data"):
         observed = module.observed_data(cfg, model) if hasattr(module, "observed_data") else None
@@ -386,12 +417,23 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
             data, noise, clean = observed.data, observed.noise, None
         else:
             clean = model(truth)
-            if hasattr(module, "make_noise"):
-                noise = module.make_noise(cfg, model, clean)
+            if ensemble is not None:  # the draw of one member holding every experiment
+                from pdeinv.ensemble import sample_ensemble
+
+                noise = module.make_noise(cfg, model, clean, ensemble=ensemble)
+                data = sample_ensemble(ensemble, noise, clean, seed=cfg["data"]["seed"])
             else:
-                noise = GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
-            data = noise.sample(clean, seed=cfg["data"]["seed"])
-        problem = InverseProblem(Misfit(model, noise, data), prior)
+                if hasattr(module, "make_noise"):
+                    noise = module.make_noise(cfg, model, clean)
+                else:
+                    noise = GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
+                data = noise.sample(clean, seed=cfg["data"]["seed"])
+        misfit = Misfit(model, noise, data)
+        if ensemble is not None:
+            from pdeinv.ensemble import EnsembleMisfit
+
+            misfit = EnsembleMisfit(ensemble, [misfit])
+        problem = InverseProblem(misfit, prior)
 
     oc = cfg["optimizer"]
     options = NewtonCGOptions(gradient_rtol=oc["gradient_rtol"], max_iterations=oc["max_iterations"],
@@ -401,7 +443,7 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
     if resume:
         with open(state_file) as fh:
             saved = json.load(fh)
-        with fd.CheckpointFile(os.path.join(ckdir, saved["iterate_file"]), "r", comm=comm) as ck:
+        with fd.CheckpointFile(os.path.join(ckdir, saved["iterate_file"]), "r", comm=space) as ck:
             m0 = ck.load_function(mesh, "m")
         m0 = fd.Function(V).assign(m0)
         resume_state = saved["state"]
@@ -412,9 +454,10 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
         def checkpoint(k, m, entry):
             fname = f"iterate-{k:04d}.h5"
             tmp = os.path.join(ckdir, fname + ".tmp")
-            with fd.CheckpointFile(tmp, "w", comm=comm) as ck:
-                ck.save_mesh(mesh)
-                ck.save_function(m, name="m")
+            if writer:  # every member holds the same iterate
+                with fd.CheckpointFile(tmp, "w", comm=space) as ck:
+                    ck.save_mesh(mesh)
+                    ck.save_function(m, name="m")
             if comm.rank == 0:
                 os.replace(tmp, os.path.join(ckdir, fname))
             output.atomic_json(state_file, {"iterate_file": fname, "state": entry["state"]}, comm)
@@ -439,7 +482,11 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
             result = newton_cg(problem, m0, options=options, callback=checkpoint, log=log, resume=resume_state)
     m_map = result.m
     m_map.rename("map")
-    solves_after_map = model.counts["linear_solves"]
+
+    def total(local):  # a count summed over the ensemble members (each counts its own experiments)
+        return local if ensemble is None else ensemble.ensemble_comm.allreduce(local)
+
+    solves_after_map = total(model.counts["linear_solves"])
 
     lc = cfg["laplace"]
     with log.phase("laplace"):
@@ -464,11 +511,17 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
         fields = {"map": m_map, "posterior_std": std, "prior_mean": prior_mean, "variance_reduction": reduction}
         if truth is not None:
             fields = {"truth": truth} | fields
-        output.write_fields(out, mesh, fields, samples)
-        output.write_points_vtk(os.path.join(out, "observation_points.vtk"), points, comm)
-        observed_array = model.observation.to_array(data)
-        predicted = model.observation.to_array(model(m_map))
-        noise_free = model.observation.to_array(clean) if clean is not None else None
+        if writer:
+            output.write_fields(out, mesh, fields, samples)
+            output.write_points_vtk(os.path.join(out, "observation_points.vtk"), points, space)
+
+        def as_array(d):  # every experiment's channels, on every rank
+            a = model.observation.to_array(d)
+            return a if ensemble is None else gather_channels(ensemble, a)
+
+        observed_array = as_array(data)
+        predicted = as_array(model(m_map))
+        noise_free = as_array(clean) if clean is not None else None
         if comm.rank == 0:
             shown = [f for f in ("truth", "map", "posterior_std") if f in fields]
             output.plot_fields(os.path.join(out, "fields.png"), os.path.join(out, "results.h5"), shown,
@@ -485,11 +538,14 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
         "case": name, "ranks": comm.size, "config": cfg, "config_hash": config_hash(cfg),
         "solver": _solver_record(module, cfg, model),
         "data_source": observed.source if observed is not None else "synthetic",
+        "ensemble": {"members": _members(cfg), "ranks_per_member": space.size,
+                     "experiments_per_member": None if ensemble is None else
+                     ensemble.ensemble_comm.allgather(len(experiments))},
         "dofs": {"state": model.state_space.dim(), "parameter": V.dim(),
-                 "observations": model.observation.n_points * model.observation.channels},
+                 "observations": model.observation.n_points * channels},
         "newton_iterations": result.iterations, "cg_iterations": result.cg_iterations,
         "converged": bool(result.converged), "termination": result.reason,
-        "pde_solves": {"map": solves_after_map, "total": model.counts["linear_solves"]},
+        "pde_solves": {"map": solves_after_map, "total": total(model.counts["linear_solves"])},
         "hessian_actions_laplace": la.hessian_actions,
         "cost": result.cost.total, "cost_terms": {"misfit": result.cost.misfit,
                                                   "regularization": result.cost.regularization},

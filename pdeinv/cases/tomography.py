@@ -5,6 +5,10 @@ on the inflow boundary (upwind DG); detectors on the outflow boundary record :ma
 Gaussian (``noise.model = "gaussian"``, σ a fraction of the largest datum) or Poisson counts
 (``"poisson"``, source intensity ``noise.intensity`` photons).  BiLaplacian prior on :math:`m = \log\mu`,
 optionally plus smoothed total variation (``prior.tv_weight > 0``).
+
+The directions are independent experiments: ``parallel.ensemble = P`` splits them over P ensemble
+members (``firedrake.Ensemble``; ``mpiexec -n P*S``: each member on S ranks), the same data and MAP as
+one member (see :mod:`pdeinv.ensemble`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import numpy as np
 
 from pdeinv.cases.common import solver_parameters, unit_square_mesh
 
-__all__ = ["DEFAULTS", "validate", "make_mesh", "build", "make_noise"]
+__all__ = ["DEFAULTS", "validate", "make_mesh", "build", "make_noise", "n_experiments"]
 
 SYMMETRIC = False  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
@@ -26,6 +30,7 @@ DEFAULTS = {
                   "globalization": "line_search"},
     "laplace": {"rank": 60, "oversampling": 10, "prior_variance": "auto", "variance_samples": 100,
                 "posterior_samples": 3},
+    "parallel": {"ensemble": 1},
 }
 
 
@@ -43,15 +48,24 @@ def validate(cfg) -> None:
          "prior.correlation_length and prior.variance must be > 0"),
         (cfg["prior"]["tv_weight"] >= 0 and cfg["prior"]["tv_epsilon"] > 0,
          "prior.tv_weight must be >= 0 and prior.tv_epsilon > 0"),
+        (1 <= cfg["parallel"]["ensemble"] <= cfg["model"]["directions"],
+         f"parallel.ensemble must be between 1 and model.directions = {cfg['model']['directions']} (every ensemble "
+         f"member needs at least one direction), got {cfg['parallel']['ensemble']}"),
     ]
     require(laplace_checks(cfg) + checks)
 
 
-def make_mesh(cfg, comm):
-    return unit_square_mesh(cfg, comm)
+def make_mesh(cfg, comm, *, distribution_parameters=None):
+    return unit_square_mesh(cfg, comm, distribution_parameters=distribution_parameters)
 
 
-def build(cfg, mesh):
+def n_experiments(cfg) -> int:
+    """The independent experiments an ensemble may split: the directions."""
+    return cfg["model"]["directions"]
+
+
+def build(cfg, mesh, experiments=None):
+    """Model (the directions in ``experiments``, default all), prior, truth and detectors."""
     import firedrake as fd
 
     from pdeinv.forward.transport import TransportModel, boundary_detectors
@@ -59,6 +73,8 @@ def build(cfg, mesh):
 
     mc = cfg["model"]
     angles = np.linspace(0.0, np.pi, mc["directions"], endpoint=False) + 0.1  # +0.1: no ray along an edge
+    if experiments is not None:
+        angles = angles[list(experiments)]
     detectors = boundary_detectors(mc["detectors_per_side"])
     model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)], detectors=detectors,
                            parameter="log_absorption", degree=mc["degree"], inflow=1.0,
@@ -76,9 +92,16 @@ def build(cfg, mesh):
     return model, prior, truth, detectors
 
 
-def make_noise(cfg, model, clean):
+def make_noise(cfg, model, clean, ensemble=None):
+    """Poisson counts, or Gaussian with σ a fraction of the largest datum of all directions (over every
+    ensemble member's)."""
     from pdeinv.noise import GaussianNoise, PoissonNoise
 
     if cfg["data"]["noise"] == "poisson":
         return PoissonNoise(model.observation, cfg["data"]["intensity"])
-    return GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
+    if ensemble is None:
+        return GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
+    from mpi4py import MPI
+
+    dmax = ensemble.ensemble_comm.allreduce(float(np.max(np.abs(model.observation.to_array(clean)))), op=MPI.MAX)
+    return GaussianNoise(model.observation, cfg["data"]["noise_fraction"] * dmax)
