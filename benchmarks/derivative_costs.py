@@ -9,6 +9,10 @@ operation first).  ``forward_s`` is F(m) at a new m (the map's stored state is i
 ``full_hessian_s`` one full (Newton) Hessian action after a gradient at the same point (as in Newton-CG),
 ``full_hessian_ratio`` its cost over a Gauss-Newton action, ``full_hessian_solves`` its linear solves.
 
+``--ensemble P`` (transport only; ``mpiexec -n P*S``): the directions split over P ensemble members
+(``pdeinv.ensemble``), as the tomography case's ``parallel.ensemble``: the forward is every member solving
+its own directions, gradients and Hessian actions are summed over the members (``EnsembleMisfit``).
+
 ``--baseline`` (heat only) also times plain Firedrake + pyadjoint on the same heat problem (u0 as the
 control, a LinearVariationalSolver built once with constant_jacobian=True and the same direct solver,
 functional sum_n int u_n^2 dx): replay, derivative, tlm and hessian, each divided by the same untaped forward loop.
@@ -45,7 +49,8 @@ def solver_parameters(args, symmetric, mesh=None):
         return {"ksp_type": "preonly", "pc_type": "redundant", "redundant_pc_type": "cholesky" if symmetric else "lu",
                 "redundant_pc_factor_mat_solver_type": "petsc", "redundant_pc_factor_mat_ordering_type": "nd"}
     space = fd.FunctionSpace(mesh, "CG", 1) if mesh is not None else None
-    return default_solver_parameters(fd.COMM_WORLD, symmetric=symmetric, space=space)
+    comm = mesh.comm if mesh is not None else fd.COMM_WORLD  # an ensemble member solves on its own ranks
+    return default_solver_parameters(comm, symmetric=symmetric, space=space)
 
 
 def timed(fn, repeats):
@@ -62,6 +67,12 @@ def timed(fn, repeats):
 
 def build(args):
     n = args.n
+    ensemble, mesh_comm, mesh_kw = None, fd.COMM_WORLD, {}
+    if args.ensemble > 1:
+        from pdeinv.ensemble import ENSEMBLE_DISTRIBUTION, make_ensemble
+
+        ensemble = make_ensemble(fd.COMM_WORLD, args.ensemble)
+        mesh_comm, mesh_kw = ensemble.comm, {"distribution_parameters": ENSEMBLE_DISTRIBUTION}
     if args.model == "heat":
         mesh = fd.UnitSquareMesh(n, n)
         rng = np.random.default_rng(1)
@@ -72,8 +83,12 @@ def build(args):
                           solver_parameters=solver_parameters(args, True, mesh))
         size = {"steps": args.steps}
     elif args.model == "transport":
-        mesh = fd.UnitSquareMesh(n, n)
+        mesh = fd.UnitSquareMesh(n, n, comm=mesh_comm, **mesh_kw)
         angles = np.linspace(0, np.pi, args.directions, endpoint=False) + 0.1
+        if ensemble is not None:
+            from pdeinv.ensemble import experiments_of
+
+            angles = angles[list(experiments_of(args.directions, ensemble))]
         model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)],
                                detectors=boundary_detectors(max(1, args.points // 4)),
                                parameter=args.parameter or "log_absorption",
@@ -88,34 +103,42 @@ def build(args):
     x, y = fd.SpatialCoordinate(mesh)
     m = fd.Function(model.parameter_space).interpolate(0.5 + 0.3 * fd.sin(fd.pi * x) * fd.sin(fd.pi * y))
     dm = fd.Function(model.parameter_space).interpolate(fd.cos(2 * x) * y)
-    return model, m, dm, size
+    return model, m, dm, size, ensemble
 
 
-def operations(model, m, dm):
+def operations(model, m, dm, ensemble=None):
     """The timed operations of a map at ``m`` (synthetic data, 1 % noise): forward at a new m
-    (stored state invalidated first), misfit gradient, JVP, VJP and Gauss-Newton action."""
+    (stored state invalidated first), misfit gradient, JVP, VJP and Gauss-Newton action.  With an
+    ensemble, each member's map holds its own experiments; the misfit and the VJP are summed over members."""
     noise = GaussianNoise(model.observation, 0.01)
     data = noise.sample(model(m), seed=0)
     misfit = Misfit(model, noise, data)
     w = noise.gradient(model(m), data)
+    vjp = lambda: model.vjp(m, w)  # noqa: E731
+    if ensemble is not None:
+        from pdeinv.ensemble import EnsembleMisfit
+
+        misfit = EnsembleMisfit(ensemble, [misfit])
+        vjp = lambda: misfit._sum_cofunctions([model.vjp(m, w)])  # noqa: E731
 
     def forward():
         model.invalidate()
         model(m)
 
     return {"forward": forward, "gradient": lambda: misfit.gradient(m), "jvp": lambda: model.jvp(m, dm),
-            "vjp": lambda: model.vjp(m, w), "gn_action": lambda: misfit.gauss_newton_action(m, dm),
+            "vjp": vjp, "gn_action": lambda: misfit.gauss_newton_action(m, dm),
             "full_hessian": lambda: misfit.hessian_action(m, dm)}
 
 
 def measure(args):
-    model, m, dm, size = build(args)
-    ops = operations(model, m, dm)
+    model, m, dm, size, ensemble = build(args)
+    ops = operations(model, m, dm, ensemble)
 
+    channels = model.observation.channels if ensemble is None else args.directions  # all members' channels
     res = {"model": args.model, "parameter": getattr(model, "parameter", "log_coefficient"),
            "dofs": model.state_space.dim(), "parameter_dofs": model.parameter_space.dim(),
-           "observations": model.observation.n_points * model.observation.channels, **size,
-           "ranks": fd.COMM_WORLD.size, "repeats": args.repeats,
+           "observations": model.observation.n_points * channels, **size,
+           "ranks": fd.COMM_WORLD.size, "ensemble_members": args.ensemble, "repeats": args.repeats,
            "solver": solver_parameters(args, args.model != "transport", model.state_space.mesh())}
     res["forward_s"] = timed(ops["forward"], args.repeats)
     model(m)
@@ -191,12 +214,15 @@ def main():
     p.add_argument("--points", type=int, default=50)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--baseline", action="store_true", help="also time plain pyadjoint (heat only)")
+    p.add_argument("--ensemble", type=int, default=1, help="ensemble members splitting the directions (transport)")
     p.add_argument("--solver", choices=["default", "mumps", "redundant"], default="default",
                    help="direct solver for both pdeinv and the baseline (default: pdeinv's default)")
     args = p.parse_args()
     if args.n is None:
         # transport: 30 cells and 12 detectors a side keep every detector off the mesh vertices
         args.n = {"heat": 64, "transport": 30, "poisson": 64}[args.model]
+    if args.ensemble > 1 and args.model != "transport":
+        p.error("--ensemble is implemented for --model transport (its directions are the experiments)")
     res = measure(args)
     if args.baseline:
         if args.model != "heat":

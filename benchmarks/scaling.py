@@ -213,6 +213,14 @@ def project(files, dofs_per_rank):
         weak.append({"ranks": P, "dofs": N, "iterations_per_step": iterations(N),
                      "iterative_step_ms": 1e3 * t_iterative(N, P),
                      "weak_efficiency": t_iterative(dofs_per_rank, 1) / t_iterative(N, P)})
+    # the model against what was measured on more than one rank (same machine: its bandwidth sharing, no network)
+    check = []
+    for r in runs:
+        if r["ranks"] > 1 and not r["independent"]:
+            per_iteration = t_iterative(r["dofs"], r["ranks"]) / iterations(r["dofs"])
+            check.append({"ranks": r["ranks"], "dofs": r["dofs"],
+                          "measured_step_solve_ms": 1e3 * r["iterative"]["step_solve_s"],
+                          "model_step_solve_ms": 1e3 * per_iteration * r["iterative"]["ksp_iterations_per_step"]})
     measured = [{"ranks": r["ranks"], "independent": r["independent"], "dofs": r["dofs"],
                  "direct_forward_s": r["direct"]["forward_s"], "direct_gn_action_s": r["direct"]["gn_action_s"],
                  "iterative_forward_s": r["iterative"]["forward_s"],
@@ -224,7 +232,7 @@ def project(files, dofs_per_rank):
             "fitted": {"iterations_per_step": f"{math.exp(log_a):.3g} * N^{b_exp:.3f}",
                        "seconds_per_dof_iteration": c, "bandwidth_sharing_factor": f,
                        "ghost_dofs_per_sqrt_owned": gamma, "ghost_factor_used": gamma_2d},
-            "measured": measured, "strong_scaling": strong,
+            "measured": measured, "model_check": check, "strong_scaling": strong,
             "weak_scaling": {"dofs_per_rank": dofs_per_rank, "rows": weak}}
 
 
