@@ -142,6 +142,22 @@ def test_other_cases_end_to_end(tmp_path_factory, case, extra):
     assert 0 < summary["posterior_variance_trace"] < summary["prior_variance_trace"]
 
 
+@pytest.mark.parametrize("n, k, bad", [(12, 5, True), (12, 6, True), (12, 4, False), (30, 12, False)])
+def test_tomography_detectors_on_vertices_is_a_config_error(n, k, bad):
+    """A detector on a mesh vertex (two-valued DG field) is one ConfigError before any mesh is built, with a
+    value that works; before, the model's ValueError surfaced as a traceback and MPI_Abort."""
+    from pdeinv.cases import tomography as module
+
+    cfg = load_config(module.DEFAULTS, None, [f"mesh.n={n}", f"model.detectors_per_side={k}"])
+    if not bad:
+        module.validate(cfg)
+        return
+    with pytest.raises(ConfigError, match="puts detectors on vertices") as e:
+        module.validate(cfg)
+    fix = int(str(e.value).rsplit("e.g. ", 1)[1])
+    module.validate(load_config(module.DEFAULTS, None, [f"mesh.n={n}", f"model.detectors_per_side={fix}"]))
+
+
 @pytest.mark.parallel(nprocs=[1, 2])
 def test_tomography_ensemble_reproduces_one_member(tmp_path_factory):
     """parallel.ensemble = 2 on 2 ranks (directions split 2 + 1, one rank each) gives the run of one member

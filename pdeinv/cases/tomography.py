@@ -48,11 +48,32 @@ def validate(cfg) -> None:
          "prior.correlation_length and prior.variance must be > 0"),
         (cfg["prior"]["tv_weight"] >= 0 and cfg["prior"]["tv_epsilon"] > 0,
          "prior.tv_weight must be >= 0 and prior.tv_epsilon > 0"),
+        _detectors_off_vertices(cfg),
         (1 <= cfg["parallel"]["ensemble"] <= cfg["model"]["directions"],
          f"parallel.ensemble must be between 1 and model.directions = {cfg['model']['directions']} (every ensemble "
          f"member needs at least one direction), got {cfg['parallel']['ensemble']}"),
     ]
     require(laplace_checks(cfg) + checks)
+
+
+def _on_vertices(n, k):
+    """Positions along a side of the detectors (i + 1/2)/k that fall on a vertex j/n of the mesh."""
+    t = (np.arange(k) + 0.5) / k * n
+    return t[np.abs(t - np.round(t)) < 1e-9] / n
+
+
+def _detectors_off_vertices(cfg):
+    """(ok, message): no detector on a vertex of the n x n mesh, where the DG solution is two-valued."""
+    n, k = cfg["mesh"]["n"], cfg["model"]["detectors_per_side"]
+    if k < 1 or n < 1:
+        return True, ""  # reported by the range checks
+    on = _on_vertices(n, k)
+    if len(on) == 0:
+        return True, ""
+    fix = next(j for j in range(k + 1, k + 2 * n + 2) if len(_on_vertices(n, j)) == 0)
+    return False, (f"model.detectors_per_side = {k} puts detectors on vertices of the mesh.n = {n} mesh (at "
+                   f"{', '.join(f'{x:g}' for x in on)} along each side), where the transported field is two-valued; "
+                   f"choose another value, e.g. {fix}")
 
 
 def make_mesh(cfg, comm, *, distribution_parameters=None):
