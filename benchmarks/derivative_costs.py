@@ -114,12 +114,14 @@ def operations(model, m, dm, ensemble=None):
     data = noise.sample(model(m), seed=0)
     misfit = Misfit(model, noise, data)
     w = noise.gradient(model(m), data)
-    vjp = lambda: model.vjp(m, w)  # noqa: E731
     if ensemble is not None:
         from pdeinv.ensemble import EnsembleMisfit
 
         misfit = EnsembleMisfit(ensemble, [misfit])
-        vjp = lambda: misfit._sum_cofunctions([model.vjp(m, w)])  # noqa: E731
+
+    def vjp():  # each member's directions, summed over the members
+        g = model.vjp(m, w)
+        return g if ensemble is None else misfit._sum_cofunctions([g])
 
     def forward():
         model.invalidate()
