@@ -417,17 +417,16 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
             data, noise, clean = observed.data, observed.noise, None
         else:
             clean = model(truth)
-            if ensemble is not None:  # the draw of one member holding every experiment
+            if hasattr(module, "make_noise"):
+                noise = module.make_noise(cfg, model, clean, **({} if ensemble is None else {"ensemble": ensemble}))
+            else:
+                noise = GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
+            if ensemble is None:
+                data = noise.sample(clean, seed=cfg["data"]["seed"])
+            else:  # the draw of one member holding every experiment
                 from pdeinv.ensemble import sample_ensemble
 
-                noise = module.make_noise(cfg, model, clean, ensemble=ensemble)
                 data = sample_ensemble(ensemble, noise, clean, seed=cfg["data"]["seed"])
-            else:
-                if hasattr(module, "make_noise"):
-                    noise = module.make_noise(cfg, model, clean)
-                else:
-                    noise = GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
-                data = noise.sample(clean, seed=cfg["data"]["seed"])
         misfit = Misfit(model, noise, data)
         if ensemble is not None:
             from pdeinv.ensemble import EnsembleMisfit

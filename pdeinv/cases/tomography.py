@@ -57,9 +57,11 @@ def validate(cfg) -> None:
 
 
 def _on_vertices(n, k):
-    """Positions along a side of the detectors (i + 1/2)/k that fall on a vertex j/n of the mesh."""
-    t = (np.arange(k) + 0.5) / k * n
-    return t[np.abs(t - np.round(t)) < 1e-9] / n
+    """Positions along a side of the k detectors per side that fall on a vertex j/n of the n x n mesh."""
+    from pdeinv.forward.transport import boundary_detectors
+
+    s = boundary_detectors(k)[:k, 0]  # the bottom side's detectors; every side has the same positions
+    return s[np.abs(s * n - np.round(s * n)) < 1e-9]
 
 
 def _detectors_off_vertices(cfg):
@@ -120,9 +122,9 @@ def make_noise(cfg, model, clean, ensemble=None):
 
     if cfg["data"]["noise"] == "poisson":
         return PoissonNoise(model.observation, cfg["data"]["intensity"])
+    noise = GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
     if ensemble is None:
-        return GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
+        return noise
     from mpi4py import MPI
 
-    dmax = ensemble.ensemble_comm.allreduce(float(np.max(np.abs(model.observation.to_array(clean)))), op=MPI.MAX)
-    return GaussianNoise(model.observation, cfg["data"]["noise_fraction"] * dmax)
+    return GaussianNoise(model.observation, ensemble.ensemble_comm.allreduce(noise.sigma, op=MPI.MAX))
