@@ -315,6 +315,9 @@ class IntegralObservation(PointObservation):
     Parameters
     ----------
     state_space : firedrake.FunctionSpace
+        Any space: scalar, vector-valued or mixed (a functional of one component or sub-field is
+        written with the test function's components, e.g. ``lambda v: v[0] * dx`` or
+        ``lambda v: split(v)[1] * dx``).
     functionals : dict of str -> callable, or sequence of callables
         :math:`\ell_k`: ``f(v)`` returns a UFL 1-form in the test function ``v`` (equivalently, a
         form linear in the state).
@@ -344,8 +347,13 @@ class IntegralObservation(PointObservation):
         self.names = tuple(names)
         # All data live at one interior point (one VertexOnlyMesh vertex per functional), so the data
         # space is an ordinary point-data space: arrays in input order, noise models unchanged.
-        point = _interior_point(state_space.mesh())
-        super().__init__(state_space, np.tile(point, (len(rows), 1)), channels=channels)
+        # The placeholder point lives on a scalar DG0 space: the functionals alone act on the state, so
+        # any state space (vector, mixed) is observed through them.
+        mesh = state_space.mesh()
+        point = _interior_point(mesh)
+        super().__init__(fd.FunctionSpace(mesh, "DG", 0), np.tile(point, (len(rows), 1)), channels=channels)
+        self.state_space = state_space
+        self.matrix = None  # the placeholder point's interpolation matrix is never applied
         self._row_vecs = []
         for r in rows:
             with r.dat.vec_ro as x:

@@ -71,7 +71,15 @@ def at_zero(form, *functions):
 
 def homogeneous_bcs(bcs):
     """Copies of Dirichlet conditions with zero values (the conditions tangent and adjoint solve
-    with)."""
+    with).
+
+    Each copy is a shallow copy of the user's condition, homogenised: it keeps the condition's class and
+    its dofs (a ``DirichletBC`` subclass that overrides ``nodes``, e.g. a condition pinning one point,
+    stays that condition), and the user's object is left untouched.  Rebuilding a plain
+    ``DirichletBC(V, 0, sub_domain)`` would lose both.
+    """
+    import copy
+
     import firedrake as fd
 
     out = []
@@ -79,7 +87,9 @@ def homogeneous_bcs(bcs):
         if not isinstance(bc, fd.DirichletBC):
             raise TypeError(f"bcs: expected firedrake.DirichletBC objects, got {type(bc).__name__} "
                             "(EquationBC and other kinds are not supported by the generic models)")
-        out.append(fd.DirichletBC(bc.function_space(), 0, bc.sub_domain))
+        h = copy.copy(bc)
+        h.homogenize()  # sets the copy's own value attribute: the original keeps its value
+        out.append(h)
     return out
 
 

@@ -55,6 +55,28 @@ def default_solver_parameters(comm, *, symmetric: bool, space=None) -> dict:
 _prefix_counter = itertools.count()
 
 
+def dirichlet_dofs(V, bcs) -> np.ndarray:
+    """Indices, into the local part of a PETSc Vec of ``V``, of the dofs that the Dirichlet conditions
+    ``bcs`` constrain.
+
+    Found through Firedrake's own dof maps (each condition zeroes its dofs of a Function of ones), so
+    that a vector space's ``bs*node + component`` layout, a condition on one component or on one
+    sub-space of a mixed space, and ``DirichletBC`` subclasses with their own ``nodes`` (point
+    conditions) all give the dofs the assembled operator eliminated.  ``bc.nodes`` are *nodes*: used
+    as Vec indices they are wrong for every space with a block size above one.
+    """
+    import firedrake as fd
+    from firedrake.petsc import PETSc
+
+    marker = fd.Function(V)
+    with marker.dat.vec_wo as x:
+        x.set(1.0)
+    for bc in bcs:
+        bc.zero(marker)
+    with marker.dat.vec_ro as x:
+        return np.flatnonzero(x.array_r == 0.0).astype(PETSc.IntType)
+
+
 class DirichletOperator:
     """Operator of the bilinear form ``a`` with Dirichlet conditions ``bcs`` and its solver.
 
@@ -95,16 +117,16 @@ class DirichletOperator:
         self.ksp.setOperators(self.matrix.petscmat)
         prefix = options_prefix or f"pdeinv_{next(_prefix_counter)}_"
         petsctools.set_from_options(self.ksp, parameters=params, options_prefix=prefix)
-        # Boundary nodes owned by this rank, and the prescribed values there.
-        n_owned = V.dof_dset.size
-        nodes = [bc.nodes[bc.nodes < n_owned] for bc in self.bcs]
-        self.bc_nodes = np.unique(np.concatenate(nodes)) if nodes else np.empty(0, dtype=np.int32)
+        # Boundary dofs owned by this rank (indices into the state's PETSc Vec), and their values.
+        self.bc_dofs = dirichlet_dofs(V, self.bcs)
         g = fd.Function(V)
         for bc in self.bcs:
             bc.apply(g)
+        with g.dat.vec_ro as gv:
+            self._bc_values = np.array(gv.array_r[self.bc_dofs])  # used by every forward solve
         self.boundary_values = fd.Function(V)  # g on the boundary, 0 inside
-        self._bc_values = np.array(g.dat.data_ro[self.bc_nodes])  # used by every forward solve
-        self.boundary_values.dat.data[self.bc_nodes] = self._bc_values
+        with self.boundary_values.dat.vec as bv:
+            bv.array[self.bc_dofs] = self._bc_values
         self._lift = fd.Cofunction(V.dual())
         self._update_lift()
         self.solves = 0
@@ -117,7 +139,8 @@ class DirichletOperator:
         # A_full g restricted to the interior: moves the known boundary values to the right-hand side.
         if self.bcs and self._use_lift:  # collective: every rank assembles, even with no boundary nodes of its own
             fd.assemble(fd.action(self.a, self.boundary_values), tensor=self._lift)
-            self._lift.dat.data[self.bc_nodes] = 0.0
+            with self._lift.dat.vec as lift:
+                lift.array[self.bc_dofs] = 0.0
 
     def reassemble(self) -> None:
         """Re-assemble A after its coefficients changed (the next solve re-factorises)."""
@@ -142,7 +165,7 @@ class DirichletOperator:
         (PETSc ``KSPMatSolve``: one pass through a direct solver's factors for all columns), with
         :math:`X = 0` on the boundary.  ``B`` (a dense PETSc Mat, modified) and ``X`` have the operator's
         row layout."""
-        B.getDenseArray()[self.bc_nodes, :] = 0.0
+        B.getDenseArray()[self.bc_dofs, :] = 0.0
         self._set_up()
         (self.ksp.matSolveTranspose if transpose else self.ksp.matSolve)(B, X)
         self.solves += B.getSize()[1]
@@ -154,7 +177,7 @@ class DirichletOperator:
             self.ksp.setOperators(self.matrix.petscmat)
             self._stale = True
             raise ForwardSolveError(f"block linear solve failed (KSP reason {reason})")
-        X.getDenseArray()[self.bc_nodes, :] = 0.0
+        X.getDenseArray()[self.bc_dofs, :] = 0.0
 
     def _ksp_solve(self, b, x, transpose=False):
         import petsctools
@@ -189,16 +212,16 @@ class DirichletOperator:
             raise RuntimeError("DirichletOperator: built with lift=False, solve() is not available")
         with self._lift.dat.vec_ro as lift:
             b.axpy(-1.0, lift)
-        b.getArray()[self.bc_nodes] = self._bc_values
+        b.getArray()[self.bc_dofs] = self._bc_values
         self._ksp_solve(b, x)
 
     def solve_homogeneous(self, b, x) -> None:
         """Solve :math:`A x = b` with :math:`x = 0` on the boundary (``b`` is modified)."""
-        b.getArray()[self.bc_nodes] = 0.0
+        b.getArray()[self.bc_dofs] = 0.0
         self._ksp_solve(b, x)
 
     def solve_transpose(self, b, x) -> None:
         """Solve :math:`A^T x = b` with :math:`x = 0` on the boundary (``b`` is modified)."""
-        b.getArray()[self.bc_nodes] = 0.0
+        b.getArray()[self.bc_dofs] = 0.0
         self._ksp_solve(b, x, transpose=True)
-        x.getArray()[self.bc_nodes] = 0.0
+        x.getArray()[self.bc_dofs] = 0.0
