@@ -24,6 +24,7 @@ from collections import Counter
 import numpy as np
 
 from pdeinv._tape import unannotated_methods
+from pdeinv.linalg.arrays import axpy, local_values
 
 __all__ = ["ParameterToObservable", "Misfit", "check_function", "ForwardSolveError", "check_finite"]
 
@@ -39,7 +40,7 @@ def check_finite(f, name: str) -> None:
     every rank: the check is collective)."""
     from mpi4py import MPI
 
-    local = bool(np.all(np.isfinite(f.dat.data_ro)))
+    local = bool(np.all(np.isfinite(local_values(f))))
     if not f.function_space().mesh().comm.allreduce(local, op=MPI.LAND):
         raise ValueError(f"{name}: contains NaN or inf")
 
@@ -188,7 +189,7 @@ class ParameterToObservable(ABC):
         self.counts["second_order"] += 1
         h = self._vjp(weight(self._jvp(dm)))
         extra = self._second_order_vjp(w, dm)
-        h.dat.data[:] += extra.dat.data_ro
+        axpy(h, 1.0, extra)
         return h
 
     def _second_order_vjp(self, w, dm):
@@ -215,7 +216,7 @@ class ParameterToObservable(ABC):
             if isinstance(err, ForwardSolveError) or _is_solver_failure(err):
                 raise ForwardSolveError(f"{type(self).__name__}: forward solve failed: {err}") from err
             raise
-        local = bool(np.all(np.isfinite(self._prediction.dat.data_ro)))
+        local = bool(np.all(np.isfinite(local_values(self._prediction))))
         from mpi4py import MPI
 
         if not self.comm.allreduce(local, op=MPI.LAND):
@@ -238,7 +239,7 @@ def _is_solver_failure(err) -> bool:
 
 
 def _same_values(a, b) -> bool:
-    local = bool(np.array_equal(a.dat.data_ro, b.dat.data_ro))
+    local = bool(np.array_equal(local_values(a), local_values(b)))
     from mpi4py import MPI
 
     return a.function_space().mesh().comm.allreduce(local, op=MPI.LAND)
@@ -262,7 +263,7 @@ class Misfit:
         if noise.space != forward_map.data_space:
             raise ValueError("Misfit: the noise model and the map live on different data spaces")
         check_function(data, forward_map.data_space, "data")
-        if not np.all(np.isfinite(data.dat.data_ro)):
+        if not np.all(np.isfinite(local_values(data))):
             raise ValueError("Misfit: data contain NaN or inf")
         self.map = forward_map
         self.noise = noise

@@ -27,6 +27,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from pdeinv._tape import unannotated_methods
+from pdeinv.linalg.arrays import local_values
 
 __all__ = ["NoiseModel", "GaussianNoise", "LaplaceNoise", "PoissonNoise", "FieldGaussianNoise", "synthetic_data"]
 
@@ -376,8 +377,8 @@ class FieldGaussianNoise(NoiseModel):
         obs = self.observation
         out = pred.copy(deepcopy=True)
         out.rename(name)
-        xi = random_multifunction(obs.state_space, obs.channels, seed=seed)
+        xi = random_multifunction(obs.field_space, obs.channels, seed=seed)
         cols = obs._columns(out.dat.data)
         for k in range(obs.channels):
-            cols[:, k] += self.sigma * xi[k].dat.data_ro
+            cols[:, k] += self.sigma * local_values(xi[k])
         return out

@@ -7,7 +7,7 @@ Everything here works on the user's own residual form; nothing is hand-typed per
 from __future__ import annotations
 
 __all__ = ["expand", "derive", "is_zero", "depends_on", "at_zero", "homogeneous_bcs", "test_function_of",
-           "check_residual", "check_parameter", "check_bcs", "is_symmetric_operator"]
+           "check_residual", "check_parameter", "check_bcs", "check_observation", "is_symmetric_operator"]
 
 
 def expand(form):
@@ -149,9 +149,23 @@ def check_bcs(bcs, state_space, name: str):
     return bcs
 
 
+def check_observation(observation, state_space, name: str) -> None:
+    """An :class:`~pdeinv.observation.Observation` of this state (or of one of its sub-fields), with one
+    clear error otherwise."""
+    from pdeinv.observation import Observation
+
+    if not isinstance(observation, Observation):
+        raise TypeError(f"{name}: observation must be a pdeinv.observation.Observation (PointObservation, "
+                        f"FieldObservation, IntegralObservation or a subclass), got {type(observation).__name__}")
+    if observation.state_space != state_space:
+        raise ValueError(f"{name}: the observation is built on {_space_name(observation.state_space)}, not on "
+                         f"the state space {_space_name(state_space)} (or one of its sub-spaces)")
+
+
 def _space_name(V) -> str:
     el = V.ufl_element()
-    return f"{el.family()}{el.degree()} on mesh {V.mesh().name!r}"
+    kind = "mixed " if len(V) > 1 else ("vector " if V.value_shape else "")
+    return f"{kind}{el.family()}{el.degree()} on mesh {V.mesh().name!r}"
 
 
 def is_symmetric_operator(a, bcs, functions, *, seed: int = 0) -> bool:
@@ -171,7 +185,8 @@ def is_symmetric_operator(a, bcs, functions, *, seed: int = 0) -> bool:
         if f is None or f not in a.coefficients():
             continue
         r = fd.Function(f.function_space())
-        r.dat.data[:] = 0.1 + 0.2 * rng.random(r.dat.data.shape)  # O(0.1): no overflow in exp(m) etc.
+        with r.dat.vec_wo as x:  # any space, mixed included; O(0.1): no overflow in exp(m) etc.
+            x.array[:] = 0.1 + 0.2 * rng.random(x.getLocalSize())
         mapping[f] = r
     form = fd.replace(a, mapping) if mapping else a
     mat = fd.assemble(form, bcs=bcs, mat_type="aij").petscmat

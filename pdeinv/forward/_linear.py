@@ -28,8 +28,14 @@ REDUNDANT_MAX_RANKS = 8
 REDUNDANT_MAX_DOFS = 2_000_000
 
 
-def default_solver_parameters(comm, *, symmetric: bool, space=None) -> dict:
+def default_solver_parameters(comm, *, symmetric: bool, space=None, singular: bool = False) -> dict:
     """Direct solver defaults.
+
+    Saddle points and singular operators (``space`` mixed, or ``singular``: a nullspace was given):
+    MUMPS LU, serial and parallel, with threshold pivoting (Taylor–Hood and other saddle-point matrices
+    have zero diagonal blocks: PETSc's own LU without pivoting meets a zero pivot), and for a singular
+    operator MUMPS's null-pivot detection (ICNTL(24)), the nullspace being projected out by
+    :class:`DirichletOperator` after each solve.
 
     In serial, PETSc's own sparse Cholesky (symmetric operators) or LU with nested-dissection
     ordering: for the small 2D systems of a time loop its triangular solves are several times faster
@@ -42,6 +48,8 @@ def default_solver_parameters(comm, *, symmetric: bool, space=None) -> dict:
     redundant vs 44–53 ms MUMPS, 45 ms SuperLU_dist, 75 ms CG+GAMG; serial Cholesky 14 ms).  Otherwise
     (3D, larger problems, more ranks) MUMPS LU, whose distributed factorisation scales.
     """
+    if singular or (space is not None and len(space) > 1):
+        return dict(MUMPS_LU, **({"mat_mumps_icntl_24": 1} if singular else {}))
     if comm.size == 1:
         return {"ksp_type": "preonly", "pc_type": "cholesky" if symmetric else "lu",
                 "pc_factor_mat_solver_type": "petsc", "pc_factor_mat_ordering_type": "nd"}
@@ -98,7 +106,7 @@ class DirichletOperator:
     """
 
     def __init__(self, a, bcs=(), *, solver_parameters=None, options_prefix=None, symmetric=False,
-                 lift: bool = True):
+                 lift: bool = True, nullspace=None, transpose_nullspace=None):
         import firedrake as fd
         import petsctools
         from firedrake.petsc import PETSc
@@ -110,9 +118,13 @@ class DirichletOperator:
         self._use_lift = lift
         self.comm = V.mesh().comm
         self.matrix = fd.assemble(a, bcs=self.bcs, mat_type="aij")
+        self.nullspace = nullspace
+        self.transpose_nullspace = transpose_nullspace if transpose_nullspace is not None else nullspace
+        self._attach_nullspaces()
         if solver_parameters is None:
-            solver_parameters = default_solver_parameters(self.comm, symmetric=symmetric, space=V)
-        params = dict(solver_parameters)
+            solver_parameters = default_solver_parameters(self.comm, symmetric=symmetric, space=V,
+                                                          singular=nullspace is not None)
+        params = self.solver_parameters = dict(solver_parameters)
         self.ksp = PETSc.KSP().create(comm=self.comm)
         self.ksp.setOperators(self.matrix.petscmat)
         prefix = options_prefix or f"pdeinv_{next(_prefix_counter)}_"
@@ -133,6 +145,29 @@ class DirichletOperator:
         self.factorisations = 0
         self._stale = True
 
+    def _attach_nullspaces(self):
+        """Hang the nullspaces on the matrix, for Krylov methods (a direct solve is projected by hand)."""
+        if self.nullspace is not None:
+            self.matrix.petscmat.setNullSpace(self.nullspace)
+            self.matrix.petscmat.setTransposeNullSpace(self.transpose_nullspace)
+
+    def _project(self, vec, transpose_space: bool) -> None:
+        """Remove from ``vec`` its component in the (transpose) nullspace: a right-hand side made
+        consistent, or a solution put in the gauge the derivatives are taken in."""
+        ns = self.transpose_nullspace if transpose_space else self.nullspace
+        if ns is not None:
+            ns.remove(vec)
+
+    def _project_block(self, X, transpose_space: bool) -> None:
+        """:meth:`_project` of every column of a dense PETSc Mat."""
+        ns = self.transpose_nullspace if transpose_space else self.nullspace
+        if ns is None:
+            return
+        for j in range(X.getSize()[1]):
+            col = X.getDenseColumnVec(j, "rw")
+            ns.remove(col)
+            X.restoreDenseColumnVec(j, "rw")
+
     def _update_lift(self):
         import firedrake as fd
 
@@ -147,6 +182,7 @@ class DirichletOperator:
         import firedrake as fd
 
         fd.assemble(self.a, bcs=self.bcs, mat_type="aij", tensor=self.matrix)
+        self._attach_nullspaces()
         self.ksp.setOperators(self.matrix.petscmat)
         self._update_lift()
         self._stale = True
@@ -166,6 +202,7 @@ class DirichletOperator:
         :math:`X = 0` on the boundary.  ``B`` (a dense PETSc Mat, modified) and ``X`` have the operator's
         row layout."""
         B.getDenseArray()[self.bc_dofs, :] = 0.0
+        self._project_block(B, transpose_space=not transpose)
         self._set_up()
         (self.ksp.matSolveTranspose if transpose else self.ksp.matSolve)(B, X)
         self.solves += B.getSize()[1]
@@ -178,6 +215,7 @@ class DirichletOperator:
             self._stale = True
             raise ForwardSolveError(f"block linear solve failed (KSP reason {reason})")
         X.getDenseArray()[self.bc_dofs, :] = 0.0
+        self._project_block(X, transpose_space=transpose)
 
     def _ksp_solve(self, b, x, transpose=False):
         import petsctools
@@ -189,7 +227,11 @@ class DirichletOperator:
                 self.ksp.setUp()
             self.factorisations += 1
             self._stale = False
+        # A x = b needs b orthogonal to the transpose nullspace, A^T x = b orthogonal to the nullspace; the
+        # solution is returned orthogonal to the nullspace (of A, or of A^T for the transpose solve).
+        self._project(b, transpose_space=not transpose)
         (self.ksp.solveTranspose if transpose else self.ksp.solve)(b, x)
+        self._project(x, transpose_space=transpose)
         self.solves += 1
         reason = self.ksp.getConvergedReason()
         if reason < 0:
@@ -225,3 +267,42 @@ class DirichletOperator:
         b.getArray()[self.bc_dofs] = 0.0
         self._ksp_solve(b, x, transpose=True)
         x.getArray()[self.bc_dofs] = 0.0
+
+
+def petsc_nullspace(basis, V, name: str):
+    """A PETSc NullSpace on the state space ``V`` from a Firedrake ``VectorSpaceBasis`` (on ``V``) or
+    ``MixedVectorSpaceBasis`` (on a mixed ``V``; each sub-field's basis embedded through Firedrake's dof
+    maps, :func:`~pdeinv.linalg.arrays.subspace_indices`), orthonormalised; None for None."""
+    import firedrake as fd
+    from firedrake.petsc import PETSc
+
+    from pdeinv.linalg.arrays import subspace_indices
+
+    if basis is None:
+        return None
+    if isinstance(basis, fd.VectorSpaceBasis):
+        if len(V) > 1:
+            raise ValueError(f"{name}: the state space is mixed: give a MixedVectorSpaceBasis, e.g. "
+                             "MixedVectorSpaceBasis(Z, [Z.sub(0), VectorSpaceBasis(constant=True)])")
+        return basis.nullspace()
+    if not isinstance(basis, fd.MixedVectorSpaceBasis):
+        raise TypeError(f"{name}: nullspace must be a firedrake VectorSpaceBasis or MixedVectorSpaceBasis, "
+                        f"got {type(basis).__name__}")
+    with fd.Function(V).dat.vec_ro as template:
+        vecs = []
+        for i, sub in enumerate(basis):
+            if not isinstance(sub, fd.VectorSpaceBasis):
+                continue  # a sub-space entry: no nullspace in that field
+            ns = sub.nullspace()
+            index = subspace_indices(V.sub(i))
+            pieces = [v.array_r for v in ns.getVecs()] + ([np.ones(len(index))] if ns.hasConstant() else [])
+            for piece in pieces:
+                vec = template.duplicate()
+                vec.zeroEntries()
+                vec.getArray()[index] = piece
+                vecs.append(vec)
+    for k, vec in enumerate(vecs):  # Gram-Schmidt with global dots
+        for prev in vecs[:k]:
+            vec.axpy(-vec.dot(prev), prev)
+        vec.normalize()
+    return PETSc.NullSpace().create(vectors=vecs, comm=V.mesh().comm)

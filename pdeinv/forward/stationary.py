@@ -35,6 +35,7 @@ import itertools
 from pdeinv.forward._forms import (
     at_zero,
     check_bcs,
+    check_observation,
     check_parameter,
     check_residual,
     depends_on,
@@ -43,7 +44,8 @@ from pdeinv.forward._forms import (
     is_symmetric_operator,
     is_zero,
 )
-from pdeinv.forward._linear import DirichletOperator, default_solver_parameters
+from pdeinv.forward._linear import DirichletOperator, default_solver_parameters, petsc_nullspace
+from pdeinv.linalg.arrays import local_values
 from pdeinv.maps import ParameterToObservable
 
 __all__ = ["StationaryModel", "default_newton_parameters"]
@@ -51,12 +53,14 @@ __all__ = ["StationaryModel", "default_newton_parameters"]
 _prefix = itertools.count()
 
 
-def default_newton_parameters(comm) -> dict:
+def default_newton_parameters(comm, *, space=None, singular: bool = False) -> dict:
     """Newton with a backtracking line search and a direct linear solver, converged tightly (the
-    derivatives are exact for the discrete solution, so the forward must be solved well)."""
+    derivatives are exact for the discrete solution, so the forward must be solved well); the linear
+    solver is :func:`~pdeinv.forward._linear.default_solver_parameters`' (MUMPS for a mixed ``space`` or
+    a ``singular`` operator)."""
     params = {"snes_type": "newtonls", "snes_linesearch_type": "bt", "snes_rtol": 1e-11, "snes_atol": 1e-13,
               "snes_stol": 0.0, "snes_max_it": 50}
-    params.update(default_solver_parameters(comm, symmetric=False))
+    params.update(default_solver_parameters(comm, symmetric=False, space=space, singular=singular))
     return params
 
 
@@ -88,6 +92,15 @@ class StationaryModel(ParameterToObservable):
     initial_guess : {"previous", "fixed"}
         Newton starts from the previous solution (fast inside an optimizer), or always from the
         value ``state`` held at construction (results independent of the evaluation history).
+    nullspace, transpose_nullspace : firedrake.VectorSpaceBasis or MixedVectorSpaceBasis, optional
+        The nullspace of the state operator (e.g. the constant pressure of an enclosed flow:
+        ``MixedVectorSpaceBasis(Z, [Z.sub(0), VectorSpaceBasis(constant=True)])``) and of its transpose
+        (default: the same).  The state is returned orthogonal to the nullspace (Euclidean, over the dofs:
+        e.g. pressure of zero dof mean), and tangent and adjoint are those of that gauge-fixed state.
+
+    The default linear solver is direct: PETSc Cholesky/LU in serial, redundant in parallel for 2D, and
+    MUMPS LU with pivoting for a mixed state space (saddle points) or a nullspace; ``linear_solver``
+    says which was chosen.
 
     Notes
     -----
@@ -95,7 +108,8 @@ class StationaryModel(ParameterToObservable):
     """
 
     def __init__(self, residual, state, parameter, *, observation, bcs=(), solver_parameters=None,
-                 linear_solver_parameters=None, initial_guess: str = "previous"):
+                 linear_solver_parameters=None, initial_guess: str = "previous", nullspace=None,
+                 transpose_nullspace=None):
         import firedrake as fd
 
         name = "StationaryModel"
@@ -103,8 +117,7 @@ class StationaryModel(ParameterToObservable):
         if not isinstance(state, fd.Function):
             raise TypeError(f"{name}: state must be a firedrake.Function, got {type(state).__name__}")
         v = check_residual(residual, name, state, parameter)
-        if getattr(observation, "state_space", None) != state.function_space():
-            raise ValueError(f"{name}: the observation must be built on the state space")
+        check_observation(observation, state.function_space(), name)
         if observation.channels != 1:
             raise ValueError(f"{name}: a steady model has one observation channel, the observation has "
                              f"{observation.channels}")
@@ -113,6 +126,8 @@ class StationaryModel(ParameterToObservable):
         bcs = check_bcs(bcs, state.function_space(), name)
         super().__init__(parameter.function_space(), observation)
         V = state.function_space()
+        self._nullspaces = (nullspace, transpose_nullspace)  # Firedrake's objects, for its nonlinear solver
+        ns, tns = (petsc_nullspace(b, V, name) for b in self._nullspaces)
         self.state_space = V
         self.residual = residual
         self._u, self._m, self._v = state, parameter, v
@@ -154,7 +169,7 @@ class StationaryModel(ParameterToObservable):
             # One operator for forward (with lifting of the boundary values), tangent and adjoint.
             params = solver_parameters if solver_parameters is not None else linear_solver_parameters
             self._A = DirichletOperator(self._J_form, bcs, solver_parameters=params, symmetric=symmetric,
-                                        options_prefix=self._prefix)
+                                        options_prefix=self._prefix, nullspace=ns, transpose_nullspace=tns)
             self._F0 = at_zero(residual, state)  # F(0, m; v): A u = -F0
             self._F0_zero, self._F0_m = is_zero(self._F0), depends_on(self._F0, parameter)
             self._F0_value = fd.Cofunction(V.dual())
@@ -162,13 +177,16 @@ class StationaryModel(ParameterToObservable):
                 fd.assemble(self._F0, tensor=self._F0_value)
             self._nonlinear = None
         else:
-            params = default_newton_parameters(self.comm) if solver_parameters is None else solver_parameters
+            params = default_newton_parameters(self.comm, space=V, singular=ns is not None) \
+                if solver_parameters is None else solver_parameters
             problem = fd.NonlinearVariationalProblem(residual, state, bcs=bcs, J=self._J_form)
-            self._nonlinear = fd.NonlinearVariationalSolver(problem, solver_parameters=params,
-                                                            options_prefix=self._prefix + "forward_")
+            self._nonlinear = fd.NonlinearVariationalSolver(
+                problem, solver_parameters=params, options_prefix=self._prefix + "forward_",
+                nullspace=nullspace, transpose_nullspace=transpose_nullspace)
             self._A = DirichletOperator(self._J_form, self._hbcs, solver_parameters=linear_solver_parameters,
                                         symmetric=symmetric, options_prefix=self._prefix + "linearised_",
-                                        lift=False)
+                                        lift=False, nullspace=ns, transpose_nullspace=tns)
+        self.linear_solver = self._A.solver_parameters
         self._jacobian_current = False
         self.newton_iterations = 0
         self._lam_key = None  # (linearisation point, w) of the adjoint held in self._lam
@@ -206,6 +224,9 @@ class StationaryModel(ParameterToObservable):
                 self._u.assign(self._u_start)  # do not warm-start the next solve from a diverged iterate
                 raise
             self.newton_iterations += self._nonlinear.snes.getIterationNumber()
+            if self._A.nullspace is not None:  # the gauge the derivatives are taken in
+                with self._u.dat.vec as x:
+                    self._A.nullspace.remove(x)
         with self._u.dat.vec_ro as x:
             self.observation.observe(x, prediction, 0)
         self._counts()
@@ -293,9 +314,6 @@ class StationaryModel(ParameterToObservable):
     def _jvp_block(self, dms):
         from pdeinv.linalg.multivector import dense_block
 
-        if not hasattr(self.observation, "observe_block"):  # a user's observation without block versions
-            return super()._jvp_block(dms)
-
         A = self._linearisation()
         C = self._parameter_jacobian()
         rhs = C.matMult(dense_block(dms))  # C dm_j for all j
@@ -308,9 +326,6 @@ class StationaryModel(ParameterToObservable):
 
     def _vjp_block(self, ws):
         from pdeinv.linalg.multivector import from_dense_block
-
-        if not hasattr(self.observation, "transpose_block"):
-            return super()._vjp_block(ws)
 
         A = self._linearisation()
         C = self._parameter_jacobian()
@@ -329,15 +344,14 @@ class StationaryModel(ParameterToObservable):
         from mpi4py import MPI
 
         same = (self._lam_key is not None and self._lam_key[0] is self._point
-                and self.comm.allreduce(bool(np.array_equal(self._lam_key[1], w.dat.data_ro)), op=MPI.LAND))
+                and self.comm.allreduce(bool(np.array_equal(self._lam_key[1], local_values(w))), op=MPI.LAND))
         if not same:
             self._adjoint(w, self._lam)
             self._remember_adjoint(w)
 
     def _remember_adjoint(self, w):
-        import numpy as np
 
-        self._lam_key = (self._point, np.array(w.dat.data_ro))
+        self._lam_key = (self._point, local_values(w))
 
     def _work_vec(self, name, like):
         vec = self._work_vecs.get(name)

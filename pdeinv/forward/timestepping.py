@@ -47,6 +47,7 @@ from pdeinv.checkpointing import Checkpointing
 from pdeinv.forward._forms import (
     at_zero,
     check_bcs,
+    check_observation,
     check_parameter,
     depends_on,
     derive,
@@ -56,6 +57,7 @@ from pdeinv.forward._forms import (
     test_function_of,
 )
 from pdeinv.forward._linear import DirichletOperator
+from pdeinv.linalg.arrays import axpy
 from pdeinv.maps import ParameterToObservable
 
 __all__ = ["TimeSteppingModel", "Checkpointing", "observation_steps"]
@@ -141,8 +143,7 @@ class TimeSteppingModel(ParameterToObservable):
             raise ValueError(f"{name}: dt must be a positive number, got {dt!r}")
         if checkpointing is not None and not isinstance(checkpointing, Checkpointing):
             raise TypeError(f"{name}: checkpointing must be a pdeinv Checkpointing, got {type(checkpointing).__name__}")
-        if getattr(observation, "state_space", None) != state.function_space():
-            raise ValueError(f"{name}: the observation must be built on the state space")
+        check_observation(observation, state.function_space(), name)
         V = state.function_space()
         self.steps, self.dt = int(steps), float(dt)
         self.obs_steps = observation_steps(observation_times, dt=self.dt, steps=self.steps, name=name)
@@ -476,7 +477,7 @@ class TimeSteppingModel(ParameterToObservable):
         if accumulate:
             self._set(self._mu, self._mu_sum)
             fd.assemble(self._Lm, tensor=self._cof_m)
-            result.dat.data[:] -= self._cof_m.dat.data_ro
+            axpy(result, -1.0, self._cof_m)
         self._end_parameter_terms(result)
         if self._ic_is_parameter:  # u_0 = m: B^T w_0 - C_0^T mu_1, on all dofs (u_0 need not satisfy bcs)
             with result.dat.vec as r:
@@ -538,7 +539,7 @@ class TimeSteppingModel(ParameterToObservable):
             self._set(self._u, un1)
         self._set(self._mu, mu)
         fd.assemble(self._Lm, tensor=self._cof_m)
-        self._grad_vec.dat.data[:] -= self._cof_m.dat.data_ro
+        axpy(self._grad_vec, -1.0, self._cof_m)
 
     def _end_parameter_terms(self, result) -> None:
         """Called after the reverse sweep with the gradient Cofunction."""

@@ -91,22 +91,66 @@ def combine_cofunctions(cofunctions, C: np.ndarray):
     return out
 
 
-def random_multifunction(space, k: int, *, seed: int) -> MultiFunction:
-    """``k`` Functions of i.i.d. standard normal dof values, identical for any partition (see module)."""
-    if space.value_shape != ():
-        raise ValueError("random_multifunction: scalar spaces only")
-    coords = _dof_coordinates(space)
-    q = np.round(coords * 2.0**32).astype(np.int64).view(np.uint64)  # quantised coordinates
-    base = np.full(len(coords), np.uint64((int(seed) * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF), dtype=np.uint64)
+def _scalar_pieces(space):
+    """The scalar parts of a space, as sub-spaces: itself (scalar), its components (vector, tensor), or
+    those of each sub-field (mixed)."""
+    fields = [space.sub(i) for i in range(len(space))] if len(space) > 1 else [space]
+    out = []
+    for F in fields:
+        if F.value_shape == ():
+            out.append(F)
+        else:
+            out.extend(F.sub(c) for c in range(int(np.prod(F.value_shape))))
+    return out
+
+
+def _piece_keys(piece, salt):
+    """One 64-bit key per owned dof of a scalar piece: its quantised coordinates (the global dof number
+    for a Real space, whose dofs have none), hashed with ``salt`` (the piece number and the seed)."""
+    import firedrake as fd
+
+    W = piece.collapse() if piece.parent is not None else piece
+    if W.ufl_element().family() == "Real":
+        with fd.Function(W).dat.vec_ro as x:  # a Real space's dofs live on one rank: global numbers
+            start, end = x.getOwnershipRange()
+        q = np.arange(start, end, dtype=np.int64).view(np.uint64)[:, None]
+    else:
+        q = np.round(_dof_coordinates(W) * 2.0**32).astype(np.int64).view(np.uint64)  # quantised coordinates
+    base = np.full(q.shape[0], salt, dtype=np.uint64)
     for d in range(q.shape[1]):
         base = _splitmix64(base ^ q[:, d])
+    return base
+
+
+def random_multifunction(space, k: int, *, seed: int) -> MultiFunction:
+    """``k`` Functions of i.i.d. standard normal dof values, identical for any partition (see module).
+
+    Any space: each scalar piece (a component, a sub-field, a Real block) hashes its dofs' coordinates
+    with its own number, so components at one node get independent values."""
+    from pdeinv.linalg.arrays import subspace_indices
+
+    pieces = _scalar_pieces(space)
+    seed64 = (int(seed) * 0x632BE59BD9B4E019) & 0xFFFFFFFFFFFFFFFF
+    keys = []
+    for p, piece in enumerate(pieces):
+        # arrays, not NumPy scalars: wrapping uint64 arithmetic is intended, and warns only on scalars
+        salt = np.uint64(seed64) if len(pieces) == 1 else _splitmix64(np.array([seed64 ^ (p + 1)], dtype=np.uint64))[0]
+        index = None if piece.parent is None else subspace_indices(piece)
+        keys.append((index, _piece_keys(piece, salt)))
     out = MultiFunction.zeros(space, k)
     for j, f in enumerate(out.functions):
-        h1 = _splitmix64(base ^ np.uint64(2 * j + 1))
-        h2 = _splitmix64(h1 ^ np.uint64(0xD1B54A32D192ED03))
-        u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
-        u2 = ((h2 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
-        f.dat.data[:] = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)  # Box-Muller
+        with f.dat.vec_wo as x:
+            arr = x.array
+            for index, base in keys:
+                h1 = _splitmix64(base ^ np.uint64(2 * j + 1))
+                h2 = _splitmix64(h1 ^ np.uint64(0xD1B54A32D192ED03))
+                u1 = ((h1 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+                u2 = ((h2 >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+                values = np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * np.pi * u2)  # Box-Muller
+                if index is None:
+                    arr[:] = values
+                else:
+                    arr[index] = values
     return out
 
 
