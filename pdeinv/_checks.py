@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["real_number", "describe_space", "describe_mismatch", "require_scalar_space"]
+__all__ = ["real_number", "describe_space", "describe_mismatch", "require_scalar_space", "require_field_space"]
 
 
 def real_number(owner: str, name: str, value, *, minimum: float | None = 0.0, strict: bool = True) -> float:
@@ -43,6 +43,18 @@ def describe_mismatch(want, got) -> tuple[str, str]:
     object of the same name) the second says so."""
     a, b = describe_space(want), describe_space(got)
     return (a, b + " (a different mesh object)") if a == b else (a, b)
+
+
+def require_field_space(owner: str, V) -> None:
+    """One clear error unless ``V`` is a space of one field (scalar, vector or tensor-valued; not mixed,
+    not Real)."""
+    if len(V) > 1:
+        raise ValueError(f"{owner}: expected the space of one field, got a mixed space ({describe_space(V)}); "
+                         "a product parameter (several fields, or a field and scalars) is not supported by "
+                         "this prior")
+    if V.ufl_element().family() == "Real":
+        raise ValueError(f"{owner}: expected a field space, got a Real (R) space; this prior is a "
+                         "differential-operator prior for fields")
 
 
 def require_scalar_space(owner: str, V) -> None:

@@ -298,3 +298,70 @@ def test_field_observation_of_a_vector_state_time_series():
     dm = fd.Function(V).interpolate(fd.as_vector((y, x * x)))
     t = taylor_test(misfit, m, dm, derivative=misfit.gradient(m), epsilon0=1e-2)
     assert abs(t.rates1[-1] - 2.0) <= 0.05, str(t)
+
+
+# ------------------------------------------------------------------- vector-valued parameters
+def vector_heat_problem():
+    """Linear vector diffusion with the initial velocity as parameter, point observations of both
+    components, a vector BiLaplacian prior: a linear-Gaussian problem small enough for dense algebra."""
+    from pdeinv.prior import BiLaplacianPrior
+    from pdeinv.problem import InverseProblem
+
+    mesh = fd.UnitSquareMesh(3, 3)
+    V = fd.VectorFunctionSpace(mesh, "CG", 1)
+    u, uo, m, v = fd.Function(V), fd.Function(V), fd.Function(V), fd.TestFunction(V)
+    F = (fd.inner(u - uo, v) / DT + 0.2 * fd.inner(fd.grad(u), fd.grad(v))) * fd.dx
+    obs = PointObservation(V, POINTS, channels=1)
+    model = TimeSteppingModel(F, u, uo, m, steps=2, dt=DT, observation=obs, observation_times=[2 * DT],
+                              bcs=[fd.DirichletBC(V.sub(0), 0, 1)])
+    x, y = fd.SpatialCoordinate(mesh)
+    truth = fd.Function(V).interpolate(fd.as_vector((x * y, fd.cos(x))))
+    noise = GaussianNoise(obs, 0.01)
+    data = noise.sample(model(truth), seed=4)
+    prior = BiLaplacianPrior(V, gamma=0.05, delta=0.5, mean=fd.as_vector((0.1, -0.1)))
+    return InverseProblem(Misfit(model, noise, data), prior), model, noise, data, prior
+
+
+def test_laplace_on_a_vector_parameter_equals_the_dense_posterior():
+    from pdeinv.linalg.arrays import local_values, set_local_values
+    from pdeinv.optimize import NewtonCGOptions, newton_cg
+    from pdeinv.posterior import LaplaceApproximation
+
+    problem, model, noise, data, prior = vector_heat_problem()
+    V = problem.parameter_space
+    n = V.dim()
+    e = fd.Function(V)
+    J = np.zeros((model.observation.n_points, n))
+    for i in range(n):
+        values = np.zeros(n)
+        values[i] = 1.0
+        set_local_values(e, values)
+        J[:, i] = model.observation.to_array(model.jvp(e, e)).ravel()
+    A = prior._A.matrix.petscmat.convert("dense").getDenseArray()
+    M = prior._M.matrix.petscmat.convert("dense").getDenseArray()
+    R = A @ np.linalg.solve(M, A)
+    post = np.linalg.inv(J.T @ J / noise.sigma**2 + R)
+    d = model.observation.to_array(data).ravel()
+    mean = post @ (J.T @ d / noise.sigma**2 + R @ local_values(prior.mean))
+    res = newton_cg(problem, fd.Function(V), options=NewtonCGOptions(forcing=1e-13, max_iterations=1, quiet=True))
+    assert np.linalg.norm(local_values(res.m) - mean) <= 1e-8 * np.linalg.norm(mean)
+    la = LaplaceApproximation(problem, res.m, rank=n, oversampling=0)
+    var = la.pointwise_variance(prior_variance=la.prior_variance(method="exact"))
+    assert np.abs(local_values(var) - np.diag(post)).max() <= 1e-8 * np.diag(post).max()
+
+
+def test_vector_tikhonov_and_prior_refusals():
+    from pdeinv.prior import BiLaplacianPrior, TikhonovH1, TikhonovL2
+
+    mesh = fd.UnitSquareMesh(3, 3)
+    V = fd.VectorFunctionSpace(mesh, "CG", 1)
+    x, y = fd.SpatialCoordinate(mesh)
+    m = fd.Function(V).interpolate(fd.as_vector((x, y * y)))
+    assert np.isclose(TikhonovL2(V, alpha=2.0)(m), fd.assemble(fd.inner(m, m) * fd.dx), rtol=1e-12)
+    assert np.isclose(TikhonovH1(V, alpha=2.0)(m), fd.assemble(fd.inner(fd.grad(m), fd.grad(m)) * fd.dx),
+                      rtol=1e-12)
+    Z = V * fd.FunctionSpace(mesh, "R", 0)
+    with pytest.raises(ValueError, match="mixed space"):
+        BiLaplacianPrior(Z, gamma=1.0, delta=1.0)
+    with pytest.raises(ValueError, match="Real"):
+        BiLaplacianPrior(fd.FunctionSpace(mesh, "R", 0), gamma=1.0, delta=1.0)

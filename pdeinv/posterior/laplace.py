@@ -44,6 +44,7 @@ import math
 import numpy as np
 
 from pdeinv._tape import unannotated_methods
+from pdeinv.linalg.arrays import axpy, local_values, set_local_values
 from pdeinv.linalg.randomized import double_pass, residuals, single_pass
 
 __all__ = ["LaplaceApproximation"]
@@ -95,7 +96,7 @@ class LaplaceApproximation:
             self._count += 1
             h = problem.hessian_action(self.mean, v, misfit_only=True)
             if extras is not None:
-                h.dat.data[:] += extras.extras_hessian_action(self.mean, v).dat.data_ro
+                axpy(h, 1.0, extras.extras_hessian_action(self.mean, v))
             return h
 
         def apply_A_block(vs):  # all columns through one pass of blocked forward/adjoint solves
@@ -140,7 +141,7 @@ class LaplaceApproximation:
         """:math:`\\Gamma_{post}c \\approx \\Gamma_{pr}c - UDU^Tc` (Cofunction -> Function)."""
         out = self.prior.covariance_action(c)
         coef = self._d * self._coefficients(c)
-        out.dat.data[:] -= self.eig.eigenvectors.combine(coef[:, None])[0].dat.data_ro
+        axpy(out, -1.0, self.eig.eigenvectors.combine(coef[:, None])[0])
         return out
 
     def precision_action(self, x):
@@ -150,15 +151,15 @@ class LaplaceApproximation:
 
         out = self.prior.precision_action(x)
         coef = np.array([_pair(Bu, x) for Bu in self.eig.B_eigenvectors]) * self.eigenvalues
-        out.dat.data[:] += combine_cofunctions(self.eig.B_eigenvectors, coef[:, None])[0].dat.data_ro
+        axpy(out, 1.0, combine_cofunctions(self.eig.B_eigenvectors, coef[:, None])[0])
         return out
 
     def sample(self, *, seed: int, name: str = "posterior_sample"):
         """A draw of the Laplace approximation (prior sample corrected by the low-rank update)."""
         s = self.prior.sample_centered(seed=seed)
         coef = self._p * np.array([_pair(Bu, s) for Bu in self.eig.B_eigenvectors])
-        s.dat.data[:] -= self.eig.eigenvectors.combine(coef[:, None])[0].dat.data_ro
-        s.dat.data[:] += self.mean.dat.data_ro
+        axpy(s, -1.0, self.eig.eigenvectors.combine(coef[:, None])[0])
+        axpy(s, 1.0, self.mean)
         s.rename(name)
         return s
 
@@ -171,7 +172,7 @@ class LaplaceApproximation:
         var = fd.Function(self.space, name="prior_variance")
         if method == "exact":
             e = fd.Cofunction(self.space.dual())
-            n_local = len(var.dat.data_ro)
+            n_local = len(local_values(var))  # dofs (every component), in the Vec layout
             start = self.space.mesh().comm.exscan(n_local) or 0
             diag = np.zeros(n_local)
             for i in range(self.space.dim()):
@@ -181,18 +182,18 @@ class LaplaceApproximation:
                 values = np.zeros(n_local)
                 if 0 <= local < n_local:
                     values[local] = 1.0
-                e.dat.data[:] = values
+                set_local_values(e, values)
                 col = self.prior.covariance_action(e)
                 if 0 <= local < n_local:
-                    diag[local] = col.dat.data_ro[local]
-            var.dat.data[:] = diag
+                    diag[local] = local_values(col)[local]
+            set_local_values(var, diag)
         elif method == "samples":
             if samples < 2:
                 raise ValueError("prior_variance: need at least 2 samples")
-            acc = np.zeros_like(var.dat.data_ro)
+            acc = np.zeros_like(local_values(var))
             for j in range(samples):
-                acc += self.prior.sample_centered(seed=seed + j).dat.data_ro ** 2
-            var.dat.data[:] = acc / samples
+                acc += local_values(self.prior.sample_centered(seed=seed + j)) ** 2
+            set_local_values(var, acc / samples)
         else:
             raise ValueError(f"prior_variance: method must be 'exact' or 'samples', got {method!r}")
         return var
@@ -204,10 +205,10 @@ class LaplaceApproximation:
 
         pv = prior_variance if prior_variance is not None else self.prior_variance(**kwargs)
         out = fd.Function(self.space, name="posterior_variance")
-        low = np.zeros_like(out.dat.data_ro)
+        low = np.zeros_like(local_values(out))
         for d, u in zip(self._d, self.eig.eigenvectors, strict=True):
-            low += d * u.dat.data_ro**2
-        out.dat.data[:] = pv.dat.data_ro - low
+            low += d * local_values(u) ** 2
+        set_local_values(out, local_values(pv) - low)
         return out
 
     def variance_reduction(self, posterior_variance, prior_variance):
@@ -216,7 +217,7 @@ class LaplaceApproximation:
         import firedrake as fd
 
         out = fd.Function(self.space, name="variance_reduction")
-        out.dat.data[:] = 1.0 - posterior_variance.dat.data_ro / prior_variance.dat.data_ro
+        set_local_values(out, 1.0 - local_values(posterior_variance) / local_values(prior_variance))
         return out
 
     def identifiability(self, posterior_variance, prior_variance, *, low: float = 0.1, high: float = 0.9) -> dict:
@@ -243,10 +244,10 @@ class LaplaceApproximation:
         if not (0 < level < 1):
             raise ValueError(f"credible_interval: level must be in (0, 1), got {level}")
         z = norm.ppf(0.5 + level / 2.0)
-        sd = np.sqrt(np.maximum(posterior_variance.dat.data_ro, 0.0))
+        sd = np.sqrt(np.maximum(local_values(posterior_variance), 0.0))
         lo, hi = fd.Function(self.space, name="lower"), fd.Function(self.space, name="upper")
-        lo.dat.data[:] = self.mean.dat.data_ro - z * sd
-        hi.dat.data[:] = self.mean.dat.data_ro + z * sd
+        set_local_values(lo, local_values(self.mean) - z * sd)
+        set_local_values(hi, local_values(self.mean) + z * sd)
         return lo, hi
 
     # ------------------------------------------------------------------------------ information

@@ -60,9 +60,9 @@ class GaussianPrior(Regularizer):
     def __init__(self, space, mean=None):
         import firedrake as fd
 
-        from pdeinv._checks import require_scalar_space
+        from pdeinv._checks import require_field_space
 
-        require_scalar_space(type(self).__name__, space)
+        require_field_space(type(self).__name__, space)
         super().__init__(space)
         self.mean = fd.Function(space, name="prior_mean")
         if mean is not None:

@@ -59,7 +59,8 @@ class BiLaplacianPrior(GaussianPrior):
     Parameters
     ----------
     space : firedrake.FunctionSpace
-        Scalar parameter space.
+        Parameter space: scalar, or vector/tensor-valued (the same operator acts on every component,
+        so the components are independent with equal correlation length and variance).
     gamma, delta : float
         Positive coefficients (see :meth:`from_correlation`).
     anisotropy : UFL 2-tensor, optional
@@ -83,12 +84,15 @@ class BiLaplacianPrior(GaussianPrior):
         super().__init__(space, mean)
         self.gamma, self.delta = float(gamma), float(delta)
         u, v = fd.TrialFunction(space), fd.TestFunction(space)
-        flux = fd.grad(u) if anisotropy is None else fd.dot(anisotropy, fd.grad(u))
-        a = self.gamma * fd.inner(flux, fd.grad(v)) * fd.dx + self.delta * u * v * fd.dx
+        # a vector-valued field: the same operator on every component (grad u Theta, Theta symmetric)
+        scalar = space.value_shape == ()
+        flux = fd.grad(u) if anisotropy is None else (
+            fd.dot(anisotropy, fd.grad(u)) if scalar else fd.dot(fd.grad(u), anisotropy))
+        a = self.gamma * fd.inner(flux, fd.grad(v)) * fd.dx + self.delta * fd.inner(u, v) * fd.dx
         if robin:
-            a = a + math.sqrt(self.gamma * self.delta) / 1.42 * u * v * fd.ds
+            a = a + math.sqrt(self.gamma * self.delta) / 1.42 * fd.inner(u, v) * fd.ds
         self._A = DirichletOperator(a, (), solver_parameters=solver_parameters, symmetric=True)
-        self._M = DirichletOperator(u * v * fd.dx, (), solver_parameters=solver_parameters, symmetric=True)
+        self._M = DirichletOperator(fd.inner(u, v) * fd.dx, (), solver_parameters=solver_parameters, symmetric=True)
         self._work = [fd.Function(space), fd.Cofunction(space.dual())]
 
     @classmethod
@@ -173,12 +177,14 @@ class BiLaplacianPrior(GaussianPrior):
         if reproducible:
             import numpy as np
 
+            from pdeinv.linalg.arrays import local_values, set_local_values
             from pdeinv.linalg.multivector import random_multifunction
 
             xi = random_multifunction(self.space, 1, seed=seed)[0]
-            lumped = fd.assemble(fd.TestFunction(self.space) * fd.dx)
+            ones = fd.Function(self.space).assign(1.0)
+            lumped = fd.assemble(fd.inner(ones, fd.TestFunction(self.space)) * fd.dx)
             w = fd.Cofunction(self.space.dual())
-            w.dat.data[:] = np.sqrt(lumped.dat.data_ro) * xi.dat.data_ro
+            set_local_values(w, np.sqrt(local_values(lumped)) * local_values(xi))
         else:
             from firedrake.adjoint import WhiteNoiseGenerator
 

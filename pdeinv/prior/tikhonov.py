@@ -64,7 +64,7 @@ class TikhonovL2(_Quadratic):
 
         alpha = real_number("TikhonovL2", "alpha", alpha)
         u, v = fd.TrialFunction(space), fd.TestFunction(space)
-        super().__init__(space, alpha * u * v * fd.dx, reference)
+        super().__init__(space, alpha * fd.inner(u, v) * fd.dx, reference)
 
 
 class TikhonovH1(_Quadratic):
@@ -80,5 +80,5 @@ class TikhonovH1(_Quadratic):
         u, v = fd.TrialFunction(space), fd.TestFunction(space)
         form = alpha * fd.inner(fd.grad(u), fd.grad(v)) * fd.dx
         if beta > 0:
-            form = form + beta * u * v * fd.dx
+            form = form + beta * fd.inner(u, v) * fd.dx
         super().__init__(space, form, reference)
