@@ -98,6 +98,65 @@ def test_results_directories_are_not_silently_overwritten(tmp_path):
     assert_config_error(pdeinv_run("--out", str(out), "--overwrite", "--resume", *SETS), "exclude each other")
 
 
+def test_results_directory_keeps_the_users_files(tmp_path):
+    """--overwrite and a restart replace only what pdeinv wrote: the user's notes, job script and analysis
+    folder in a results directory stay, another run's directory below stays, and a new configuration that
+    fails during setup (a sensor outside the mesh: found only when the model is built) puts the earlier run
+    back untouched."""
+    out = tmp_path / "results"
+    assert pdeinv_run("--out", str(out), *SETS).returncode == 0
+    manifest = json.loads((out / MARKER).read_text())
+    assert "checkpoint" in manifest["entries"] and "summary.json" in manifest["entries"]
+    (out / "notes.txt").write_text("precious")
+    (out / "job.sh").write_text("#!/bin/sh\n")
+    (out / "analysis").mkdir()
+    (out / "analysis" / "plot.py").write_text("print(1)")
+    inner = out / "b"
+    assert pdeinv_run("--out", str(inner), *SETS).returncode == 0  # another run inside
+    inner_before = snapshot(inner)
+
+    # a configuration that fails at model build: the earlier run is put back as it was
+    bad = tmp_path / "outside.csv"
+    bad.write_text("x,y,t,value,sigma\n5.0,5.0,0.02,0.1,0.01\n5.0,5.0,0.05,0.1,0.01\n")
+    before, listed = snapshot(out), json.loads((out / MARKER).read_text())["entries"]
+    p = pdeinv_run("--out", str(out), "--overwrite", *SETS, "--set", f"data.file=\"{bad}\"")
+    assert p.returncode == EXIT_CONFIG, p.stderr[-2000:]
+    after = snapshot(out)
+    assert after.pop(MARKER) and before.pop(MARKER) and after == before  # every file as it was
+    assert json.loads((out / MARKER).read_text())["entries"] == listed  # the manifest rewritten, same content
+    assert not (out / ".pdeinv-previous").exists()
+
+    p = pdeinv_run("--out", str(out), "--overwrite", *SETS)
+    assert p.returncode == 0, p.stderr
+    assert (out / "notes.txt").read_text() == "precious" and (out / "job.sh").exists()
+    assert (out / "analysis" / "plot.py").exists() and snapshot(inner) == inner_before
+    assert (out / "summary.json").exists() and not (out / ".pdeinv-previous").exists()
+
+    # a run stopped before its first checkpoint, restarted without a flag: the user's files stay
+    early = tmp_path / "early"
+    early.mkdir()
+    (early / MARKER).write_text(json.dumps({"entries": []}))
+    (early / "mine.txt").write_text("keep")
+    assert pdeinv_run("--out", str(early), *SETS).returncode == 0
+    assert (early / "mine.txt").read_text() == "keep"
+
+
+@pytest.mark.parametrize("where", ["cwd", "parent", "root", "home"])
+def test_results_directory_may_not_hold_the_working_or_home_directory(tmp_path, where):
+    work = tmp_path / "project"
+    work.mkdir()
+    (work / MARKER).write_text("results of a pdeinv run\n")  # even a marker does not make it pdeinv's
+    (work / "thesis.tex").write_text("precious")
+    out = {"cwd": ".", "parent": "..", "root": "/", "home": os.path.expanduser("~")}[where]
+    cfg = os.path.join(os.getcwd(), "cases/heat/config.toml")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    p = subprocess.run(PDEINV + ["run", cfg, "--quiet", "--overwrite", "--out", out, *SETS], capture_output=True,
+                       text=True, cwd=work, env=env)
+    p.seconds = 0.0
+    assert_config_error(p, "choose a directory of its own")
+    assert (work / "thesis.tex").read_text() == "precious"
+
+
 def test_resume_safety(tmp_path):
     missing = tmp_path / "none"
     assert_config_error(pdeinv_run("--out", str(missing), "--resume", *SETS), "--resume: no checkpoint")

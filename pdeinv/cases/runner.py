@@ -16,9 +16,12 @@ Signals (see :mod:`pdeinv.cases.signals`): SIGTERM or SIGINT, to ``mpiexec`` or 
 rank at once with status 75, the checkpoint of the last completed iteration in place; SIGUSR1 stops after
 the current iteration with a fresh checkpoint (status 75 too).
 
-Results directory: a fresh run refuses a directory that holds another run's results or checkpoint (or
-anything not written by pdeinv) unless ``--overwrite``, which deletes the earlier pdeinv results first
-(never a directory without pdeinv's marker file).
+Results directory (:mod:`pdeinv.cases.results_dir`): a fresh run refuses a directory that holds another
+run's results or checkpoint unless ``--overwrite``, and a non-empty directory without pdeinv's manifest
+always; ``--out`` may not be ``/``, the working or the home directory or an ancestor of either.  pdeinv
+removes only the entries its manifest records (never the user's files beside them, never another run's
+directory below), and only after the new run's setup succeeded: until then the earlier entries are moved
+aside, and a setup that fails puts them back.
 
 Ensembles: a case whose module defines ``n_experiments(cfg)`` takes ``parallel.ensemble = P``: the
 experiments are split over P ``firedrake.Ensemble`` members (``COMM_WORLD.size / P`` ranks each), the
@@ -41,12 +44,13 @@ import sys
 import tempfile
 import time
 
+from pdeinv.cases import results_dir
+from pdeinv.cases.results_dir import MARKER  # the manifest, written first into every results directory
 from pdeinv.cases.signals import EXIT_INTERRUPTED, StopRequest, exit_on_signals
 
 EXIT_CONFIG = 2
 CASES = ("heat", "tomography", "poisson", "learn_regularization")
 EXACT_VARIANCE_DOFS = 5000  # below this many parameter dofs the prior variance is computed exactly
-MARKER = ".pdeinv-results"  # written first into every results directory pdeinv creates
 # Settings a resumed run may change: they act only after the checkpointed Newton iterations (the
 # Laplace phase is recomputed in full on resume) or only say where to stop.  Everything else changes
 # the iterates, so a changed value is refused.
@@ -118,6 +122,7 @@ def _check_output(out, *, resume, overwrite) -> bool:
         if not os.access(out, os.W_OK | os.X_OK):
             raise ConfigError(f"--out {out}: not writable")
         return False
+    results_dir.check_location(out)
     # the nearest existing ancestor decides whether the directory can be made at all
     probe = os.path.abspath(out)
     while not os.path.exists(probe):
@@ -263,8 +268,16 @@ def main(argv=None, *, case: str | None = None) -> int:
         clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=args.resume,
                                                   overwrite=args.overwrite, ranks=comm.size))
         if hasattr(module, "run_case"):  # a case with its own driver (bilevel learning)
-            _prepare_fresh(out, clear, comm)
-            module.run_case(cfg, out, quiet=args.quiet)
+            aside = _prepare_fresh(out, clear, comm)
+            before = _contents(out)
+            try:
+                module.run_case(cfg, out, quiet=args.quiet)
+            except BaseException:
+                _setup_failed(out, aside, comm)
+                raise
+            if comm.rank == 0:
+                results_dir.discard(aside)
+                results_dir.record(out, set(_contents(out)) - set(before))
             return 0
         created = not args.resume
         existed = os.path.isdir(out)
@@ -274,10 +287,8 @@ def main(argv=None, *, case: str | None = None) -> int:
     except ConfigError as e:
         if comm.rank == 0:
             sys.stderr.write(f"pdeinv: configuration error: {e}\n")
-            if created and os.path.isdir(out) and not _has_results(out):
-                shutil.rmtree(out, ignore_errors=True)  # found during setup: leave nothing behind
-                if existed:
-                    os.makedirs(out)
+            if created and not existed and os.path.isdir(out) and set(_contents(out)) <= {MARKER}:
+                shutil.rmtree(out, ignore_errors=True)  # a directory this run made and left empty
         return EXIT_CONFIG
     except Interrupted:
         return EXIT_INTERRUPTED
@@ -285,23 +296,33 @@ def main(argv=None, *, case: str | None = None) -> int:
 
 
 def _prepare_fresh(out, clear, comm, *, name=None, cfg=None, mesh_name=None):
-    """Rank 0: clear an earlier pdeinv run if asked, make the directories, write the marker (first)
-    and the configuration the checkpoint belongs to."""
+    """Rank 0: move an earlier pdeinv run's entries aside if asked (:func:`results_dir.set_aside`; deleted
+    once setup succeeded), make the directories, write the manifest (first) and the configuration the
+    checkpoint belongs to.  Returns the set-aside directory (rank 0; None elsewhere)."""
     from pdeinv.cases.config import config_hash
     from pdeinv.cases.output import atomic_json
 
+    aside = None
     if comm.rank == 0:
-        if clear:
-            shutil.rmtree(out)
         os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, MARKER), "w") as fh:
-            fh.write("results of a pdeinv run; `pdeinv run --overwrite` may delete this directory\n")
+        if clear:
+            aside = results_dir.set_aside(out)
+        results_dir.record(out, ["checkpoint"] if cfg is not None else [])
         if cfg is not None:
             os.makedirs(os.path.join(out, "checkpoint"), exist_ok=True)
     comm.barrier()
     if cfg is not None:
         atomic_json(os.path.join(out, "checkpoint", "config.json"),
                     {"case": name, "config": cfg, "config_hash": config_hash(cfg), "mesh_name": mesh_name}, comm)
+    return aside
+
+
+def _setup_failed(out, aside, comm):
+    """Rank 0: a fresh run failed before it could replace the earlier one: remove what it wrote (its
+    manifest's entries only) and put the earlier run back."""
+    if comm.rank == 0:
+        results_dir.remove_own(out)
+        results_dir.restore(out, aside)
 
 
 def _solver_record(module, cfg, model) -> dict:
@@ -374,38 +395,47 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
         # each rank records its own stop next to the checkpoint (what `pdeinv status` reports)
         exit_message.set_report(os.path.abspath(os.path.join(ckdir, f"stopped.rank-{comm.rank}")))
 
-    with log.phase("setup"):
-        if resume:
-            with open(os.path.join(ckdir, "config.json")) as fh:
-                mesh_name = json.load(fh).get("mesh_name") or "mesh"
-            if comm.rank == 0:  # leftovers of a write that a signal cut short; the run's result is redone
-                for d in (out, ckdir):
-                    for f in os.listdir(d):
-                        if f.endswith(".tmp") or f == "summary.json" or f.startswith("stopped.rank-"):
-                            os.remove(os.path.join(d, f))
-            comm.barrier()
-        else:
-            mesh = module.make_mesh(cfg, space, **mesh_kw)
-            mesh_name = mesh.name
-            # a mesh from a file is known only now: the last check that needs no solve, before writing
-            if getattr(module, "parameter_dofs", lambda c: None)(cfg) is None:
-                _check_rank(cfg, fd.FunctionSpace(mesh, "CG", 1).dim())
-            _prepare_fresh(out, clear, comm, name=name, cfg=cfg, mesh_name=mesh_name)
-            tmp = mesh_file + ".tmp"
-            if writer:
-                with fd.CheckpointFile(tmp, "w", comm=space) as ck:
-                    ck.save_mesh(mesh)
-            if comm.rank == 0:
-                os.replace(tmp, mesh_file)
-            comm.barrier()
-        # Fresh or resumed, the run works on the mesh as loaded from the checkpoint, so that both see
-        # the same distribution and dof numbering and a resumed run repeats the uninterrupted one.
-        # (Every ensemble member loads the same saved partition.)
-        with fd.CheckpointFile(mesh_file, "r", comm=space) as ck:
-            mesh = ck.load_mesh(mesh_name)
-        model, prior, truth, points = (module.build(cfg, mesh) if ensemble is None
-                                       else module.build(cfg, mesh, experiments=experiments))
-        V = model.parameter_space
+    aside, prepared = None, False
+    try:  # a fresh run that fails in setup (a sensor outside the mesh, ...) puts the earlier run back
+        with log.phase("setup"):
+            if resume:
+                with open(os.path.join(ckdir, "config.json")) as fh:
+                    mesh_name = json.load(fh).get("mesh_name") or "mesh"
+                if comm.rank == 0:  # leftovers of a write that a signal cut short; the run's result is redone
+                    for d in (out, ckdir):
+                        for f in os.listdir(d):
+                            if f.endswith(".tmp") or f == "summary.json" or f.startswith("stopped.rank-"):
+                                os.remove(os.path.join(d, f))
+                comm.barrier()
+            else:
+                mesh = module.make_mesh(cfg, space, **mesh_kw)
+                mesh_name = mesh.name
+                # a mesh from a file is known only now: the last check that needs no solve, before writing
+                if getattr(module, "parameter_dofs", lambda c: None)(cfg) is None:
+                    _check_rank(cfg, fd.FunctionSpace(mesh, "CG", 1).dim())
+                aside = _prepare_fresh(out, clear, comm, name=name, cfg=cfg, mesh_name=mesh_name)
+                prepared = True
+                tmp = mesh_file + ".tmp"
+                if writer:
+                    with fd.CheckpointFile(tmp, "w", comm=space) as ck:
+                        ck.save_mesh(mesh)
+                if comm.rank == 0:
+                    os.replace(tmp, mesh_file)
+                comm.barrier()
+            # Fresh or resumed, the run works on the mesh as loaded from the checkpoint, so that both see
+            # the same distribution and dof numbering and a resumed run repeats the uninterrupted one.
+            # (Every ensemble member loads the same saved partition.)
+            with fd.CheckpointFile(mesh_file, "r", comm=space) as ck:
+                mesh = ck.load_mesh(mesh_name)
+            model, prior, truth, points = (module.build(cfg, mesh) if ensemble is None
+                                           else module.build(cfg, mesh, experiments=experiments))
+            V = model.parameter_space
+    except BaseException:
+        if prepared:
+            _setup_failed(out, aside, comm)
+        raise
+    if comm.rank == 0:
+        results_dir.discard(aside)  # the new run stands: the earlier one's entries go now
     channels = model.observation.channels if ensemble is None else \
         ensemble.ensemble_comm.allreduce(model.observation.channels)
     log.info(f"  state dofs {model.state_space.dim()}, parameter dofs {V.dim()}, "
@@ -505,6 +535,7 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
     def rel_error(f):
         return float(np.sqrt(fd.assemble((f - truth) ** 2 * fd.dx) / fd.assemble(truth**2 * fd.dx)))
 
+    before_output = _contents(out) if comm.rank == 0 else []
     with log.phase("output"):
         prior_mean = fd.Function(V, name="prior_mean").assign(prior.mean)
         fields = {"map": m_map, "posterior_std": std, "prior_mean": prior_mean, "variance_reduction": reduction}
@@ -564,6 +595,9 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
         summary["data_rms_residual"] = rms
         quality = f"data RMS residual {rms:.3g}"
     output.atomic_json(os.path.join(out, "summary.json"), summary, comm)
+    if comm.rank == 0:
+        results_dir.record(out, set(_contents(out)) - set(before_output) | {"summary.json"})
+    comm.barrier()
     log.result(f"pdeinv case '{name}': {quality}, {result.iterations} Newton / {result.cg_iterations} "
                f"CG iterations, {la.data_informed_dimension} data-informed directions, "
                f"{time.perf_counter() - t_start:.1f} s -> {out}")
