@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from pdeinv._tape import unannotated_methods
 from pdeinv.linalg.arrays import root_space, subspace_indices
 
 __all__ = ["Observation", "ObservedPart", "PointObservation", "FieldObservation", "IntegralObservation",
@@ -111,6 +112,7 @@ def _dense_from_array(arr, like_vec):
     return X
 
 
+@unannotated_methods
 class Observation(ABC):
     r"""An observation operator :math:`B: V \to D` from a state space to a data space: what a model needs.
 
@@ -137,6 +139,11 @@ class Observation(ABC):
     """
 
     mask = None
+
+    def __init_subclass__(cls, **kwargs):
+        # every subclass (a user's too) runs its public methods with pyadjoint annotation off
+        super().__init_subclass__(**kwargs)
+        unannotated_methods(cls)
 
     @abstractmethod
     def observe(self, u_vec, data, channel: int) -> None:
