@@ -7,7 +7,8 @@
 PETSc options are read from the ``PETSC_OPTIONS`` environment variable, not from the command line.
 ``pdeinv status DIR``
     Whether the run in results directory DIR is complete (exit 0), interrupted and resumable (75: rerun
-    with ``--resume``) or neither (1).  For job scripts: after a signal, what ``mpiexec`` returns depends
+    with ``--resume``), running (3: another process holds its lock), failed (1: the recorded reason) or
+    empty (1).  For job scripts: after a signal, what ``mpiexec`` returns depends
     on the MPI (Open MPI's returns 1), while the ranks themselves exit 75.
 ``pdeinv info``
     Versions of pdeinv and of the stack underneath.
@@ -97,7 +98,8 @@ def main(argv=None) -> int:
     sub.add_parser("run", help="run a case: pdeinv run cases/<name>/config.toml [--out DIR] [--set k=v] [--resume]")
     p = sub.add_parser("info", help="versions of pdeinv and the stack")
     p.set_defaults(func=_cmd_info)
-    p = sub.add_parser("status", help="a results directory: complete (0), resumable (75) or neither (1)")
+    p = sub.add_parser("status", help="a results directory: complete (0), resumable (75), running (3), failed or "
+                                      "empty (1)")
     p.add_argument("directory")
     p.set_defaults(func=_cmd_status)
     args = parser.parse_args(argv)

@@ -122,7 +122,9 @@ def test_results_directory_keeps_the_users_files(tmp_path):
     p = pdeinv_run("--out", str(out), "--overwrite", *SETS, "--set", f"data.file=\"{bad}\"")
     assert p.returncode == EXIT_CONFIG, p.stderr[-2000:]
     after = snapshot(out)
-    assert after.pop(MARKER) and before.pop(MARKER) and after == before  # every file as it was
+    for bookkeeping in (MARKER, ".pdeinv-lock"):  # rewritten (same content) / taken and released
+        after.pop(bookkeeping), before.pop(bookkeeping)
+    assert after == before  # every file as it was
     assert json.loads((out / MARKER).read_text())["entries"] == listed  # the manifest rewritten, same content
     assert not (out / ".pdeinv-previous").exists()
 
@@ -155,6 +157,52 @@ def test_results_directory_may_not_hold_the_working_or_home_directory(tmp_path, 
     p.seconds = 0.0
     assert_config_error(p, "choose a directory of its own")
     assert (work / "thesis.tex").read_text() == "precious"
+
+
+def test_one_run_per_results_directory(tmp_path):
+    """Two runs started together on one directory: exactly one runs, the other exits 2 naming the holder;
+    while a run is live, `pdeinv status` says running (3, not resumable) and --resume beside it is refused."""
+    out = tmp_path / "run"
+    env = dict(os.environ)
+    first, second = (subprocess.Popen(PDEINV + ["run", "cases/heat/config.toml", "--quiet", "--out", str(out),
+                                                *SETS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=env) for _ in range(2))
+    results = [p.communicate(timeout=600) + (p.returncode,) for p in (first, second)]
+    codes = sorted(r[2] for r in results)
+    assert codes == [0, EXIT_CONFIG], [(r[2], r[1][-500:]) for r in results]
+    loser = next(r for r in results if r[2] == EXIT_CONFIG)[1].strip()
+    assert "another pdeinv run is using it (host" in loser or "holds an earlier run" in loser, loser
+
+    live = subprocess.Popen(PDEINV + ["run", "cases/heat/config.toml", "--quiet", "--out", str(out), "--overwrite",
+                                      *SETS], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    status = None
+    while time.time() < deadline and live.poll() is None:
+        status = subprocess.run(PDEINV + ["status", str(out)], capture_output=True, text=True)
+        if status.returncode == 3:
+            break
+        time.sleep(0.2)
+    if live.poll() is None:  # still running: it holds the lock
+        assert status.returncode == 3 and f"pid {live.pid}" in status.stdout, status.stdout
+        p = pdeinv_run("--out", str(out), "--resume", *SETS)
+        assert_config_error(p, "another pdeinv run is using it", f"pid {live.pid}")
+    assert live.wait(timeout=600) == 0, live.stderr.read()[-2000:]
+    assert subprocess.run(PDEINV + ["status", str(out)], capture_output=True).returncode == 0
+
+
+def test_status_of_a_failed_run_is_not_resumable(tmp_path):
+    """A run that ended with an error (not a stop signal) records why; `pdeinv status` says failed (1), so a
+    job script does not resubmit it forever; a resumed run clears the record."""
+    from pdeinv.cases.results_dir import record_failure
+    from pdeinv.cases.runner import run_status
+
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "state.json").write_text(json.dumps({"iterate_file": "x", "state": {"iteration": 2}}))
+    assert run_status(str(out))[0] == EXIT_INTERRUPTED
+    record_failure(str(out), "OSError: [Errno 28] No space left on device")
+    code, text = run_status(str(out))
+    assert code == 1 and "failed (OSError: [Errno 28] No space left on device)" in text
 
 
 def test_resume_safety(tmp_path):

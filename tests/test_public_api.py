@@ -161,8 +161,9 @@ def test_numeric_arguments_and_spaces_give_one_clear_error():
         TotalVariation(V, alpha=1.0, epsilon=float("inf"))
     with pytest.raises(ValueError, match="gamma must be > 0"):
         BiLaplacianPrior(V, gamma=-1.0, delta=1.0)
-    with pytest.raises(ValueError, match="expected a scalar function space, got Lagrange degree 1, value shape"):
-        BiLaplacianPrior(fd.VectorFunctionSpace(mesh, "CG", 1), gamma=1.0, delta=1.0)
+    BiLaplacianPrior(fd.VectorFunctionSpace(mesh, "CG", 1), gamma=1.0, delta=1.0)  # a vector field: accepted
+    with pytest.raises(ValueError, match="expected the space of one field, got a mixed space"):
+        BiLaplacianPrior(V * V, gamma=1.0, delta=1.0)
     prior = BiLaplacianPrior(V, gamma=1.0, delta=1.0)
     W = fd.FunctionSpace(mesh, "CG", 2)
     with pytest.raises(ValueError) as err:

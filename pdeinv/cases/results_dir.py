@@ -22,8 +22,8 @@ import json
 import os
 import shutil
 
-__all__ = ["MARKER", "ASIDE", "KNOWN_OUTPUTS", "check_location", "recorded", "record", "set_aside", "restore",
-           "discard", "remove_own"]
+__all__ = ["MARKER", "ASIDE", "LOCK", "KNOWN_OUTPUTS", "check_location", "recorded", "record", "set_aside",
+           "restore", "discard", "remove_own", "RunLock", "record_failure"]
 
 MARKER = ".pdeinv-results"
 ASIDE = ".pdeinv-previous"
@@ -57,7 +57,8 @@ def recorded(out: str) -> list[str]:
         entries = os.listdir(out)
         names = [e for e in entries if any(fnmatch.fnmatch(e, p) for p in KNOWN_OUTPUTS)
                  or (os.path.isdir(os.path.join(out, e)) and f"{e}.pvd" in entries)]  # a VTKFile's folder
-    names = [n for n in names if isinstance(n, str) and os.sep not in n and n not in ("", ".", "..", MARKER)]
+    names = [n for n in names if isinstance(n, str) and os.sep not in n
+             and n not in ("", ".", "..", MARKER, ASIDE, ".pdeinv-lock")]
     return [n for n in names if os.path.lexists(os.path.join(out, n))
             and not os.path.exists(os.path.join(out, n, MARKER))]  # another run's directory stays
 
@@ -70,7 +71,7 @@ def record(out: str, names) -> None:
             entries = list(json.load(fh).get("entries", []))
     except (OSError, ValueError, AttributeError):
         entries = []
-    entries = sorted(set(entries) | {n for n in names if n not in (MARKER, ASIDE)})
+    entries = sorted(set(entries) | {n for n in names if n not in (MARKER, ASIDE, ".pdeinv-lock")})
     tmp = path + ".tmp"
     with open(tmp, "w") as fh:
         json.dump({"written_by": "pdeinv", "note": "pdeinv run --overwrite removes only these entries",
@@ -121,3 +122,86 @@ def remove_own(out: str) -> None:
     for n in recorded(out):
         p = os.path.join(out, n)
         shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
+
+
+LOCK = ".pdeinv-lock"
+FAILED = "failed.json"  # in checkpoint/: why a run ended with an error (not a stop signal)
+
+
+class RunLock:
+    """One run per results directory: an exclusive ``flock`` on ``DIR/.pdeinv-lock``, held for the whole
+    run, with the holder (host, pid, start time) written inside for the message a second run prints.
+
+    The operating system releases the lock when the holding process ends however it ends (kill -9, a
+    crashed node: on a network file system, when the server's lease of the dead client expires), so a
+    stale lock cannot keep a directory locked and no pid check can be fooled into two writers.  The file
+    is never unlinked (unlinking a locked file would let a waiting run lock a different inode)."""
+
+    def __init__(self, out: str):
+        self.path = os.path.join(out, LOCK)
+        self._fd = None
+
+    def holder(self) -> str | None:
+        """Who holds the lock (a description), or None when nobody does."""
+        import fcntl
+
+        if not os.path.exists(self.path):
+            return None
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _describe(self.path)
+        finally:
+            os.close(fd)
+        return None
+
+    def acquire(self) -> None:
+        """Take the lock or raise one ConfigError naming the holder."""
+        import fcntl
+        import socket
+        import time
+
+        from pdeinv.cases.config import ConfigError
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"--out {os.path.dirname(self.path)}: another pdeinv run is using it "
+                              f"({_describe(self.path)}); wait for it, or choose another --out") from None
+        info = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, info.encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.ftruncate(self._fd, 0)
+            os.close(self._fd)  # closing releases the flock
+            self._fd = None
+
+
+def _describe(path) -> str:
+    try:
+        with open(path) as fh:
+            info = json.load(fh)
+        return f"host {info['host']}, pid {info['pid']}, started {info['started']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "holder unknown"
+
+
+def record_failure(out: str, reason: str) -> None:
+    """Write ``checkpoint/failed.json`` (what ``pdeinv status`` reports: a failed run is not resumable
+    for a job script)."""
+    import time
+
+    ckdir = os.path.join(out, "checkpoint")
+    if not os.path.isdir(ckdir):
+        return
+    tmp = os.path.join(ckdir, FAILED + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"reason": reason[-2000:], "time": time.strftime("%Y-%m-%d %H:%M:%S")}, fh)
+    os.replace(tmp, os.path.join(ckdir, FAILED))

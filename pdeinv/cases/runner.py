@@ -213,11 +213,28 @@ def _check_rank(cfg, dofs):
                           f"expected at most {dofs}")
 
 
+EXIT_RUNNING = 3
+
+
 def run_status(out) -> tuple[int, str]:
-    """(status, explanation) of the run in ``out``: 0 complete, 75 interrupted and resumable, 1 neither.
-    What a job script asks after ``mpiexec`` (whose own exit status after a signal depends on the MPI)."""
+    """(status, explanation) of the run in ``out``: 0 complete, 75 interrupted and resumable, 3 running
+    (another process holds the directory's lock), 1 failed (with the recorded reason) or nothing there.
+    What a job script asks after ``mpiexec`` (whose own exit status after a signal depends on the MPI):
+    it resubmits on 75 only."""
+    holder = results_dir.RunLock(out).holder() if os.path.isdir(out) else None
+    if holder is not None:
+        return EXIT_RUNNING, f"{out}: running ({holder})"
     if os.path.exists(os.path.join(out, "summary.json")):
         return 0, f"{out}: complete (summary.json)"
+    failed = os.path.join(out, "checkpoint", results_dir.FAILED)
+    if os.path.exists(failed):
+        try:
+            with open(failed) as fh:
+                reason = json.load(fh)["reason"]
+        except (OSError, ValueError, KeyError, TypeError):
+            reason = "reason unreadable"
+        return 1, (f"{out}: failed ({reason}); not resumed automatically — fix the cause, then rerun with "
+                   "--resume by hand")
     state = os.path.join(out, "checkpoint", "state.json")
     if os.path.exists(state):
         try:
@@ -257,7 +274,8 @@ def main(argv=None, *, case: str | None = None) -> int:
 
     comm = MPI.COMM_WORLD  # a command-line run owns the whole MPI job
     args = _parser("pdeinv run" if case is None else f"cases/{case}/run.py", case).parse_args(argv)
-    created = existed = False
+    existed = False
+    lock = None
     try:
         name = case or _case_name_from_file(args.config)
         module = importlib.import_module(f"pdeinv.cases.{name}")
@@ -265,8 +283,13 @@ def main(argv=None, *, case: str | None = None) -> int:
         module.validate(cfg)
         out = args.out or os.path.join("results", name)
         init_petsc()  # petsc4py only (no Firedrake yet): for the options check
+        existed = os.path.isdir(out)
+        _on_rank0(comm, lambda: _refuse_if_locked(out))
         clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=args.resume,
                                                   overwrite=args.overwrite, ranks=comm.size))
+        held = []  # rank 0's lock stays on rank 0 (an open file descriptor cannot be broadcast)
+        _on_rank0(comm, lambda: held.append(_lock(out)))
+        lock = held[0] if held else None
         if hasattr(module, "run_case"):  # a case with its own driver (bilevel learning)
             aside = _prepare_fresh(out, clear, comm)
             before = _contents(out)
@@ -279,20 +302,50 @@ def main(argv=None, *, case: str | None = None) -> int:
                 results_dir.discard(aside)
                 results_dir.record(out, set(_contents(out)) - set(before))
             return 0
-        created = not args.resume
-        existed = os.path.isdir(out)
+
         with exit_on_signals((signal.SIGTERM, signal.SIGINT)) as on_signal:
-            run(name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
-                sigterm_after=args.sigterm_after, checked=True)
+            try:
+                run(name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
+                    sigterm_after=args.sigterm_after, checked=True)
+            except (ConfigError, Interrupted):
+                raise
+            except Exception as e:  # what `pdeinv status` reports, so a job script does not resubmit it
+                if comm.rank == 0:
+                    results_dir.record_failure(out, f"{type(e).__name__}: {e}")
+                raise
     except ConfigError as e:
         if comm.rank == 0:
             sys.stderr.write(f"pdeinv: configuration error: {e}\n")
-            if created and not existed and os.path.isdir(out) and set(_contents(out)) <= {MARKER}:
+            if lock is not None:
+                lock.release()
+                lock = None
+            if not existed and os.path.isdir(out) and set(_contents(out)) <= {MARKER, results_dir.LOCK}:
                 shutil.rmtree(out, ignore_errors=True)  # a directory this run made and left empty
         return EXIT_CONFIG
     except Interrupted:
         return EXIT_INTERRUPTED
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
+
+
+def _refuse_if_locked(out):
+    """One ConfigError naming the holder when another run holds ``out`` (before any other check)."""
+    from pdeinv.cases.config import ConfigError
+
+    holder = results_dir.RunLock(out).holder() if os.path.isdir(out) else None
+    if holder is not None:
+        raise ConfigError(f"--out {out}: another pdeinv run is using it ({holder}); wait for it, or choose "
+                          "another --out")
+
+
+def _lock(out):
+    """Rank 0: make ``out`` and take its run lock (held until the run ends)."""
+    os.makedirs(out, exist_ok=True)
+    lock = results_dir.RunLock(out)
+    lock.acquire()
+    return lock
 
 
 def _prepare_fresh(out, clear, comm, *, name=None, cfg=None, mesh_name=None):
@@ -404,7 +457,8 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
                 if comm.rank == 0:  # leftovers of a write that a signal cut short; the run's result is redone
                     for d in (out, ckdir):
                         for f in os.listdir(d):
-                            if f.endswith(".tmp") or f == "summary.json" or f.startswith("stopped.rank-"):
+                            if f.endswith(".tmp") or f in ("summary.json", results_dir.FAILED) \
+                                    or f.startswith("stopped.rank-"):
                                 os.remove(os.path.join(d, f))
                 comm.barrier()
             else:
