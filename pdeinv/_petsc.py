@@ -37,13 +37,40 @@ _PETSC_ERRORS = {56: "an option value PETSc cannot use here", 62: "an invalid op
 _OUTPUT_OPTIONS = ("monitor", "view", "converged_reason", "log")  # read at solve time, not at setup
 
 
-def unused_solver_options(parameters: dict, *, name: str = "solver_parameters") -> list:
+# Options that name code to import and run (a Python PC/KSP/SNES/Mat class), or that read more options
+# from a file: refused unless the caller opts in (``allow_code``).
+_CODE_WORDS = ("python_type", "python_context", "options_file", "options_monitor")
+# Output options whose value may name a file (``ascii:FILE``, ``binary:FILE``, ``hdf5:FILE``, ...).
+_FILE_WORDS = ("view", "monitor", "log", "history", "viewer", "draw", "converged_reason", "options_left")
+
+
+def unsafe_options(flat: dict, *, allow_code: bool = False) -> str | None:
+    """Why a set of (flattened) PETSc options may not come from a configuration, or None.
+
+    An option that imports and runs code (``pc_python_type = "os.abort"``) or reads options from a file
+    is refused unless ``allow_code``; a viewer or monitor given a file (``ksp_view = "ascii:/etc/passwd"``)
+    is refused always: PETSc would truncate and overwrite any file the user can write.  Checked on the
+    names and values alone: nothing named is imported or opened."""
+    for key, value in flat.items():
+        k = str(key).lower()
+        if not allow_code and any(w in k for w in _CODE_WORDS):
+            return (f"option {key!r} imports and runs code (or reads options from a file); refused in a "
+                    "configuration unless the run is started with --allow-code-options")
+        text = value if isinstance(value, str) else ""
+        if any(w in k for w in _FILE_WORDS) and (":" in text or "/" in text or "." in text.strip(".")):
+            return (f"option {key!r} = {value!r} would write a file; viewer and monitor output may only go to "
+                    "the terminal (give no value, e.g. ksp_monitor = \"\")")
+    return None
+
+
+def unused_solver_options(parameters: dict, *, name: str = "solver_parameters", allow_code: bool = False) -> list:
     """Check PETSc KSP options before any real solve: set them up on a small SPD system.
 
     Returns the options PETSc did not read (misspelt, or for another object), and raises ``ValueError``
     naming ``name`` when PETSc rejects one (an unknown ``ksp_type``/``pc_type``, a package not built,
     a malformed value).  Options that are read only while solving (monitors, viewers) count as used.
-    Collective-free (``COMM_SELF``); milliseconds.
+    Collective-free (``COMM_SELF``); milliseconds.  Options that write files or (unless ``allow_code``)
+    run code are refused before PETSc sees any option (:func:`unsafe_options`).
     """
     import petsctools
     from petsc4py import PETSc
@@ -51,6 +78,9 @@ def unused_solver_options(parameters: dict, *, name: str = "solver_parameters") 
     if not isinstance(parameters, dict):
         raise TypeError(f"{name}: expected a dict of PETSc options, got {type(parameters).__name__}")
     flat = petsctools.flatten_parameters(parameters)
+    why = unsafe_options(flat, allow_code=allow_code)
+    if why is not None:
+        raise ValueError(f"{name}: {why}")
     n = 64  # enough rows for multigrid to build a hierarchy and consume its level options
     A = PETSc.Mat().createAIJ([n, n], nnz=3, comm=PETSc.COMM_SELF)
     for i in range(n):

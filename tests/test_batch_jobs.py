@@ -69,6 +69,25 @@ def test_checks_before_anything_is_written(tmp_path, sets, fragments):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option, fragment", [
+    ("ksp_view = \"ascii:{victim}\"", "would write a file"),
+    ("ksp_monitor = \"ascii:{victim}\"", "would write a file"),
+    ("ksp_view_mat = \"binary:{victim}\"", "would write a file"),
+    ("pc_type = \"python\", pc_python_type = \"os.abort\"", "imports and runs code"),
+    ("options_file = \"{victim}\"", "imports and runs code"),
+], ids=["view-file", "monitor-file", "binary-viewer", "python-type", "options-file"])
+def test_petsc_options_from_a_configuration_write_nothing_and_run_nothing(tmp_path, option, fragment):
+    """A configuration cannot make PETSc overwrite a file or import code: one line, exit 2, the file
+    untouched and nothing called (os.abort would kill the check)."""
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep")
+    out = tmp_path / "never"
+    setting = "model.solver={ksp_type = \"cg\", " + option.format(victim=victim) + "}"
+    p = pdeinv_run("--out", str(out), *SETS, "--set", setting)
+    assert_config_error(p, fragment)
+    assert victim.read_text() == "keep" and not out.exists()
+
+
 def test_unwritable_results_directory():
     p = pdeinv_run("--out", "/proc/pdeinv-results", *SETS)
     assert_config_error(p, "--out /proc/pdeinv-results: cannot create it")
@@ -297,3 +316,13 @@ def test_config_errors_on_two_ranks(tmp_path, args, fragment):
     lines = [ln for ln in p.stderr.splitlines() if ln.startswith("pdeinv: configuration error")]
     assert len(lines) == 1 and fragment in lines[0], p.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_code_options_need_the_opt_in_and_file_viewers_are_refused_even_then():
+    from pdeinv._petsc import unsafe_options
+
+    code = {"pc_type": "python", "pc_python_type": "firedrake.AssembledPC"}
+    assert "imports and runs code" in unsafe_options(code)
+    assert unsafe_options(code, allow_code=True) is None
+    assert "would write a file" in unsafe_options({"ksp_view": "ascii:out.txt"}, allow_code=True)
+    assert unsafe_options({"ksp_monitor": "", "ksp_view": None, "pc_factor_mat_solver_type": "mumps"}) is None

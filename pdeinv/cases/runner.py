@@ -77,6 +77,8 @@ def _parser(prog, case=None):
     p.add_argument("--overwrite", action="store_true",
                    help="replace the results of an earlier run in --out (deleted first)")
     p.add_argument("--quiet", action="store_true", help="only the final line")
+    p.add_argument("--allow-code-options", action="store_true",
+                   help="accept PETSc options in model.solver that import code (pc_python_type, ...)")
     p.add_argument("--sigterm-after", type=int, metavar="K",
                    help="send this process SIGTERM after Newton iteration K's checkpoint (tests the batch-job path)")
     return p
@@ -164,7 +166,8 @@ def _check_resume_config(name, cfg, out):
                           "checkpoint's settings, or start afresh with --overwrite")
 
 
-def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: int = 1) -> bool:
+def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: int = 1,
+              allow_code: bool = False) -> bool:
     """Every check that needs no mesh and no solve: the results directory, ``--resume`` against the
     checkpoint, PETSc options, data files, sizes, the ensemble against the ``ranks`` of the run.
     Raises ConfigError; returns whether the results directory must be cleared first.  Call on one rank
@@ -186,7 +189,7 @@ def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: i
         solver = solver_parameters(solver, symmetric=getattr(module, "SYMMETRIC", True))
     if solver:
         try:
-            unused = unused_solver_options(solver, name="model.solver")
+            unused = unused_solver_options(solver, name="model.solver", allow_code=allow_code)
         except (TypeError, ValueError) as e:
             raise ConfigError(str(e)) from None
         if unused:
@@ -286,7 +289,8 @@ def main(argv=None, *, case: str | None = None) -> int:
         existed = os.path.isdir(out)
         _on_rank0(comm, lambda: _refuse_if_locked(out))
         clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=args.resume,
-                                                  overwrite=args.overwrite, ranks=comm.size))
+                                                  overwrite=args.overwrite, ranks=comm.size,
+                                                  allow_code=args.allow_code_options))
         held = []  # rank 0's lock stays on rank 0 (an open file descriptor cannot be broadcast)
         _on_rank0(comm, lambda: held.append(_lock(out)))
         lock = held[0] if held else None
