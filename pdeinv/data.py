@@ -77,8 +77,53 @@ def checked_path(path, formats, kind: str, expected: str) -> tuple[str, str]:
 
 
 def check_mesh_file(path) -> tuple[str, str]:
-    """:func:`checked_path` for the mesh formats :func:`read_mesh` reads."""
-    return checked_path(path, MESH_FORMATS, "mesh format", "a Gmsh .msh file or a Firedrake checkpoint .h5")
+    """:func:`checked_path` for the mesh formats :func:`read_mesh` reads (a ``.h5`` also through
+    :func:`check_no_code`)."""
+    path, ext = checked_path(path, MESH_FORMATS, "mesh format", "a Gmsh .msh file or a Firedrake checkpoint .h5")
+    if ext == ".h5":
+        check_no_code(path)
+    return path, ext
+
+
+# Pickle opcodes that look up or call objects: a pickle without them can only build plain data.
+_CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "INST", "OBJ", "NEWOBJ", "NEWOBJ_EX",
+                           "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"})
+
+
+def check_no_code(path) -> None:
+    """Refuse an HDF5 file whose attributes hold a pickle that would import or call anything.
+
+    Firedrake's ``CheckpointFile`` stores some attributes as pickled dicts (plain names) and unpickles
+    them on reading: a crafted file would run code when opened.  Every opaque (``np.void``/bytes)
+    attribute that is a pickle is read here *statically* (``pickletools.genops``: nothing is executed)
+    and refused if it uses an opcode that looks up a global or calls one.  One DataFileError."""
+    import pickletools
+
+    import h5py
+
+    bad = []
+
+    def visit(name, obj):
+        for key, value in obj.attrs.items():
+            raw = value.tobytes() if isinstance(value, np.void) else value if isinstance(value, bytes) else None
+            if raw is None or not raw.startswith(b"\x80"):  # not a pickle (protocol 2+ header)
+                continue
+            try:
+                ops = {op.name for op, _, _ in pickletools.genops(raw)}
+            except Exception:  # a malformed pickle: Firedrake's unpickling would fail or worse
+                ops = {"MALFORMED"}
+            if ops & (_CODE_OPCODES | {"MALFORMED"}):
+                bad.append(f"{name or '/'}:{key}")
+
+    try:
+        with h5py.File(path, "r") as fh:
+            visit("", fh)
+            fh.visititems(visit)
+    except OSError as e:
+        _fail(path, f"not a readable HDF5 file ({e})")
+    if bad:
+        _fail(path, f"attribute(s) {', '.join(bad[:3])} hold a pickle that would run code when the file is opened; "
+                    "refused (only files written by Firedrake's CheckpointFile, which pickle plain names, are read)")
 
 
 def read_observed_data(path, *, gdim: int = 2) -> ObservedData:

@@ -326,3 +326,41 @@ def test_code_options_need_the_opt_in_and_file_viewers_are_refused_even_then():
     assert unsafe_options(code, allow_code=True) is None
     assert "would write a file" in unsafe_options({"ksp_view": "ascii:out.txt"}, allow_code=True)
     assert unsafe_options({"ksp_monitor": "", "ksp_view": None, "pc_factor_mat_solver_type": "mumps"}) is None
+
+
+def _poison(path, marker):
+    """Replace every pickled attribute of an HDF5 file by a pickle that would create ``marker``."""
+    import pickle
+
+    import h5py
+    import numpy as np
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    with h5py.File(path, "r+") as fh:
+        def swap(obj):
+            for k, v in list(obj.attrs.items()):
+                if isinstance(v, np.void):
+                    obj.attrs[k] = np.void(pickle.dumps({"mesh": Payload()}))
+        swap(fh)
+        fh.visititems(lambda name, obj: swap(obj))
+
+
+def test_crafted_hdf5_files_run_nothing(tmp_path):
+    """A mesh.file or a swapped checkpoint/mesh.h5 holding a code-running pickle: one line, exit 2, nothing
+    executed (Firedrake's CheckpointFile would unpickle it on opening)."""
+    marker = tmp_path / "pwned"
+    out = tmp_path / "run"
+    p = pdeinv_run("--out", str(out), "--sigterm-after", "1", *SETS)
+    assert p.returncode == EXIT_INTERRUPTED, p.stderr
+    crafted = tmp_path / "mesh.h5"
+    shutil.copy(out / "checkpoint" / "mesh.h5", crafted)
+    _poison(crafted, marker)
+    p = pdeinv_run("--out", str(tmp_path / "other"), *SETS, "--set", f"mesh.file=\"{crafted}\"")
+    assert_config_error(p, "hold a pickle that would run code")
+    shutil.copy(crafted, out / "checkpoint" / "mesh.h5")
+    p = pdeinv_run("--out", str(out), "--resume", *SETS)
+    assert_config_error(p, "--resume:", "hold a pickle that would run code")
+    assert not marker.exists()

@@ -166,6 +166,21 @@ def _check_resume_config(name, cfg, out):
                           "checkpoint's settings, or start afresh with --overwrite")
 
 
+def _check_checkpoint_files(out):
+    """The checkpoint's HDF5 files hold no pickle that would run code when Firedrake opens them (a file
+    swapped in since the run wrote it): one ConfigError."""
+    from pdeinv.cases.config import ConfigError
+    from pdeinv.data import DataFileError, check_no_code
+
+    ckdir = os.path.join(out, "checkpoint")
+    for f in sorted(os.listdir(ckdir)):
+        if f.endswith(".h5"):
+            try:
+                check_no_code(os.path.join(ckdir, f))
+            except DataFileError as e:
+                raise ConfigError(f"--resume: {e}") from None
+
+
 def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: int = 1,
               allow_code: bool = False) -> bool:
     """Every check that needs no mesh and no solve: the results directory, ``--resume`` against the
@@ -182,6 +197,7 @@ def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: i
     clear = _check_output(out, resume=resume, overwrite=overwrite)
     if resume:
         _check_resume_config(name, cfg, out)
+        _check_checkpoint_files(out)
     solver = cfg.get("model", {}).get("solver")
     if isinstance(solver, str):
         from pdeinv.cases.common import solver_parameters
