@@ -346,3 +346,29 @@ def test_full_newton_on_a_user_model():
     assert gn.converged and full.converged
     assert max_rel_diff(full.m, gn.m) < 1e-6
     assert model.counts["second_order"] > 0
+
+
+def test_taped_forward_that_modifies_its_argument_and_aliased_functions():
+    """A TapedMap forward that modifies its argument in place is differentiated from the value it was
+    given (its Control is made before it runs: the JVP was exactly half before); the same Function as
+    state and previous of a TimeSteppingModel is refused."""
+    from pdeinv.forward.taped import TapedMap
+
+    mesh = fd.UnitSquareMesh(4, 4)
+    V = fd.FunctionSpace(mesh, "CG", 1)
+
+    def forward(m):
+        m.assign(2 * m)
+        return fd.Function(V).interpolate(m**2)  # (2 m)^2: derivative 8 m dm
+
+    model = TapedMap(forward, V, FieldObservation(V))
+    m, dm = truth(V, 0.7), truth(V, 0.3)
+    m.assign(m + 1.0)
+    jvp = model.jvp(m, dm)
+    expected = fd.Function(V).interpolate(8 * m * dm)
+    assert max_rel_diff(jvp, expected) <= 1e-12
+    u, m2, v = fd.Function(V), fd.Function(V), fd.TestFunction(V)
+    F = (u * v + fd.inner(fd.grad(u), fd.grad(v)) - m2 * v) * fd.dx
+    with pytest.raises(ValueError, match="three different Functions"):
+        TimeSteppingModel(F, u, u, m2, steps=2, dt=0.1, observation=FieldObservation(V, channels=2),
+                          initial_condition=0.0)

@@ -58,9 +58,12 @@ class TapedMap(ParameterToObservable):
         self._rf = None
         with recording() as tape:
             control = m.copy(deepcopy=True)
+            # the Control is made *before* forward runs: a forward that modifies its argument in place
+            # (m.assign(2*m)) is then differentiated from the value it was given, not from the modified one
+            ctrl = Control(control)
             u = self.forward(control)
             check_function(u, self.state_space, "TapedMap: the value returned by forward")
-            rf = ReducedFunctional(u, Control(control), tape=tape)
+            rf = ReducedFunctional(u, ctrl, tape=tape)
         self._rf, self._u, self._tape = rf, u, tape
         with u.dat.vec_ro as x:
             self.observation.observe(x, prediction, 0)

@@ -128,6 +128,9 @@ class TimeSteppingModel(ParameterToObservable):
         for key, f in (("state", state), ("previous", previous)):
             if not isinstance(f, fd.Function):
                 raise TypeError(f"{name}: {key} must be a firedrake.Function, got {type(f).__name__}")
+        if state is previous or parameter is state or parameter is previous:
+            raise ValueError(f"{name}: state, previous and parameter must be three different Functions (the same "
+                             "Function passed twice would make a different model: u_{{n+1}} and u_n are two values)")
         if previous.function_space() != state.function_space():
             raise ValueError(f"{name}: state and previous must live on the same space")
         if not isinstance(residual, ufl.form.BaseForm):
