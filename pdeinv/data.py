@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import os
+import zipfile
 from dataclasses import dataclass
 
 import numpy as np
@@ -137,9 +138,34 @@ def read_observed_data(path, *, gdim: int = 2) -> ObservedData:
     return _checked(path, gdim, points, times, values, sigma)
 
 
+MAX_DATA_BYTES = 256 * 2**20  # a data file above this is refused before it is read (observations, not fields)
+
+
+def _csv_rows(path):
+    """(line number, row) of the data lines of a CSV file: UTF-8 with or without a byte-order mark (Excel's
+    "CSV UTF-8"); comments (#) may be in any encoding; one DataFileError naming the line otherwise."""
+    size = os.path.getsize(path)
+    if size > MAX_DATA_BYTES:
+        _fail(path, f"{size / 2**20:.0f} MB is more than the {MAX_DATA_BYTES // 2**20} MB a data file may have "
+                    "(observations at points; give whole fields as an HDF5 file)")
+    rows = []
+    with open(path, "rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]
+            if not raw.strip() or raw.lstrip().startswith(b"#"):
+                continue
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                _fail(path, f"line {number}: not UTF-8 text (save the file as CSV UTF-8)")
+            rows.append((number, next(csv.reader([line]))))
+    return rows
+
+
 def _read_csv(path, gdim):
-    with open(path, newline="") as fh:
-        rows = [r for r in csv.reader(line for line in fh if line.strip() and not line.lstrip().startswith("#"))]
+    numbered = _csv_rows(path)
+    rows = [r for _, r in numbered]
     if len(rows) < 2:
         _fail(path, "expected a header line and at least one row of data")
     header = [h.strip().lower() for h in rows[0]]
@@ -151,12 +177,15 @@ def _read_csv(path, gdim):
     unknown = [h for h in header if h not in (*coords, "t", "value", "sigma")]
     if unknown:
         _fail(path, f"unknown column(s) {unknown}; expected {', '.join(coords)}, [t], value, [sigma]")
-    try:
-        table = np.array([[float(v) for v in r] for r in rows[1:]], dtype=float)
-    except ValueError as e:
-        _fail(path, f"every entry must be a number ({e})")
-    if table.ndim != 2 or table.shape[1] != len(header):
-        _fail(path, f"every row must have {len(header)} entries like the header")
+    for number, r in numbered[1:]:
+        if len(r) != len(header):
+            _fail(path, f"line {number}: {len(r)} entries, expected {len(header)} like the header")
+        for v in r:
+            try:
+                float(v)
+            except ValueError:
+                _fail(path, f"line {number}: {v.strip()!r} is not a number")
+    table = np.array([[float(v) for v in r] for r in rows[1:]], dtype=float).reshape(-1, len(header))
     col = {h: table[:, header.index(h)] for h in header}
     xy = np.column_stack([col[c] for c in coords])
     # points in order of first appearance; times sorted
@@ -195,7 +224,7 @@ def _read_arrays(path, ext):
         try:
             with np.load(path, allow_pickle=False) as f:
                 arrays = {k: np.array(f[k]) for k in f.files}
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as e:  # empty, truncated, not a zip
             _fail(path, f"not a readable NPZ file ({e})")
     else:
         import h5py
@@ -239,7 +268,9 @@ def _checked(path, gdim, points, times, values, sigma) -> ObservedData:
         except ValueError:
             _fail(path, f"sigma must be a scalar or have shape ({N},) or ({N}, {T}), got {sigma.shape}")
         if not np.all(np.isfinite(sigma)) or np.any(sigma <= 0):
-            _fail(path, f"every sigma must be positive and finite (minimum {np.nanmin(sigma)})")
+            bad = np.argwhere(~np.isfinite(sigma) | (sigma <= 0))[0]
+            _fail(path, f"every sigma must be positive and finite: sigma = {sigma[tuple(bad)]} at point "
+                        f"{int(bad[0])}{f', time {int(bad[1])}' if sigma.ndim > 1 else ''}")
     for name, a in (("points", points), ("values", values), ("times", times)):
         if a is not None and not np.all(np.isfinite(a)):
             _fail(path, f"{name} must be finite (found NaN or inf)")

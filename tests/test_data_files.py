@@ -41,7 +41,7 @@ def test_csv_npz_hdf5_read_the_same(tmp_path):
 
 
 @pytest.mark.parametrize("text, message", [
-    ("x,y,value\n0.1,0.2,abc\n", "every entry must be a number"),
+    ("x,y,value\n0.1,0.2,abc\n", "line 2: .abc. is not a number"),
     ("x,value\n0.1,1\n", "missing column(s) ['y']"),
     ("x,y,t,value,colour\n0.1,0.2,0.1,1,3\n", "unknown column(s) ['colour']"),
     ("x,y,t,value\n0.1,0.2,0.1,1\n0.1,0.2,0.2,1\n0.3,0.2,0.1,1\n", "has no observation at t = 0.2"),
@@ -112,3 +112,34 @@ def test_heat_case_on_observed_data(tmp_path_factory):
     # the hidden truth has its warm maximum at (1.0, 0.45) and a cool blob at (0.45, 0.6)
     warm, cool = fd.PointEvaluator(mesh, [[1.0, 0.45], [0.45, 0.6]]).evaluate(m)
     assert warm > 0.5 and cool < -0.1
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"\xef\xbb\xbfx,y,t,value\n0.5,0.5,0.1,1.0\n", None),  # Excel's "CSV UTF-8": accepted
+    (b"# caf\xe9 (latin-1 comment)\nx,y,t,value\n0.5,0.5,0.1,1.0\n", None),  # comments in any encoding
+    (b"x,y,t,value\n0.5,0.5,0.1,caf\xe9\n", "line 2: not UTF-8 text"),
+    (b"x,y,t,value\n0.5,0.5,0.1\n", "line 2: 3 entries, expected 4"),
+    (b"x,y,t,value\n0.5,0.5,0.1,abc\n", "line 2: 'abc' is not a number"),
+    (b"x,y,t,value,sigma\n0.5,0.5,0.1,1.0,inf\n", "sigma = inf at point 0"),
+], ids=["bom", "latin1-comment", "latin1-value", "short-row", "not-a-number", "sigma-inf"])
+def test_csv_encodings_and_errors_name_the_line(tmp_path, content, fragment):
+    from pdeinv.data import DataFileError, read_observed_data
+
+    path = tmp_path / "d.csv"
+    path.write_bytes(content)
+    if fragment is None:
+        data = read_observed_data(path)
+        assert data.values.shape == (1, 1)
+        return
+    with pytest.raises(DataFileError, match=fragment.replace("(", r"\(")):
+        read_observed_data(path)
+
+
+@pytest.mark.parametrize("content", [b"", b"PK\x03\x04 truncated"], ids=["empty", "truncated"])
+def test_broken_npz_is_one_data_file_error(tmp_path, content):
+    from pdeinv.data import DataFileError, read_observed_data
+
+    path = tmp_path / "d.npz"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError, match="not a readable NPZ file"):
+        read_observed_data(path)
