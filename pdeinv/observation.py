@@ -18,6 +18,7 @@ Ordering across ranks
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 
 import numpy as np
@@ -282,6 +283,10 @@ class PointObservation(_PointData):
                              f"got {points.shape}")
         if not np.all(np.isfinite(points)):
             raise ValueError("PointObservation: points contain NaN or inf")
+        digest = hashlib.sha256(np.ascontiguousarray(points).tobytes()).hexdigest()
+        if len(set(mesh.comm.allgather(digest))) > 1:  # rank 0's would be used silently
+            raise ValueError("PointObservation: the points differ between MPI ranks; give the same array on "
+                             "every rank (e.g. read or draw them on every rank alike)")
         if not isinstance(channels, (int, np.integer)) or channels < 1:
             raise ValueError(f"PointObservation: channels must be a positive integer, got {channels!r}")
         self.part = ObservedPart(_checked_observed_space(state_space, "PointObservation"))

@@ -365,3 +365,15 @@ def test_vector_tikhonov_and_prior_refusals():
         BiLaplacianPrior(Z, gamma=1.0, delta=1.0)
     with pytest.raises(ValueError, match="Real"):
         BiLaplacianPrior(fd.FunctionSpace(mesh, "R", 0), gamma=1.0, delta=1.0)
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+def test_points_that_differ_between_ranks_are_refused():
+    mesh = fd.UnitSquareMesh(3, 3)
+    V = fd.FunctionSpace(mesh, "CG", 1)
+    shifted = POINTS + 0.01 * mesh.comm.rank
+    if mesh.comm.size == 1:
+        PointObservation(V, shifted)  # one rank: nothing to disagree with
+        return
+    with pytest.raises(ValueError, match="points differ between MPI ranks"):
+        PointObservation(V, shifted)
