@@ -293,7 +293,7 @@ def main(argv=None, *, case: str | None = None) -> int:
 
     comm = MPI.COMM_WORLD  # a command-line run owns the whole MPI job
     args = _parser("pdeinv run" if case is None else f"cases/{case}/run.py", case).parse_args(argv)
-    existed = False
+    existed, out = False, None
     lock = None
     try:
         name = case or _case_name_from_file(args.config)
@@ -339,7 +339,8 @@ def main(argv=None, *, case: str | None = None) -> int:
             if lock is not None:
                 lock.release()
                 lock = None
-            if not existed and os.path.isdir(out) and set(_contents(out)) <= {MARKER, results_dir.LOCK}:
+            if out is not None and not existed and os.path.isdir(out) and \
+                    set(_contents(out)) <= {MARKER, results_dir.LOCK}:
                 shutil.rmtree(out, ignore_errors=True)  # a directory this run made and left empty
         return EXIT_CONFIG
     except Interrupted:
