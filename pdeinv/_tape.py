@@ -67,12 +67,12 @@ def unannotated(func):
     return wrapper
 
 
-def unannotated_methods(cls):
-    """Wrap ``__init__``, ``__call__`` and every public method defined on ``cls`` with
-    :func:`unannotated`.  Base classes call this from ``__init_subclass__`` so that every subclass,
-    including a user's, is covered without decorating each method."""
+def unannotated_methods(cls, *, skip=()):
+    """Wrap ``__init__``, ``__call__`` and every public method defined on ``cls`` (but those named in
+    ``skip``) with :func:`unannotated`.  Base classes call this from ``__init_subclass__`` so that every
+    subclass, including a user's, is covered without decorating each method."""
     for name, attr in list(vars(cls).items()):
-        public = not name.startswith("_") or name in ("__init__", "__call__")
+        public = (not name.startswith("_") or name in ("__init__", "__call__")) and name not in skip
         if public and callable(attr) and not isinstance(attr, (type, staticmethod, classmethod, property)) \
                 and not getattr(attr, "__pdeinv_unannotated__", False):
             setattr(cls, name, unannotated(attr))

@@ -113,7 +113,11 @@ def _dense_from_array(arr, like_vec):
     return X
 
 
-@unannotated_methods
+# B and B^T work on PETSc Vecs and run inside the maps' own unannotated methods, once per observed time
+# step: not wrapped again (the hot path); construction and the NumPy conversions are.
+_HOT = ("observe", "observe_transpose_add", "observe_block", "transpose_block")
+
+
 class Observation(ABC):
     r"""An observation operator :math:`B: V \to D` from a state space to a data space: what a model needs.
 
@@ -144,7 +148,7 @@ class Observation(ABC):
     def __init_subclass__(cls, **kwargs):
         # every subclass (a user's too) runs its public methods with pyadjoint annotation off
         super().__init_subclass__(**kwargs)
-        unannotated_methods(cls)
+        unannotated_methods(cls, skip=_HOT)
 
     @abstractmethod
     def observe(self, u_vec, data, channel: int) -> None:
@@ -181,7 +185,9 @@ class _PointData(Observation):
     """Data on the vertices of a VertexOnlyMesh with one component per channel: arrays in input order
     (:meth:`to_array`, :meth:`from_array`), the same on every rank and for any number of ranks."""
 
-    def _set_up_data(self, mesh, points, channels, tolerance=None):
+    def _set_up_data(self, mesh, points, channels, tolerance=None, per_point: int = 1):
+        """The VertexOnlyMesh of ``points`` and the data space: ``per_point`` data rows per point (the
+        components of a vector field: row ``p * per_point + c``) and ``channels`` columns."""
         import firedrake as fd
 
         kw = {} if tolerance is None else {"tolerance": tolerance}
@@ -192,9 +198,13 @@ class _PointData(Observation):
         self.comm = mesh.comm
         self.vom = vom
         self.channels = int(channels)
-        self.n_points = points.shape[0]
-        self.space = fd.VectorFunctionSpace(vom, "DG", 0, dim=self.channels)
-        self._io_space = fd.VectorFunctionSpace(vom.input_ordering, "DG", 0, dim=self.channels)
+        self._per_point = int(per_point)
+        self.n_points = points.shape[0] * self._per_point
+        # per vertex: component-major values (c * channels + k), so a (rows, channels) view has row
+        # vertex * per_point + c, the layout of the interpolation matrix onto a vector P0 space
+        dim = self._per_point * self.channels
+        self.space = fd.VectorFunctionSpace(vom, "DG", 0, dim=dim)
+        self._io_space = fd.VectorFunctionSpace(vom.input_ordering, "DG", 0, dim=dim)
 
     # -------------------------------------------------------------------------- NumPy, input order
     def to_array(self, d) -> np.ndarray:
@@ -231,7 +241,7 @@ class _PointData(Observation):
             bad = np.argwhere(~np.isfinite(arr))[0]
             raise ValueError(f"{name}: contains NaN or inf (first at point {bad[0]}, channel {bad[1]})")
         io = fd.Function(self._io_space)
-        n_local = io.dat.data_ro.shape[0]
+        n_local = io.dat.data_ro.shape[0] * self._per_point  # data rows of this rank's vertices
         start = self.comm.exscan(n_local) or 0
         # Written on every rank (even with no local rows): a write marks halos dirty, and ranks that
         # disagree on that would enter different collectives in the interpolation below.
@@ -294,9 +304,8 @@ class PointObservation(_PointData):
         W = self.part.space
         self.components = int(np.prod(W.value_shape, dtype=int))
         self.points = points
-        rows = np.repeat(points, self.components, axis=0)  # one VertexOnlyMesh vertex per datum
-        self._set_up_data(mesh, rows, channels, tolerance)
-        self.matrix = _point_matrix(W, self.vom, self.components, self._input_rows())
+        self._set_up_data(mesh, points, channels, tolerance, per_point=self.components)
+        self.matrix = _point_matrix(W, self.vom)
         self._tmp = self.matrix.createVecLeft()
         self.mask = None  # local (owned) 0/1 array in data-space layout, or None: all observed
         if mask is not None:
@@ -375,30 +384,15 @@ def _checked_observed_space(space, name):
     return space
 
 
-def _point_matrix(W, vom, components, input_rows):
-    """Sparse interpolation matrix :math:`W \to` P0(vom): row r (input row ``input_rows[r]``) evaluates
-    component ``input_rows[r] % components`` at its vertex."""
+def _point_matrix(W, vom):
+    """Firedrake's sparse interpolation matrix :math:`W \to` P0(vom) of the same value shape: rows
+    vertex-major, components interleaved (``vertex * ncomp + c``)."""
     import firedrake as fd
 
-    scalar = fd.FunctionSpace(vom, "DG", 0)
-    trial = fd.TrialFunction(W)
-    if components == 1:
-        return fd.assemble(fd.interpolate(trial if W.value_shape == () else trial[0], scalar)).petscmat
-    flat = fd.as_vector([trial[idx] for idx in np.ndindex(W.value_shape)])
-    mats = [fd.assemble(fd.interpolate(flat[c], scalar)).petscmat for c in range(components)]
-    comp = input_rows % components
-    from petsc4py import PETSc
-
-    out = None
-    for c, mat in enumerate(mats):
-        d = mat.createVecLeft()
-        d.array = (comp == c).astype(float)
-        mat.diagonalScale(L=d)  # keep the rows of component c
-        if out is None:
-            out = mat
-        else:
-            out.axpy(1.0, mat, structure=PETSc.Mat.Structure.DIFFERENT_NONZERO_PATTERN)
-    return out
+    shape = W.value_shape
+    P0 = fd.FunctionSpace(vom, "DG", 0) if shape == () else fd.TensorFunctionSpace(vom, "DG", 0, shape=shape) \
+        if len(shape) > 1 else fd.VectorFunctionSpace(vom, "DG", 0, dim=shape[0])
+    return fd.assemble(fd.interpolate(fd.TrialFunction(W), P0)).petscmat
 
 
 def _observe_columns(obs, U, channel):

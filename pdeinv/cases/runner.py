@@ -311,16 +311,7 @@ def main(argv=None, *, case: str | None = None) -> int:
         _on_rank0(comm, lambda: held.append(_lock(out)))
         lock = held[0] if held else None
         if hasattr(module, "run_case"):  # a case with its own driver (bilevel learning)
-            aside = _prepare_fresh(out, clear, comm)
-            before = _contents(out)
-            try:
-                module.run_case(cfg, out, quiet=args.quiet)
-            except BaseException:
-                _setup_failed(out, aside, comm)
-                raise
-            if comm.rank == 0:
-                results_dir.discard(aside)
-                results_dir.record(out, set(_contents(out)) - set(before))
+            _run_own_driver(module, cfg, out, clear, comm, quiet=args.quiet)
             return 0
 
         with exit_on_signals((signal.SIGTERM, signal.SIGINT)) as on_signal:
@@ -349,6 +340,21 @@ def main(argv=None, *, case: str | None = None) -> int:
         if lock is not None:
             lock.release()
     return 0
+
+
+def _run_own_driver(module, cfg, out, clear, comm, *, quiet):
+    """A case with its own ``run_case``: the same results-directory rules (earlier entries set aside until it
+    succeeds, its new entries recorded in the manifest)."""
+    aside = _prepare_fresh(out, clear, comm)
+    before = _contents(out)
+    try:
+        module.run_case(cfg, out, quiet=quiet)
+    except BaseException:
+        _setup_failed(out, aside, comm)
+        raise
+    if comm.rank == 0:
+        results_dir.discard(aside)
+        results_dir.record(out, set(_contents(out)) - set(before))
 
 
 def _refuse_if_locked(out):
