@@ -28,6 +28,7 @@ from collections import Counter
 import numpy as np
 
 from pdeinv._tape import unannotated_methods
+from pdeinv.linalg.arrays import axpy
 
 __all__ = ["make_ensemble", "experiments_of", "EnsembleMisfit", "ENSEMBLE_DISTRIBUTION", "gather_channels",
            "sample_ensemble"]
@@ -178,7 +179,7 @@ class EnsembleMisfit:
 
         local = fd.Cofunction(self.parameter_space.dual())
         for p in parts:
-            local.dat.data[:] += p.dat.data_ro
+            axpy(local, 1.0, p)
         out = fd.Cofunction(self.parameter_space.dual())
         self.ensemble.allreduce(local, out)
         return out

@@ -46,6 +46,17 @@ class InverseProblem:
         self.prior = prior
         self.parameter_space = misfit.parameter_space
 
+    @property
+    def preconditioner(self):
+        """``P(c: Cofunction) -> Function`` for CG and the gradient norm: the prior's
+        (:meth:`pdeinv.prior.Regularizer.preconditioner`: its covariance for a Gaussian prior)."""
+        return self.prior.preconditioner()
+
+    @property
+    def counts(self) -> dict:
+        """The forward map's work counters (forward solves, JVPs, VJPs, linear solves)."""
+        return dict(getattr(self.misfit.map, "counts", {}))
+
     def __call__(self, m) -> float:
         """:math:`\\mathcal J(m)` (so a problem with a smooth regularizer can be the smooth part of FISTA)."""
         return self.cost(m).total

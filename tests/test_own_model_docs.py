@@ -10,11 +10,11 @@ BLOCKS = {m.group(1): m.group(0) for m in re.finditer(r"# example: (\w+)\n.*?(?=
 
 
 def test_the_page_has_the_three_routes():
-    assert set(BLOCKS) == {"stationary", "timestepping", "taped", "stokes", "burgers"}
+    assert set(BLOCKS) == {"stationary", "timestepping", "taped", "stokes", "burgers", "joint"}
 
 
 @pytest.mark.parallel(nprocs=[1, 2])
-@pytest.mark.parametrize("name", ["stationary", "timestepping", "taped", "stokes", "burgers"])
+@pytest.mark.parametrize("name", ["stationary", "timestepping", "taped", "stokes", "burgers", "joint"])
 def test_example_runs(name, capsys):
     namespace = {"__name__": f"own_model_example_{name}"}
     exec(compile(BLOCKS[name], f"{DOC}:{name}", "exec"), namespace)
@@ -25,6 +25,9 @@ def test_example_runs(name, capsys):
         assert namespace["result"].converged and namespace["model"].counts["factorisations"] == 1, out
     elif name in ("stokes", "burgers"):
         assert namespace["result"].converged, out
+    elif name == "joint":
+        res = namespace["result"]
+        assert res.converged and float(res.m.subfunctions[1].dat.data_ro[0]) == 1.0, out
     else:
         rate, dot_error = (float(s) for s in out.split()[:2])
         assert rate > 1.9 and dot_error < 1e-10, out

@@ -281,6 +281,71 @@ def test_vector_burgers_taylor_dot_symmetry():
     check_derivatives(model, m, dm, dm2, 1e-3)
 
 
+# ------------------------------------------------------------- unsteady Stokes / Navier-Stokes
+def unsteady_stokes_residual(z, zo, m, w, *, nonlinear):
+    (u, p), (uo, _), (v, q) = fd.split(z), fd.split(zo), fd.split(w)
+    x, y = fd.SpatialCoordinate(z.function_space().mesh())
+    f = fd.as_vector((fd.sin(fd.pi * y), x * (1 - x)))
+    F = (fd.inner(u - uo, v) / DT + fd.exp(m) * fd.inner(fd.grad(u), fd.grad(v)) - p * fd.div(v) - q * fd.div(u)
+         - fd.inner(f, v)) * DX
+    if nonlinear:
+        F += 10.0 * fd.inner(fd.dot(fd.grad(u), u), v) * DX
+    return F
+
+
+def unsteady_stokes_model(mesh, *, nonlinear, steps=3):
+    Z = stokes_space(mesh)
+    M = fd.FunctionSpace(mesh, "CG", 1)
+    x, y = fd.SpatialCoordinate(mesh)
+    z, zo, m, w = fd.Function(Z), fd.Function(Z), fd.Function(M), fd.TestFunction(Z)
+    obs = PointObservation(Z.sub(0), POINTS, channels=2)
+    model = TimeSteppingModel(unsteady_stokes_residual(z, zo, m, w, nonlinear=nonlinear), z, zo, m, steps=steps,
+                              dt=DT, observation=obs, observation_times=[2 * DT, steps * DT], initial_condition=0.0,
+                              bcs=[fd.DirichletBC(Z.sub(0), 0, "on_boundary")], nullspace=pressure_nullspace(Z))
+    return model, fd.Function(M).interpolate(0.3 * fd.sin(fd.pi * x) * y)
+
+
+@pytest.mark.parallel(nprocs=[1, 2])
+@pytest.mark.parametrize("nonlinear", [False, True], ids=["stokes", "navier-stokes"])
+def test_unsteady_stokes_with_a_pressure_nullspace_equals_pyadjoint(nonlinear):
+    mesh = fd.UnitSquareMesh(4, 4)
+    model, m = unsteady_stokes_model(mesh, nonlinear=nonlinear)
+    assert model.constant_operator != nonlinear and model.linear_solver["pc_factor_mat_solver_type"] == "mumps"
+    obs = model.observation
+    w = weights_cofunction(obs)
+    ours = model.vjp(m, w)
+    wa = obs.to_array(fd.Function(obs.space, val=w.dat))
+    Z = model.state_space
+    with recording():
+        control = m.copy(deepcopy=True)
+        z, zo = fd.Function(Z), fd.Function(Z)
+        F = unsteady_stokes_residual(z, zo, control, fd.TestFunction(Z), nonlinear=nonlinear)
+        params = dict(MUMPS, snes_type="newtonls" if nonlinear else "ksponly", snes_rtol=1e-14, snes_atol=1e-14)
+        J = 0.0
+        for n in range(1, 4):
+            fd.solve(F == 0, z, bcs=[fd.DirichletBC(Z.sub(0), 0, "on_boundary")],
+                     nullspace=pressure_nullspace(Z), solver_parameters=params)
+            zo.assign(z)
+            if n >= 2:
+                P0 = fd.VectorFunctionSpace(fd.VertexOnlyMesh(mesh, POINTS), "DG", 0)
+                pu = fd.assemble(fd.interpolate(fd.split(z)[0], P0))
+                wk = fd.Function(P0)
+                wk.dat.data[:] = wa[:, n - 2].reshape(-1, 2)[_io_order(P0, mesh)]
+                J += fd.assemble(fd.inner(pu, wk) * fd.dx(domain=P0.mesh()))
+        theirs = ReducedFunctional(J, Control(control)).derivative()
+    scale = global_max(mesh.comm, theirs.dat.data_ro)
+    err = global_max(mesh.comm, ours.dat.data_ro - theirs.dat.data_ro)
+    assert err <= 1e-10 * scale, err / scale
+    # every state in the gauge: pressure of zero dof mean
+    pressure = model.state_at_end(m).subfunctions[1]
+    total = mesh.comm.allreduce(float(np.sum(pressure.dat.data_ro)))
+    assert abs(total) <= 1e-10 * max(1.0, global_max(mesh.comm, pressure.dat.data_ro))
+    x, y = fd.SpatialCoordinate(mesh)
+    dm = fd.Function(m.function_space()).interpolate(fd.cos(2 * x) * y + 0.3)
+    dm2 = fd.Function(m.function_space()).interpolate(x * x - y)
+    check_derivatives(model, m, dm, dm2, 1e-3)
+
+
 @pytest.mark.parallel(nprocs=[1, 2])
 def test_field_observation_of_a_vector_state_time_series():
     mesh = fd.UnitSquareMesh(4, 4)

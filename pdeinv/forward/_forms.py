@@ -124,6 +124,21 @@ def check_residual(residual, name: str, state, parameter, *others):
     return v
 
 
+def has_real_block(V) -> bool:
+    """Whether ``V`` is a mixed space with a Real (R) sub-space (Firedrake assembles no monolithic matrix
+    with R rows or columns in a mixed space)."""
+    return len(V) > 1 and any(W.ufl_element().family() == "Real" for W in V)
+
+
+def check_state_space(V, name: str) -> None:
+    """One clear error for a state space the direct solvers cannot take: a mixed space with an R block."""
+    if has_real_block(V):
+        raise ValueError(f"{name}: the state space is mixed with a Real (R) sub-space (a Lagrange multiplier); "
+                         "Firedrake cannot assemble its monolithic matrix for the direct tangent/adjoint solves. "
+                         "Fix the gauge without the multiplier: pass nullspace= (e.g. constant pressure) or pin "
+                         "one dof with a DirichletBC subclass")
+
+
 def check_parameter(parameter, name: str):
     import firedrake as fd
 

@@ -38,8 +38,10 @@ from pdeinv.forward._forms import (
     check_observation,
     check_parameter,
     check_residual,
+    check_state_space,
     depends_on,
     derive,
+    has_real_block,
     homogeneous_bcs,
     is_symmetric_operator,
     is_zero,
@@ -124,6 +126,7 @@ class StationaryModel(ParameterToObservable):
         if initial_guess not in ("previous", "fixed"):
             raise ValueError(f"{name}: initial_guess must be 'previous' or 'fixed', got {initial_guess!r}")
         bcs = check_bcs(bcs, state.function_space(), name)
+        check_state_space(state.function_space(), name)
         super().__init__(parameter.function_space(), observation)
         V = state.function_space()
         self._nullspaces = (nullspace, transpose_nullspace)  # Firedrake's objects, for its nonlinear solver
@@ -193,6 +196,9 @@ class StationaryModel(ParameterToObservable):
         self._C, self._C_point = None, None  # dF/dm, for blocked and repeated derivatives
         self._H, self._H_key = None, None  # second-derivative blocks for full Hessian actions
         self._uses_point, self._uses = None, 0
+        # Firedrake cannot assemble a monolithic matrix with R-space rows or columns in a mixed space
+        # (a product parameter V * R * R): those derivatives are assembled as vectors, action by action
+        self._matrices_possible = not has_real_block(self.parameter_space)
         self._work_vecs = {}
 
     # ----------------------------------------------------------------------------------- forward
@@ -248,6 +254,8 @@ class StationaryModel(ParameterToObservable):
         """Whether to work with assembled derivative matrices (dF/dm and, for full Hessians, the
         second-derivative blocks): from the second derivative action at one linearisation point on, as
         in Newton–CG's Hessian actions; a lone gradient keeps its one vector assembly."""
+        if not self._matrices_possible:
+            return False
         if self._uses_point is not self._point:
             self._uses_point, self._uses = self._point, 0
         self._uses += 1
@@ -314,6 +322,8 @@ class StationaryModel(ParameterToObservable):
     def _jvp_block(self, dms):
         from pdeinv.linalg.multivector import dense_block
 
+        if not self._matrices_possible:
+            return super()._jvp_block(dms)
         A = self._linearisation()
         C = self._parameter_jacobian()
         rhs = C.matMult(dense_block(dms))  # C dm_j for all j
@@ -327,6 +337,8 @@ class StationaryModel(ParameterToObservable):
     def _vjp_block(self, ws):
         from pdeinv.linalg.multivector import from_dense_block
 
+        if not self._matrices_possible:
+            return super()._vjp_block(ws)
         A = self._linearisation()
         C = self._parameter_jacobian()
         rhs = self.observation.transpose_block(ws, 0)  # B^T w_j
@@ -388,6 +400,8 @@ class StationaryModel(ParameterToObservable):
         2 solves per action instead of 5, and no form assembly."""
         import firedrake as fd
 
+        if not self._matrices_possible:  # the same terms, assembled as vectors (5 solves)
+            return super()._hessian_vjp(w, weight, dm)
         self.counts["jvp"] += 1
         self.counts["second_order"] += 1
         self._adjoint_cached(w)

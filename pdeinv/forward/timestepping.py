@@ -49,6 +49,7 @@ from pdeinv.forward._forms import (
     check_bcs,
     check_observation,
     check_parameter,
+    check_state_space,
     depends_on,
     derive,
     homogeneous_bcs,
@@ -56,7 +57,7 @@ from pdeinv.forward._forms import (
     is_zero,
     test_function_of,
 )
-from pdeinv.forward._linear import DirichletOperator
+from pdeinv.forward._linear import DirichletOperator, petsc_nullspace
 from pdeinv.linalg.arrays import axpy
 from pdeinv.maps import ParameterToObservable
 
@@ -80,6 +81,17 @@ def observation_steps(times, *, dt: float, steps: int, name: str) -> list[int]:
     if len(set(out)) != len(out) or out != sorted(out):
         raise ValueError(f"{name}: observation_times must be strictly increasing")
     return out
+
+
+def _fixed_initial_state(V, value):
+    """u_0 from a number (every component, any space: mixed too), a Function on V, or a UFL expression."""
+    import firedrake as fd
+
+    if isinstance(value, (int, float, np.floating)):
+        return fd.Function(V).assign(float(value))
+    if isinstance(value, fd.Function) and value.function_space() == V:
+        return value.copy(deepcopy=True)
+    return fd.Function(V).interpolate(value)
 
 
 class TimeSteppingModel(ParameterToObservable):
@@ -115,11 +127,17 @@ class TimeSteppingModel(ParameterToObservable):
         PETSc options of the tangent/adjoint solves (default direct).
     checkpointing : Checkpointing, optional
         Bound the memory of the derivatives (only used when they need the states).
+    nullspace, transpose_nullspace : firedrake.VectorSpaceBasis or MixedVectorSpaceBasis, optional
+        The nullspace of the step operator :math:`\partial_{u_{n+1}}F` (e.g. the constant pressure of an
+        enclosed flow) and of its transpose (default: the same).  Every state is returned orthogonal to it
+        (e.g. pressure of zero dof mean), and the derivatives are those of that gauge-fixed trajectory;
+        the default linear solver is then MUMPS LU with null-pivot detection.
     """
 
     def __init__(self, residual, state, previous, parameter, *, steps: int, dt: float, observation,
                  observation_times=None, initial_condition="parameter", bcs=(), time=None,
-                 solver_parameters=None, linear_solver_parameters=None, checkpointing: Checkpointing | None = None):
+                 solver_parameters=None, linear_solver_parameters=None, checkpointing: Checkpointing | None = None,
+                 nullspace=None, transpose_nullspace=None):
         import firedrake as fd
         import ufl
 
@@ -162,12 +180,14 @@ class TimeSteppingModel(ParameterToObservable):
             raise ValueError(f"{name}: the residual does not depend on the parameter and the initial condition "
                              "is fixed")
         bcs = check_bcs(bcs, V, name)
+        check_state_space(V, name)
+        ns, tns = (petsc_nullspace(b, V, name) for b in (nullspace, transpose_nullspace))
         super().__init__(parameter.function_space(), observation)
         self.state_space = V
         self._channel = {n: k for k, n in enumerate(self.obs_steps)}
         self._u, self._uo, self._m, self._v, self._time = state, previous, parameter, v, time
         self._bcs, self._hbcs = bcs, homogeneous_bcs(bcs)
-        self._u0 = None if self._ic_is_parameter else fd.Function(V).interpolate(initial_condition)
+        self._u0 = None if self._ic_is_parameter else _fixed_initial_state(V, initial_condition)
         self.checkpointing = checkpointing
 
         # --- derived forms --------------------------------------------------------------------------
@@ -207,7 +227,7 @@ class TimeSteppingModel(ParameterToObservable):
         if self.constant_operator:
             params = solver_parameters if solver_parameters is not None else linear_solver_parameters
             self._A = DirichletOperator(self._A_form, bcs, solver_parameters=params, options_prefix=prefix,
-                                        symmetric=symmetric)
+                                        symmetric=symmetric, nullspace=ns, transpose_nullspace=tns)
             self._C = None if self._C_zero else fd.assemble(self._C_form, mat_type="aij")
             self._F0_form = at_zero(residual, state, previous)  # F(0, 0, m; v): the load
             self._F0_zero = is_zero(self._F0_form)
@@ -229,14 +249,17 @@ class TimeSteppingModel(ParameterToObservable):
             from pdeinv.forward.stationary import default_newton_parameters
 
             if solver_parameters is None:
-                solver_parameters = default_newton_parameters(self.comm)
+                solver_parameters = default_newton_parameters(self.comm, space=V, singular=ns is not None)
                 if not depends_on(self._A_form, state):
                     solver_parameters = {**solver_parameters, "snes_type": "ksponly"}
             problem = fd.NonlinearVariationalProblem(residual, state, bcs=bcs, J=self._A_form)
             self._solver = fd.NonlinearVariationalSolver(problem, solver_parameters=solver_parameters,
-                                                         options_prefix=prefix + "forward_")
+                                                         options_prefix=prefix + "forward_", nullspace=nullspace,
+                                                         transpose_nullspace=transpose_nullspace)
             self._A = DirichletOperator(self._A_form, self._hbcs, solver_parameters=linear_solver_parameters,
-                                        options_prefix=prefix + "linearised_", lift=False, symmetric=symmetric)
+                                        options_prefix=prefix + "linearised_", lift=False, symmetric=symmetric,
+                                        nullspace=ns, transpose_nullspace=tns)
+        self.linear_solver = self._A.solver_parameters
         self._trajectory = None
         self._work_vecs, self._work_mats = {}, {}
         self._d0 = fd.Cofunction(V.dual())
@@ -344,6 +367,8 @@ class TimeSteppingModel(ParameterToObservable):
             self.newton_iterations += self._solver.snes.getIterationNumber()
             with self._u.dat.vec_ro as u:
                 u.copy(out)
+            if self._A.nullspace is not None:  # the gauge the derivatives are taken in
+                self._A.nullspace.remove(out)
 
     def _solve(self, m, prediction):
         self._m.assign(m)

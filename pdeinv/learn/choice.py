@@ -193,7 +193,7 @@ def gcv(hyper, theta0, *, index: int = 0, grid, probes: int = 8, seed: int = 11,
     """Generalized cross-validation with a randomized trace (see module docstring)."""
     import firedrake as fd
 
-    from pdeinv.optimize.newton_cg import _default_preconditioner, conjugate_gradient
+    from pdeinv.optimize.newton_cg import conjugate_gradient
     from pdeinv.verify import dual_pairing
 
     theta0, owner, base = _setup(hyper, theta0, index, "gcv")
@@ -212,7 +212,7 @@ def gcv(hyper, theta0, *, index: int = 0, grid, probes: int = 8, seed: int = 11,
         m = solve(t)
         problem = hyper.problem(solve.theta(t))
         factor = getattr(problem.misfit, "factor", 1.0)  # a noise-level term scales the misfit
-        P = _default_preconditioner(problem.prior)
+        P = problem.preconditioner
         est = []
         for z in Z:
             w = noise._cofunction(z.dat.data_ro * inv_sigma)  # Gamma^{-1/2} z (masked)

@@ -43,6 +43,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from pdeinv._tape import unannotated_methods
+from pdeinv.linalg.arrays import axpy, scale
 from pdeinv.prior.base import GaussianPlus, GaussianPrior, Regularizer
 
 __all__ = ["HyperTerm", "Weight", "regularization_weight", "prior_variance", "noise_level", "MaternParameters",
@@ -50,7 +51,7 @@ __all__ = ["HyperTerm", "Weight", "regularization_weight", "prior_variance", "no
 
 
 def _scale_cofunction(c, factor):
-    c.dat.data[:] *= factor  # NumPy on the local values: no kernel per call
+    scale(c, factor)  # on the Vec: no kernel per call, any space
     return c
 
 
@@ -93,12 +94,12 @@ class _ScaledGaussian(GaussianPrior):
 
     def covariance_action(self, c):
         out = self.base.covariance_action(c)
-        out.dat.data[:] /= self.factor
+        scale(out, 1.0 / self.factor)
         return out
 
     def sample_centered(self, *, seed, **kwargs):
         out = self.base.sample_centered(seed=seed, **kwargs)
-        out.dat.data[:] /= math.sqrt(self.factor)
+        scale(out, 1.0 / math.sqrt(self.factor))
         return out
 
 
@@ -145,7 +146,7 @@ class RegularizerSum(Regularizer):
     def _sum(self, parts):
         first = parts[0]
         for c in parts[1:]:
-            first.dat.data[:] += c.dat.data_ro
+            axpy(first, 1.0, c)
         return first
 
     def gradient(self, m):

@@ -206,9 +206,9 @@ def hypergradient(hyper, loss, theta, *, method: str = "implicit", m0=None, m_st
     problem = hyper.problem(theta)
     b = loss.gradient(m_star, theta)
     value = loss(m_star, theta)
-    from pdeinv.optimize.newton_cg import _default_preconditioner, conjugate_gradient
+    from pdeinv.optimize.newton_cg import conjugate_gradient
 
-    P = _default_preconditioner(problem.prior)
+    P = problem.preconditioner
     cg_its, actions = 0, 0
     if method == "implicit":
         full = opts.hessian == "full"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["local_values", "set_local_values", "axpy", "root_space", "subspace_indices"]
+__all__ = ["local_values", "set_local_values", "axpy", "scale", "root_space", "subspace_indices"]
 
 
 def local_values(f) -> np.ndarray:
@@ -28,6 +28,12 @@ def axpy(y, alpha: float, x) -> None:
     """``y += alpha * x`` for two Functions (or two Cofunctions) on one space."""
     with y.dat.vec as yv, x.dat.vec_ro as xv:
         yv.axpy(alpha, xv)
+
+
+def scale(f, alpha: float) -> None:
+    """``f *= alpha`` for a Function or Cofunction of any space (no kernel, no UFL)."""
+    with f.dat.vec as v:
+        v.scale(alpha)
 
 
 def root_space(V):

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pdeinv.linalg.arrays import local_values, set_local_values
+
 __all__ = ["dense_block", "from_dense_block", "MultiFunction", "random_multifunction", "combine_cofunctions"]
 
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
@@ -59,8 +61,9 @@ class MultiFunction:
         local matrix product over the owned dofs and one allreduce (not k² collective dot products)."""
         if not cofunctions or not self.functions:
             return np.zeros((len(cofunctions), len(self.functions)))
-        C = np.stack([c.dat.data_ro for c in cofunctions], axis=0).reshape(len(cofunctions), -1)
-        X = np.stack([f.dat.data_ro for f in self.functions], axis=-1).reshape(C.shape[1], -1)
+        # owned dofs in the Vec layout: mixed spaces too, and an R dof counted once (on its owning rank)
+        C = np.stack([local_values(c) for c in cofunctions], axis=0)
+        X = np.stack([local_values(f) for f in self.functions], axis=-1)
         local = np.ascontiguousarray(C @ X)
         out = np.empty_like(local)
         from mpi4py import MPI
@@ -71,9 +74,9 @@ class MultiFunction:
     def combine(self, C: np.ndarray):
         """The block :math:`X C` (columns :math:`\\sum_i C_{ij} x_i`)."""
         out = MultiFunction.zeros(self.space, C.shape[1])
-        arrays = np.stack([f.dat.data_ro for f in self.functions], axis=-1)  # local (n, k)
+        arrays = np.stack([local_values(f) for f in self.functions], axis=-1)  # local (n, k)
         for j, f in enumerate(out.functions):
-            f.dat.data[:] = arrays @ C[:, j]
+            set_local_values(f, arrays @ C[:, j])
         return out
 
 
@@ -82,11 +85,11 @@ def combine_cofunctions(cofunctions, C: np.ndarray):
     import firedrake as fd
 
     space = cofunctions[0].function_space()
-    arrays = np.stack([c.dat.data_ro for c in cofunctions], axis=-1)
+    arrays = np.stack([local_values(c) for c in cofunctions], axis=-1)
     out = []
     for j in range(C.shape[1]):
         c = fd.Cofunction(space)
-        c.dat.data[:] = arrays @ C[:, j]
+        set_local_values(c, arrays @ C[:, j])
         out.append(c)
     return out
 
@@ -167,7 +170,7 @@ def dense_block(functions, comm=None):
     X.setUp()
     arr = X.getDenseArray()
     for j, f in enumerate(functions):
-        arr[:, j] = f.dat.data_ro.reshape(-1)
+        arr[:, j] = local_values(f)
     X.assemble()
     return X
 
@@ -180,6 +183,6 @@ def from_dense_block(X, space, *, dual: bool = False, scale: float = 1.0, name=N
     out = []
     for j in range(arr.shape[1]):
         f = fd.Cofunction(space.dual(), name=name) if dual else fd.Function(space, name=name)
-        f.dat.data[:] = (scale * arr[:, j]).reshape(f.dat.data.shape)
+        set_local_values(f, scale * arr[:, j])
         out.append(f)
     return out

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdeinv.linalg.arrays import axpy
 from pdeinv.linalg.multivector import MultiFunction, combine_cofunctions, random_multifunction
 
 __all__ = ["EigenResult", "double_pass", "single_pass", "residuals"]
@@ -144,6 +145,6 @@ def residuals(apply_A: Callable, apply_Binv: Callable, result: EigenResult) -> n
     out = []
     for lam, u, Bu in zip(result.eigenvalues, result.eigenvectors, result.B_eigenvectors, strict=True):
         r = apply_A(u)
-        r.dat.data[:] -= lam * Bu.dat.data_ro
+        axpy(r, -lam, Bu)
         out.append(np.sqrt(max(dual_pairing(r, apply_Binv(r)), 0.0)))
     return np.array(out)

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdeinv.linalg.arrays import local_values, scale, set_local_values
 from pdeinv.linalg.multivector import MultiFunction, random_multifunction
 from pdeinv.verify import dual_pairing
 
@@ -71,11 +72,11 @@ def _start(name, max_iterations, apply_Binv, space, seed):
     if not (isinstance(max_iterations, int) and max_iterations >= 1):
         raise ValueError(f"{name}: max_iterations must be a positive integer, got {max_iterations!r}")
     q = fd.Cofunction(space.dual())
-    q.dat.data[:] = random_multifunction(space, 1, seed=seed)[0].dat.data_ro
+    set_local_values(q, local_values(random_multifunction(space, 1, seed=seed)[0]))
     p = apply_Binv(q)
     s = math.sqrt(max(dual_pairing(q, p), 0.0))
-    q.dat.data[:] /= s
-    p.dat.data[:] /= s
+    scale(q, 1.0 / s)
+    scale(p, 1.0 / s)
     return q, p
 
 
@@ -99,8 +100,8 @@ def power_iteration(apply_A: Callable, apply_Binv: Callable, space, *, max_itera
         s = math.sqrt(max(dual_pairing(q, p), 0.0))
         if s == 0.0:
             return SpectralResult(np.array([0.0]), MultiFunction(space, [p]), k, True, 0.0)
-        q.dat.data[:] /= s
-        p.dat.data[:] /= s
+        scale(q, 1.0 / s)
+        scale(p, 1.0 / s)
     return SpectralResult(np.array([lam]), MultiFunction(space, [p]), max_iterations, False, change)
 
 
@@ -117,11 +118,12 @@ def lanczos(apply_A: Callable, apply_Binv: Callable, space, *, max_iterations: i
         # full re-orthogonalisation (twice) in the <., B^{-1} .> inner product, done as one local product
         # and one allreduce per pass
         for _ in range(2):
-            Pm = np.stack([f.dat.data_ro for f in Pf], axis=-1)
-            coeff = comm.allreduce(w.dat.data_ro @ Pm)
+            Pm = np.stack([local_values(f) for f in Pf], axis=-1)
+            wv = local_values(w)
+            coeff = comm.allreduce(wv @ Pm)
             if _ == 0:
                 alpha.append(float(coeff[-1]))
-            w.dat.data[:] -= np.stack([c.dat.data_ro for c in Q], axis=-1) @ coeff
+            set_local_values(w, wv - np.stack([local_values(c) for c in Q], axis=-1) @ coeff)
         T = np.diag(alpha) + np.diag(beta, 1) + np.diag(beta, -1)
         vals, vecs = np.linalg.eigh(T)
         pw = apply_Binv(w)
@@ -131,8 +133,8 @@ def lanczos(apply_A: Callable, apply_Binv: Callable, space, *, max_iterations: i
             converged = True
             break
         if k < max_iterations:
-            w.dat.data[:] /= b
-            pw.dat.data[:] /= b
+            scale(w, 1.0 / b)
+            scale(pw, 1.0 / b)
             Q.append(w)
             Pf.append(pw)
             beta.append(b)
@@ -146,9 +148,8 @@ def conditioning_report(problem, m, *, iterations: int = 30, seed: int = 7) -> d
     largest and smallest computed eigenvalue, data-informed dimension (#:math:`\\lambda > 1`),
     effective number of parameters :math:`\\sum\\lambda/(1+\\lambda)` and the condition number
     :math:`(1+\\lambda_1)/(1+\\lambda_k)` of the preconditioned Hessian on the Krylov space."""
-    from pdeinv.optimize.newton_cg import _default_preconditioner
 
-    P = _default_preconditioner(problem.prior)
+    P = problem.preconditioner
     res = lanczos(lambda p: problem.misfit.gauss_newton_action(m, p), P, problem.parameter_space,
                   max_iterations=iterations, seed=seed)
     lam = np.maximum(res.eigenvalues, 0.0)

@@ -20,7 +20,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from pdeinv._tape import unannotated
-from pdeinv.optimize.newton_cg import _default_preconditioner, armijo_backtracking
+from pdeinv.optimize.newton_cg import armijo_backtracking
 from pdeinv.optimize.result import OptimizationResult
 from pdeinv.verify import dual_pairing
 
@@ -70,7 +70,7 @@ def lbfgs(problem, m0, *, options: LBFGSOptions | None = None, preconditioner=No
 
     opts = options or LBFGSOptions()
     check_function(m0, problem.parameter_space, "lbfgs: m0")
-    P = preconditioner or _default_preconditioner(problem.prior)
+    P = preconditioner or problem.preconditioner
     log = log or RankZeroLog(problem.parameter_space.mesh().comm, quiet=opts.quiet)
     m = m0.copy(deepcopy=True)
     cost = problem.cost(m)
@@ -135,7 +135,7 @@ def lbfgs(problem, m0, *, options: LBFGSOptions | None = None, preconditioner=No
     else:
         if gnorm <= max(opts.gradient_atol, opts.gradient_rtol * gnorm0):
             reason, converged = "gradient tolerance", True
-    counts = dict(getattr(problem.misfit.map, "counts", {}))
+    counts = problem.counts
     log.info(f"lbfgs: {reason} after {k} iterations, ||g|| = {gnorm:.3e}")
     return OptimizationResult(m=m, cost=cost, converged=converged, reason=reason, iterations=k, cg_iterations=0,
                               gradient_norm=gnorm, history=tuple(history), counts=counts)

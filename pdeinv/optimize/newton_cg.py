@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pdeinv._tape import unannotated
+from pdeinv.linalg.arrays import axpy
 from pdeinv.optimize.result import OptimizationResult
 from pdeinv.verify import dual_pairing
 
@@ -240,16 +241,6 @@ def armijo_backtracking(problem, m, direction, cost, slope, *, c1: float, max_ba
     return None
 
 
-def _default_preconditioner(prior):
-    from pdeinv.prior.base import GaussianPlus, GaussianPrior
-
-    if isinstance(prior, GaussianPrior):
-        return prior.covariance_action
-    if isinstance(prior, GaussianPlus):
-        return prior.gaussian.covariance_action
-    return lambda c: c.riesz_representation("L2")
-
-
 @unannotated
 def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditioner: Callable | None = None,
               callback: Callable | None = None, log=None, resume: dict | None = None) -> OptimizationResult:
@@ -279,7 +270,7 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
 
     opts = options or NewtonCGOptions()
     check_function(m0, problem.parameter_space, "newton_cg: m0")
-    P = preconditioner or _default_preconditioner(problem.prior)
+    P = preconditioner or problem.preconditioner
     log = log or RankZeroLog(problem.parameter_space.mesh().comm, quiet=opts.quiet)
     m = m0.copy(deepcopy=True)
     m.rename("m")
@@ -322,7 +313,7 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         def apply_h(d, m=m, mu=mu, gauss_newton=gauss_newton):
             h = problem.hessian_action(m, d, gauss_newton=gauss_newton)
             if mu > 0:
-                h.dat.data[:] += mu * problem.prior.hessian_action(m, d).dat.data_ro
+                axpy(h, mu, problem.prior.hessian_action(m, d))
             return h
 
         trust = opts.globalization == "trust_region"
@@ -391,7 +382,7 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
     else:
         if gnorm <= max(opts.gradient_atol, opts.gradient_rtol * gnorm0):
             reason, converged = "gradient tolerance", True
-    counts = dict(getattr(problem.misfit.map, "counts", {}))
+    counts = problem.counts
     log.info(f"newton_cg: {reason} after {k} iterations, {total_cg} CG iterations, ||g|| = {gnorm:.3e}")
     return OptimizationResult(m=m, cost=cost, converged=converged, reason=reason, iterations=k,
                               cg_iterations=total_cg, gradient_norm=gnorm, history=tuple(history), counts=counts)

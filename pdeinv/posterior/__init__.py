@@ -1,5 +1,5 @@
 """The Laplace approximation of the posterior at the MAP point."""
 
-from pdeinv.posterior.laplace import LaplaceApproximation
+from pdeinv.posterior.laplace import BlockCovariance, LaplaceApproximation
 
-__all__ = ["LaplaceApproximation"]
+__all__ = ["LaplaceApproximation", "BlockCovariance"]

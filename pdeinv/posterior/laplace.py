@@ -40,6 +40,7 @@ Pointwise variance: :math:`\operatorname{diag}\Gamma_{post} = \operatorname{diag
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -47,7 +48,31 @@ from pdeinv._tape import unannotated_methods
 from pdeinv.linalg.arrays import axpy, local_values, set_local_values
 from pdeinv.linalg.randomized import double_pass, residuals, single_pass
 
-__all__ = ["LaplaceApproximation"]
+__all__ = ["LaplaceApproximation", "BlockCovariance"]
+
+MAX_BLOCK_DOFS = 1000  # block_covariance costs one covariance action per dof of the block
+
+
+@dataclass(frozen=True)
+class BlockCovariance:
+    r"""The posterior covariance of one (small) block of the parameter, e.g. the scalars of a joint
+    field + scalars inversion.
+
+    Attributes
+    ----------
+    matrix : numpy.ndarray (n, n)
+        :math:`\Gamma_{post}` restricted to the block's dofs (symmetric; identical on every rank).
+    columns : tuple of firedrake.Function
+        :math:`\Gamma_{post}e_j` for each dof j of the block: the covariance of *every* parameter dof with
+        it — its restriction to another block is the cross-covariance (e.g. which part of the field is
+        confounded with a material constant).
+    correlation : numpy.ndarray (n, n)
+        ``matrix`` scaled to unit diagonal.
+    """
+
+    matrix: np.ndarray
+    columns: tuple
+    correlation: np.ndarray
 
 
 @unannotated_methods
@@ -162,6 +187,44 @@ class LaplaceApproximation:
         axpy(s, 1.0, self.mean)
         s.rename(name)
         return s
+
+    def block_covariance(self, subs) -> BlockCovariance:
+        """:class:`BlockCovariance` of one sub-space (``W.sub(i)``) or several (``[W.sub(1), W.sub(2),
+        W.sub(3)]``: three scalars together), of at most ``MAX_BLOCK_DOFS`` dofs in all; dofs ordered sub-space
+        by sub-space.  One posterior covariance action per dof."""
+        import firedrake as fd
+
+        from pdeinv.linalg.arrays import root_space, subspace_indices
+
+        subs = list(subs) if isinstance(subs, (list, tuple)) else [subs]
+        if not subs or any(V.parent is None or root_space(V) != self.space for V in subs):
+            raise ValueError("block_covariance: expected sub-spaces of the parameter space (W.sub(i))")
+        n = sum(V.dim() for V in subs)
+        if n > MAX_BLOCK_DOFS:
+            raise ValueError(f"block_covariance: the block has {n} dofs (at most {MAX_BLOCK_DOFS}); for a field "
+                             "use pointwise_variance")
+        comm = self.space.mesh().comm
+        index = [subspace_indices(V) for V in subs]
+        # global position of this rank's first dof of each sub-space, within the block
+        first = np.cumsum([0] + [V.dim() for V in subs])[:-1] + [comm.exscan(len(i)) or 0 for i in index]
+        e = fd.Cofunction(self.space.dual())
+        columns, rows = [], np.zeros((n, n))
+        for j in range(n):
+            values = np.zeros(len(local_values(e)))
+            for idx, start in zip(index, first, strict=True):
+                if start <= j < start + len(idx):
+                    values[idx[j - start]] = 1.0
+            set_local_values(e, values)  # every rank writes (see prior_variance)
+            col = self.covariance_action(e)
+            col.rename(f"posterior_covariance_column_{j}")
+            part, cv = np.zeros(n), local_values(col)
+            for idx, start in zip(index, first, strict=True):
+                part[start:start + len(idx)] = cv[idx]
+            rows[j] = comm.allreduce(part)
+            columns.append(col)
+        matrix = 0.5 * (rows + rows.T)
+        sd = np.sqrt(np.maximum(np.diag(matrix), np.finfo(float).tiny))
+        return BlockCovariance(matrix, tuple(columns), matrix / np.outer(sd, sd))
 
     # -------------------------------------------------------------------------------- variance
     def prior_variance(self, *, method: str = "samples", samples: int = 200, seed: int = 12345):

@@ -39,6 +39,11 @@ class Regularizer(ABC):
 
         check_function(m, self.space, f"{type(self).__name__}: {name}")
 
+    def preconditioner(self):
+        r"""``P(c: Cofunction) -> Function``, the preconditioner an optimizer uses with this term: the
+        :math:`L^2` Riesz map here; a Gaussian prior's covariance (:class:`GaussianPrior`)."""
+        return lambda c: c.riesz_representation("L2")
+
     @abstractmethod
     def __call__(self, m) -> float: ...
 
@@ -60,13 +65,21 @@ class GaussianPrior(Regularizer):
     def __init__(self, space, mean=None):
         import firedrake as fd
 
-        from pdeinv._checks import require_field_space
-
-        require_field_space(type(self).__name__, space)
+        self._require_space(space)
         super().__init__(space)
         self.mean = fd.Function(space, name="prior_mean")
         if mean is not None:
             self.mean.interpolate(mean) if not isinstance(mean, fd.Function) else self.mean.assign(mean)
+
+    def _require_space(self, space) -> None:
+        """One clear error unless this prior can live on ``space`` (default: one field, not mixed, not R)."""
+        from pdeinv._checks import require_field_space
+
+        require_field_space(type(self).__name__, space)
+
+    def preconditioner(self):
+        """The covariance action: the preconditioner of prior-preconditioned CG."""
+        return self.covariance_action
 
     @abstractmethod
     def precision_action(self, dm): ...
@@ -127,9 +140,14 @@ class GaussianPlus(Regularizer):
     def __call__(self, m) -> float:
         return self.gaussian(m) + sum(r(m) for r in self.extras)
 
+    def preconditioner(self):
+        return self.gaussian.covariance_action
+
     def _sum(self, first, rest):
+        from pdeinv.linalg.arrays import axpy
+
         for c in rest:
-            first.dat.data[:] += c.dat.data_ro
+            axpy(first, 1.0, c)
         return first
 
     def gradient(self, m):
