@@ -41,6 +41,7 @@ from pdeinv.learn import (  # noqa: E402
     ReconstructionError,
     cosine,
     hypergradient,
+    reverse_through,
     solve_inner,
 )
 from pdeinv.linalg.spectral import lanczos  # noqa: E402
@@ -130,7 +131,7 @@ def main():
     gd = GradientDescent(hyper, step=2.0 / (lam_max + lam_min), iterations=args.unrolled_iterations,
                          preconditioner=prior.covariance_action)
     t0 = time.perf_counter()
-    unr = hypergradient(None, loss, theta, method="unrolled", unrolled=gd)
+    unr = reverse_through(gd, loss, theta)
     t_unr = time.perf_counter() - t0
     state_mb = V.dim() * 8 / 1e6
     out.update(unrolled_iterations=args.unrolled_iterations, unrolled_step=gd.step,
@@ -140,7 +141,7 @@ def main():
                unrolled_iterate_error=float(np.sqrt(2 * loss(unr.m, theta))),
                implicit_iterate_error=float(np.sqrt(2 * loss(imp.m, theta))), unrolled_peak_rss_mb=rss_mb())
     t0 = time.perf_counter()
-    ck = hypergradient(None, loss, theta, method="unrolled", unrolled=gd,
+    ck = reverse_through(gd, loss, theta,
                        checkpointing=Checkpointing(snapshots_in_ram=10))
     out.update(checkpointed_states_held=ck.peak_stored_states, checkpointed_solves=ck.solves,
                checkpointed_s=time.perf_counter() - t0,

@@ -161,9 +161,9 @@ class EnsembleMisfit:
         """Every member's rank r must own the same dofs in the same order (one allgather)."""
         import hashlib
 
-        from pdeinv.linalg.multivector import _dof_coordinates
+        from pdeinv.linalg.multivector import dof_coordinates
 
-        coords = np.round(_dof_coordinates(space), 10)
+        coords = np.round(dof_coordinates(space), 10)
         digest = hashlib.sha256(coords.tobytes()).hexdigest()
         if len(set(ensemble.ensemble_comm.allgather(digest))) > 1:
             raise ValueError("EnsembleMisfit: the ensemble members' meshes are partitioned differently (their "

@@ -77,7 +77,13 @@ class ParameterToObservable(ABC):
     counts : collections.Counter
         ``forward``, ``jvp``, ``vjp`` calls that did work, and ``linear_solves`` (factorised
         solves) and ``factorisations`` — the cost model in numbers.
+    linear_solver : dict or None
+        The PETSc options the state's linear solves run with, defaults resolved (what a run record
+        reports); None for a map without one such solver.
     """
+
+    linear_solver: dict | None = None
+    is_linear: bool = False  # F'' = 0 (set by a model that knows): the full Hessian is the Gauss-Newton one
 
     def __init_subclass__(cls, **kwargs):
         # Every subclass (a user's too) runs its public methods with pyadjoint annotation off.
@@ -192,8 +198,14 @@ class ParameterToObservable(ABC):
         axpy(h, 1.0, extra)
         return h
 
+    @property
+    def second_derivatives(self) -> bool:
+        """Whether the full Hessian (:meth:`second_order_vjp`) is available: the map is linear in m, or its
+        class implements :meth:`_second_order_vjp` (StationaryModel, TapedMap; not TimeSteppingModel)."""
+        return self.is_linear or type(self)._second_order_vjp is not ParameterToObservable._second_order_vjp
+
     def _second_order_vjp(self, w, dm):
-        if getattr(self, "is_linear", False):
+        if self.is_linear:
             import firedrake as fd
 
             return fd.Cofunction(self.parameter_space.dual())

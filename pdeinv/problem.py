@@ -13,10 +13,21 @@ generalized eigenproblem needs).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 
 from pdeinv._tape import unannotated_methods
 
-__all__ = ["InverseProblem", "CostTerms"]
+__all__ = ["InverseProblem", "CostTerms", "Hessian"]
+
+
+class Hessian(str, Enum):
+    """Which Hessian a solver uses: the full one (with the map's second-order term), Gauss–Newton, or AUTO
+    (the full Hessian where the map has second derivatives, else Gauss–Newton).  Strings are accepted:
+    ``Hessian("full")``."""
+
+    AUTO = "auto"
+    FULL = "full"
+    GAUSS_NEWTON = "gauss_newton"
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,22 @@ class InverseProblem:
         """``P(c: Cofunction) -> Function`` for CG and the gradient norm: the prior's
         (:meth:`pdeinv.prior.Regularizer.preconditioner`: its covariance for a Gaussian prior)."""
         return self.prior.preconditioner()
+
+    @property
+    def full_hessian_available(self) -> bool:
+        """Whether the map provides second derivatives (:attr:`pdeinv.maps.ParameterToObservable.second_derivatives`);
+        a misfit of another kind (an ensemble of experiments) is taken to have them when its map does."""
+        from pdeinv.maps import ParameterToObservable
+
+        fmap = getattr(self.misfit, "map", None)
+        return isinstance(fmap, ParameterToObservable) and fmap.second_derivatives
+
+    def resolve(self, hessian) -> Hessian:
+        """:class:`Hessian` ``hessian`` (or its string) with AUTO decided for this problem."""
+        h = Hessian(hessian)
+        if h is Hessian.AUTO:
+            return Hessian.FULL if self.full_hessian_available else Hessian.GAUSS_NEWTON
+        return h
 
     @property
     def counts(self) -> dict:

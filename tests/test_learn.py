@@ -34,7 +34,7 @@ from pdeinv.learn import (
     regularization_weight,
     solve_inner,
 )
-from pdeinv.learn.unrolled import soft_threshold, soft_threshold_derivatives
+from pdeinv.learn.unrolled import reverse_through, soft_threshold, soft_threshold_derivatives
 from pdeinv.linalg.spectral import lanczos, lipschitz_constant, power_iteration
 from pdeinv.maps import Misfit
 from pdeinv.noise import GaussianNoise
@@ -42,6 +42,7 @@ from pdeinv.observation import PointObservation
 from pdeinv.optimize import FISTAOptions, fista
 from pdeinv.posterior import LaplaceApproximation
 from pdeinv.prior import L1, BiLaplacianPrior, TikhonovH1
+from pdeinv.problem import Hessian
 from pdeinv.verify import dual_pairing, taylor_test
 
 
@@ -148,7 +149,7 @@ def test_implicit_and_unrolled_match_the_closed_form():
     gd = GradientDescent(hyper, step=2.0 / (lam[0] + lam[-1]), iterations=250,
                          preconditioner=lambda c: (lambda f: (f.dat.data.__imul__(np.exp(b_)), f)[1])(
                              prior.covariance_action(c)))
-    unr = hypergradient(None, loss, theta, method="unrolled", unrolled=gd)
+    unr = reverse_through(gd, loss, theta)
     assert np.max(np.abs(unr.gradient - exact)) <= 1e-6 * np.max(np.abs(exact)), (unr.gradient, exact)
 
     jfb = hypergradient(hyper, loss, theta, method="jfb", m_star=imp.m)
@@ -196,17 +197,17 @@ def test_unrolled_fixed_iterations_is_the_derivative_of_the_program():
     loss = ReconstructionError(truth)
     theta = np.array([0.1, 0.2])
     gd = GradientDescent(hyper, step=0.2, iterations=10, preconditioner=prior.covariance_action)
-    full = hypergradient(None, loss, theta, method="unrolled", unrolled=gd)
+    full = reverse_through(gd, loss, theta)
     res = taylor_test(lambda th: loss(gd.run(th, None), th), theta, np.array([0.3, -0.7]), derivative=full.gradient,
                       epsilon0=1e-2)
     assert res.min_rate > 1.95, res.rates1
     for cp in (Checkpointing(snapshots_in_ram=3), Checkpointing(snapshots_in_ram=1, snapshots_on_disk=2)):
-        ck = hypergradient(None, loss, theta, method="unrolled", unrolled=gd, checkpointing=cp)
+        ck = reverse_through(gd, loss, theta, checkpointing=cp)
         assert np.allclose(ck.gradient, full.gradient, rtol=1e-12, atol=0)  # bitwise serially; MUMPS on 2 ranks
         assert ck.peak_stored_states < full.peak_stored_states
-    tr = hypergradient(None, loss, theta, method="unrolled", unrolled=gd, truncate=3)
+    tr = reverse_through(gd, loss, theta, truncate=3)
     assert tr.solves < full.solves and not np.allclose(tr.gradient, full.gradient)
-    assert np.allclose(hypergradient(None, loss, theta, method="unrolled", unrolled=gd, truncate=10).gradient,
+    assert np.allclose(reverse_through(gd, loss, theta, truncate=10).gradient,
                        full.gradient, rtol=1e-12, atol=0)
 
 
@@ -226,13 +227,35 @@ def test_implicit_on_a_nonlinear_map_matches_finite_differences():
     loss = ReconstructionError(truth)
     theta = np.array([0.3])
     imp = hypergradient(hyper, loss, theta, method="implicit")
-    assert imp.inner.converged
+    assert imp.inner.converged and imp.hessian is Hessian.FULL  # the default AUTO: this map has F''
     res = taylor_test(lambda th: loss(solve_inner(hyper, th, imp.m).m, th), theta, np.array([1.0]),
                       derivative=imp.gradient, epsilon0=0.1, steps=3)
     assert res.min_rate > 1.9, (res.rates1, res.remainder1)
     jfb = hypergradient(hyper, loss, theta, method="jfb", m_star=imp.m)
     print(f"JFB cosine (Poisson log-coefficient, variance factor): {cosine(jfb.gradient, imp.gradient):.3f}")
     assert cosine(jfb.gradient, imp.gradient) > 0
+
+
+def test_default_hessian_follows_what_the_map_supports():
+    """HypergradientOptions() on a time-stepping map nonlinear in m (heat, log-conductivity: no second-order
+    forms) runs with the Gauss-Newton Hessian and says so, instead of raising NotImplementedError."""
+    from pdeinv.forward.heat import HeatModel
+
+    mesh = fd.UnitSquareMesh(4, 4)
+    model = HeatModel(mesh, parameter="log_conductivity", end_time=0.02, steps=2, observation_points=grid_points(3))
+    assert not model.second_derivatives
+    Vm = model.parameter_space
+    x, y = fd.SpatialCoordinate(mesh)
+    truth = fd.Function(Vm).interpolate(0.3 * x * y)
+    noise = GaussianNoise(model.observation, 0.01)
+    misfit = Misfit(model, noise, noise.sample(model(truth), seed=2))
+    prior = BiLaplacianPrior.from_correlation(Vm, correlation_length=0.3, variance=0.5)
+    res = hypergradient(HyperProblem(misfit, prior_variance(prior)), ReconstructionError(truth), np.array([0.3]),
+                        method="implicit")
+    assert res.hessian is Hessian.GAUSS_NEWTON and np.all(np.isfinite(res.gradient))
+    with pytest.raises(ValueError, match="hessian must be one of"):
+        HypergradientOptions(hessian="newton")
+    assert HypergradientOptions(hessian="full").hessian is Hessian.FULL
 
 
 def test_soft_threshold_derivative_convention():
@@ -265,11 +288,11 @@ def test_lista_unrolled_fista():
     mK = pg.run(theta, None)
     assert np.max(np.abs(mK.dat.data_ro - ref.m.dat.data_ro)) <= 1e-10 * np.max(np.abs(ref.m.dat.data_ro))
     loss = ReconstructionError(sparse)
-    r = hypergradient(None, loss, theta, method="unrolled", unrolled=pg)
+    r = reverse_through(pg, loss, theta)
     h = np.random.default_rng(1).standard_normal(2 * K)
     res = taylor_test(lambda th: loss(pg.run(th, None), th), theta, h, derivative=r.gradient, epsilon0=1e-3)
     assert res.min_rate > 1.95, res.rates1
-    ck = hypergradient(None, loss, theta, method="unrolled", unrolled=pg,
+    ck = reverse_through(pg, loss, theta,
                        checkpointing=Checkpointing(snapshots_in_ram=2, snapshots_on_disk=1))
     assert np.allclose(ck.gradient, r.gradient, rtol=1e-12, atol=0)
 
@@ -329,7 +352,7 @@ def test_bad_input_is_one_clear_error():
         hyper.problem([np.nan])
     with pytest.raises(ValueError, match="method must be one of"):
         hypergradient(hyper, loss, [0.0], method="magic")
-    with pytest.raises(TypeError, match="needs unrolled="):
+    with pytest.raises(ValueError, match="through an unrolled solver use pdeinv.learn.reverse_through"):
         hypergradient(hyper, loss, [0.0], method="unrolled")
     with pytest.raises(ValueError, match="not a regularization weight"):
         discrepancy_principle(HyperProblem(noise_level(misfit), prior), [0.0])

@@ -109,6 +109,16 @@ def test_observation_refusals_are_one_clear_error():
     other = PointObservation(fd.FunctionSpace(mesh, "CG", 2), POINTS)
     with pytest.raises(ValueError, match="not on the state space"):
         StationaryModel(F, u, m, observation=other)
+    # a Lagrange multiplier in the state (Boussinesq's pressure gauge): one error with the way out
+    Y = V * fd.FunctionSpace(mesh, "R", 0)
+    y, w = fd.Function(Y), fd.TestFunction(Y)
+    (c, lam), (vc, vl) = fd.split(y), fd.split(w)
+    G = (fd.inner(fd.grad(c), fd.grad(vc)) + lam * vc + c * vl + m * vc) * fd.dx
+    for make in (lambda: StationaryModel(G, y, m, observation=PointObservation(Y.sub(0), POINTS)),
+                 lambda: TimeSteppingModel(G, y, fd.Function(Y), m, steps=1, dt=0.1, initial_condition=0.0,
+                                           observation=PointObservation(Y.sub(0), POINTS))):
+        with pytest.raises(ValueError, match="Real .R. sub-space .a Lagrange multiplier.*pass nullspace="):
+            make()
 
 
 # -------------------------------------------------------------------------- Stokes / Navier–Stokes

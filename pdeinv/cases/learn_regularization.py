@@ -324,7 +324,7 @@ def _plots(out, histories, choices, errors):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pdeinv.cases.output import _save
+    from pdeinv.cases.output import save_figure
 
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for name, res in histories.items():
@@ -334,7 +334,7 @@ def _plots(out, histories, choices, errors):
     ax.set_ylabel("mean training loss ½‖m* − m_true‖²/‖m_true‖²")
     ax.legend()
     fig.tight_layout()
-    _save(fig, os.path.join(out, "learning_history.png"))
+    save_figure(fig, os.path.join(out, "learning_history.png"))
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 4, figsize=(17, 3.6))
@@ -361,5 +361,5 @@ def _plots(out, histories, choices, errors):
     axes[3].set_xticks(range(len(names)), [n.replace("_", "\n") for n in names], fontsize=7)
     axes[3].set_ylabel("mean test relative L2 error")
     fig.tight_layout()
-    _save(fig, os.path.join(out, "choice_rules.png"))
+    save_figure(fig, os.path.join(out, "choice_rules.png"))
     plt.close(fig)

@@ -75,7 +75,7 @@ def write_fields(directory, mesh, fields: dict, samples=()) -> None:
     comm.barrier()
 
 
-def _save(fig, path):
+def save_figure(fig, path):
     tmp = path + ".tmp.png"
     fig.savefig(tmp, dpi=110)
     os.replace(tmp, path)
@@ -107,7 +107,7 @@ def plot_fields(path, checkpoint, names, titles, points=None, mesh_name="mesh") 
         ax.set_title(title)
         ax.set_aspect("equal")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -129,7 +129,7 @@ def plot_history(path, history) -> None:
     b.set_xlabel("Newton iteration")
     b.set_ylabel("‖g‖ (prior-preconditioned)")
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -148,7 +148,7 @@ def plot_spectrum(path, eigenvalues) -> None:
     ax.set_title(f"{int(np.sum(lam > 1))} data-informed directions")
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)
 
 
@@ -169,5 +169,5 @@ def plot_data_fit(path, observed, predicted, clean=None) -> None:
     ax.set_ylabel("predicted")
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_figure(fig, path)
     plt.close(fig)

@@ -43,6 +43,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 
 from pdeinv.cases import results_dir
 from pdeinv.cases.results_dir import MARKER  # the manifest, written first into every results directory
@@ -405,21 +406,71 @@ def _setup_failed(out, aside, comm):
         results_dir.restore(out, aside)
 
 
-def _solver_record(module, cfg, model) -> dict:
-    """What ``model.solver`` resolved to: the PETSc options of the state solves on this run's ranks."""
-    from pdeinv.cases.common import solver_parameters
-    from pdeinv.forward._linear import default_solver_parameters
-
+def _solver_record(cfg, model) -> dict:
+    """What ``model.solver`` resolved to: the PETSc options the model's state solves ran with on this
+    run's ranks (the model's own record, so a symmetry decision or a default taken inside it shows)."""
     setting = cfg["model"].get("solver", {})
-    symmetric = getattr(module, "SYMMETRIC", True)
-    params = solver_parameters(setting, symmetric=symmetric)
-    if params is None:
-        params = default_solver_parameters(model.state_space.mesh().comm, symmetric=symmetric, space=model.state_space)
-    return {"setting": setting or "direct", "petsc_options": params}
+    return {"setting": setting or "direct", "petsc_options": dict(model.linear_solver or {})}
 
 
 def _signal_message(comm, text):
     return f"pdeinv: {text}\n" if comm.rank == 0 else ""
+
+
+@dataclass
+class _Run:
+    """One case run, phase by phase: what each phase (setup -> data -> MAP -> Laplace -> output ->
+    summary) hands to the next."""
+
+    name: str
+    cfg: dict
+    out: str
+    module: object
+    comm: object
+    log: object
+    resume: bool
+    ensemble: object = None
+    space: object = None  # the ranks of one ensemble member (the whole job without an ensemble)
+    writer: bool = True  # member 0 writes checkpoint and results
+    mesh_kw: dict = field(default_factory=dict)
+    experiments: object = None
+    t_start: float = 0.0
+    mesh: object = None
+    model: object = None
+    prior: object = None
+    truth: object = None
+    points: object = None
+    V: object = None
+    channels: int = 0
+    observed: object = None
+    data: object = None
+    noise: object = None
+    clean: object = None
+    problem: object = None
+    result: object = None
+    solves_after_map: int = 0
+    la: object = None
+    pv: object = None
+    var: object = None
+    fields: dict = field(default_factory=dict)
+    samples: list = field(default_factory=list)
+    arrays: tuple = ()  # (observed, predicted) data arrays, every experiment on every rank
+
+    @property
+    def ckdir(self) -> str:
+        return os.path.join(self.out, "checkpoint")
+
+    @property
+    def mesh_file(self) -> str:
+        return os.path.join(self.ckdir, "mesh.h5")
+
+    @property
+    def state_file(self) -> str:
+        return os.path.join(self.ckdir, "state.json")
+
+    def total(self, local):
+        """A count summed over the ensemble members (each counts its own experiments)."""
+        return local if self.ensemble is None else self.ensemble.ensemble_comm.allreduce(local)
 
 
 def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = False, clear: bool | None = None,
@@ -437,249 +488,319 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
 
     init_petsc()
     import firedrake as fd
-    import numpy as np
 
-    from pdeinv.cases import output
-    from pdeinv.ensemble import gather_channels
     from pdeinv.log import RankZeroLog
-    from pdeinv.maps import Misfit
-    from pdeinv.noise import GaussianNoise
-    from pdeinv.optimize import NewtonCGOptions, newton_cg
-    from pdeinv.posterior import LaplaceApproximation
-    from pdeinv.problem import InverseProblem
 
     module = importlib.import_module(f"pdeinv.cases.{name}")
     comm = fd.COMM_WORLD  # a case run owns the whole MPI job
     if not checked:
         clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=resume, overwrite=overwrite,
                                                   ranks=comm.size))
-    log = RankZeroLog(comm, quiet=quiet, announce_phases=True)
-    # ensemble members split the experiments; member 0 writes (checkpoint, results) on its ranks `space`
-    ensemble, space, writer, mesh_kw, experiments = None, comm, True, {}, None
-    if _members(cfg) > 1:
+    r = _Run(name, cfg, out, module, comm, RankZeroLog(comm, quiet=quiet, announce_phases=True), resume)
+    _start(r, exit_message)
+    _setup_phase(r, clear)
+    _data_phase(r)
+    _map_phase(r, quiet=quiet, stop_after=stop_after, sigterm_after=sigterm_after, exit_message=exit_message)
+    _laplace_phase(r)
+    before_output = _contents(out) if comm.rank == 0 else []
+    _output_phase(r)
+    return _summary_phase(r, before_output)
+
+
+def _start(r: _Run, exit_message) -> None:
+    """Ensemble layout (members split the experiments), the first log line, the signal message."""
+    r.space = r.comm
+    if _members(r.cfg) > 1:
         from pdeinv.ensemble import ENSEMBLE_DISTRIBUTION, experiments_of, make_ensemble
 
-        ensemble = make_ensemble(comm, _members(cfg))
-        space, writer = ensemble.comm, ensemble.ensemble_comm.rank == 0
-        mesh_kw = {"distribution_parameters": ENSEMBLE_DISTRIBUTION}
-        experiments = experiments_of(module.n_experiments(cfg), ensemble)
-    ckdir = os.path.join(out, "checkpoint")
-    mesh_file = os.path.join(ckdir, "mesh.h5")
-    state_file = os.path.join(ckdir, "state.json")
-    t_start = time.perf_counter()
-    log.info(f"pdeinv case '{name}' on {comm.size} rank(s) -> {out}"
-             + (f" ({_members(cfg)} ensemble members x {space.size} rank(s))" if ensemble is not None else ""))
+        r.ensemble = make_ensemble(r.comm, _members(r.cfg))
+        r.space, r.writer = r.ensemble.comm, r.ensemble.ensemble_comm.rank == 0
+        r.mesh_kw = {"distribution_parameters": ENSEMBLE_DISTRIBUTION}
+        r.experiments = experiments_of(r.module.n_experiments(r.cfg), r.ensemble)
+    r.t_start = time.perf_counter()
+    r.log.info(f"pdeinv case '{r.name}' on {r.comm.size} rank(s) -> {r.out}"
+               + (f" ({_members(r.cfg)} ensemble members x {r.space.size} rank(s))" if r.ensemble is not None else ""))
     if exit_message is not None:
-        exit_message.set_message(_signal_message(comm, "stopped by a signal before the first checkpoint: nothing "
-                                                       "to resume; rerun without --resume"))
+        exit_message.set_message(_signal_message(r.comm, "stopped by a signal before the first checkpoint: nothing "
+                                                         "to resume; rerun without --resume"))
         # each rank records its own stop next to the checkpoint (what `pdeinv status` reports)
-        exit_message.set_report(os.path.abspath(os.path.join(ckdir, f"stopped.rank-{comm.rank}")))
+        exit_message.set_report(os.path.abspath(os.path.join(r.ckdir, f"stopped.rank-{r.comm.rank}")))
+
+
+def _setup_phase(r: _Run, clear) -> None:
+    """Mesh (saved to the checkpoint, or loaded from it on resume) and the case's model, prior and truth;
+    a fresh run that fails here (a sensor outside the mesh, ...) puts the earlier run back."""
+    import firedrake as fd
 
     aside, prepared = None, False
-    try:  # a fresh run that fails in setup (a sensor outside the mesh, ...) puts the earlier run back
-        with log.phase("setup"):
-            if resume:
-                with open(os.path.join(ckdir, "config.json")) as fh:
-                    mesh_name = json.load(fh).get("mesh_name") or "mesh"
-                if comm.rank == 0:  # leftovers of a write that a signal cut short; the run's result is redone
-                    for d in (out, ckdir):
-                        for f in os.listdir(d):
-                            if f.endswith(".tmp") or f in ("summary.json", results_dir.FAILED) \
-                                    or f.startswith("stopped.rank-"):
-                                os.remove(os.path.join(d, f))
-                comm.barrier()
+    try:
+        with r.log.phase("setup"):
+            if r.resume:
+                mesh_name = _clean_for_resume(r)
             else:
-                mesh = module.make_mesh(cfg, space, **mesh_kw)
+                mesh = r.module.make_mesh(r.cfg, r.space, **r.mesh_kw)
                 mesh_name = mesh.name
                 # a mesh from a file is known only now: the last check that needs no solve, before writing
-                if getattr(module, "parameter_dofs", lambda c: None)(cfg) is None:
-                    _check_rank(cfg, fd.FunctionSpace(mesh, "CG", 1).dim())
-                aside = _prepare_fresh(out, clear, comm, name=name, cfg=cfg, mesh_name=mesh_name)
+                if getattr(r.module, "parameter_dofs", lambda c: None)(r.cfg) is None:
+                    _check_rank(r.cfg, fd.FunctionSpace(mesh, "CG", 1).dim())
+                aside = _prepare_fresh(r.out, clear, r.comm, name=r.name, cfg=r.cfg, mesh_name=mesh_name)
                 prepared = True
-                tmp = mesh_file + ".tmp"
-                if writer:
-                    with fd.CheckpointFile(tmp, "w", comm=space) as ck:
-                        ck.save_mesh(mesh)
-                if comm.rank == 0:
-                    os.replace(tmp, mesh_file)
-                comm.barrier()
+                _save_mesh(r, mesh)
             # Fresh or resumed, the run works on the mesh as loaded from the checkpoint, so that both see
             # the same distribution and dof numbering and a resumed run repeats the uninterrupted one.
             # (Every ensemble member loads the same saved partition.)
-            with fd.CheckpointFile(mesh_file, "r", comm=space) as ck:
-                mesh = ck.load_mesh(mesh_name)
-            model, prior, truth, points = (module.build(cfg, mesh) if ensemble is None
-                                           else module.build(cfg, mesh, experiments=experiments))
-            V = model.parameter_space
+            with fd.CheckpointFile(r.mesh_file, "r", comm=r.space) as ck:
+                r.mesh = ck.load_mesh(mesh_name)
+            kw = {} if r.ensemble is None else {"experiments": r.experiments}
+            r.model, r.prior, r.truth, r.points = r.module.build(r.cfg, r.mesh, **kw)
+            r.V = r.model.parameter_space
     except BaseException:
         if prepared:
-            _setup_failed(out, aside, comm)
+            _setup_failed(r.out, aside, r.comm)
         raise
-    if comm.rank == 0:
+    if r.comm.rank == 0:
         results_dir.discard(aside)  # the new run stands: the earlier one's entries go now
-    channels = model.observation.channels if ensemble is None else \
-        ensemble.ensemble_comm.allreduce(model.observation.channels)
-    log.info(f"  state dofs {model.state_space.dim()}, parameter dofs {V.dim()}, "
-             f"{model.observation.n_points} points x {channels} channels")
+    obs = r.model.observation
+    r.channels = obs.channels if r.ensemble is None else r.ensemble.ensemble_comm.allreduce(obs.channels)
+    r.log.info(f"  state dofs {r.model.state_space.dim()}, parameter dofs {r.V.dim()}, "
+               f"{obs.n_points} points x {r.channels} channels")
 
-    with log.phase("data"):
-        observed = module.observed_data(cfg, model) if hasattr(module, "observed_data") else None
-        if observed is not None:  # data from a file: no truth, no noise-free data
-            data, noise, clean = observed.data, observed.noise, None
+
+def _clean_for_resume(r: _Run) -> str:
+    """Remove the leftovers of a write that a signal cut short (the run's result is redone); the mesh name."""
+    with open(os.path.join(r.ckdir, "config.json")) as fh:
+        mesh_name = json.load(fh).get("mesh_name") or "mesh"
+    if r.comm.rank == 0:
+        for d in (r.out, r.ckdir):
+            for f in os.listdir(d):
+                if f.endswith(".tmp") or f in ("summary.json", results_dir.FAILED) or f.startswith("stopped.rank-"):
+                    os.remove(os.path.join(d, f))
+    r.comm.barrier()
+    return mesh_name
+
+
+def _save_mesh(r: _Run, mesh) -> None:
+    import firedrake as fd
+
+    tmp = r.mesh_file + ".tmp"
+    if r.writer:
+        with fd.CheckpointFile(tmp, "w", comm=r.space) as ck:
+            ck.save_mesh(mesh)
+    if r.comm.rank == 0:
+        os.replace(tmp, r.mesh_file)
+    r.comm.barrier()
+
+
+def _data_phase(r: _Run) -> None:
+    """Observed data (from a file, or synthetic from the truth with the case's noise) and the problem."""
+    from pdeinv.maps import Misfit
+    from pdeinv.noise import GaussianNoise
+    from pdeinv.problem import InverseProblem
+
+    with r.log.phase("data"):
+        r.observed = r.module.observed_data(r.cfg, r.model) if hasattr(r.module, "observed_data") else None
+        if r.observed is not None:  # data from a file: no truth, no noise-free data
+            r.data, r.noise, r.clean = r.observed.data, r.observed.noise, None
         else:
-            clean = model(truth)
-            if hasattr(module, "make_noise"):
-                noise = module.make_noise(cfg, model, clean, **({} if ensemble is None else {"ensemble": ensemble}))
+            r.clean = r.model(r.truth)
+            if hasattr(r.module, "make_noise"):
+                kw = {} if r.ensemble is None else {"ensemble": r.ensemble}
+                r.noise = r.module.make_noise(r.cfg, r.model, r.clean, **kw)
             else:
-                noise = GaussianNoise.relative(model.observation, clean, cfg["data"]["noise_fraction"])
-            if ensemble is None:
-                data = noise.sample(clean, seed=cfg["data"]["seed"])
+                r.noise = GaussianNoise.relative(r.model.observation, r.clean, r.cfg["data"]["noise_fraction"])
+            if r.ensemble is None:
+                r.data = r.noise.sample(r.clean, seed=r.cfg["data"]["seed"])
             else:  # the draw of one member holding every experiment
                 from pdeinv.ensemble import sample_ensemble
 
-                data = sample_ensemble(ensemble, noise, clean, seed=cfg["data"]["seed"])
-        misfit = Misfit(model, noise, data)
-        if ensemble is not None:
+                r.data = sample_ensemble(r.ensemble, r.noise, r.clean, seed=r.cfg["data"]["seed"])
+        misfit = Misfit(r.model, r.noise, r.data)
+        if r.ensemble is not None:
             from pdeinv.ensemble import EnsembleMisfit
 
-            misfit = EnsembleMisfit(ensemble, [misfit])
-        problem = InverseProblem(misfit, prior)
+            misfit = EnsembleMisfit(r.ensemble, [misfit])
+        r.problem = InverseProblem(misfit, r.prior)
 
-    oc = cfg["optimizer"]
+
+def _map_phase(r: _Run, *, quiet, stop_after, sigterm_after, exit_message) -> None:
+    """Newton–CG to the MAP point from the prior mean (or the checkpointed iterate), checkpointing
+    every iteration."""
+    import firedrake as fd
+
+    from pdeinv.optimize import NewtonCGOptions, newton_cg
+
+    oc = r.cfg["optimizer"]
     options = NewtonCGOptions(gradient_rtol=oc["gradient_rtol"], max_iterations=oc["max_iterations"],
                               max_cg_iterations=oc["max_cg_iterations"], globalization=oc["globalization"],
                               quiet=quiet)
-    m0, resume_state = prior.mean, None
-    if resume:
-        with open(state_file) as fh:
+    m0, resume_state = r.prior.mean, None
+    if r.resume:
+        with open(r.state_file) as fh:
             saved = json.load(fh)
-        with fd.CheckpointFile(os.path.join(ckdir, saved["iterate_file"]), "r", comm=space) as ck:
-            m0 = ck.load_function(mesh, "m")
-        m0 = fd.Function(V).assign(m0)
+        with fd.CheckpointFile(os.path.join(r.ckdir, saved["iterate_file"]), "r", comm=r.space) as ck:
+            m0 = ck.load_function(r.mesh, "m")
+        m0 = fd.Function(r.V).assign(m0)
         resume_state = saved["state"]
-        log.info(f"  resumed from Newton iteration {resume_state['iteration']}")
-
+        r.log.info(f"  resumed from Newton iteration {resume_state['iteration']}")
     with StopRequest() as stop:
+        checkpoint = _checkpointer(r, stop, stop_after=stop_after, sigterm_after=sigterm_after,
+                                   exit_message=exit_message)
+        with r.log.phase("map"):
+            r.result = newton_cg(r.problem, m0, options=options, callback=checkpoint, log=r.log, resume=resume_state)
+    r.result.m.rename("map")
+    r.solves_after_map = r.total(r.model.counts["linear_solves"])
 
-        def checkpoint(k, m, entry):
-            fname = f"iterate-{k:04d}.h5"
-            tmp = os.path.join(ckdir, fname + ".tmp")
-            if writer:  # every member holds the same iterate
-                with fd.CheckpointFile(tmp, "w", comm=space) as ck:
-                    ck.save_mesh(mesh)
-                    ck.save_function(m, name="m")
-            if comm.rank == 0:
-                os.replace(tmp, os.path.join(ckdir, fname))
-            output.atomic_json(state_file, {"iterate_file": fname, "state": entry["state"]}, comm)
-            if exit_message is not None:
-                exit_message.set_message(_signal_message(
-                    comm, f"stopped by a signal; the checkpoint of Newton iteration {k} in {ckdir} is complete: "
-                          f"rerun with --resume (exit {EXIT_INTERRUPTED})"))
-            if comm.rank == 0:  # older iterates are no longer referenced
-                for old in os.listdir(ckdir):
-                    if old.startswith("iterate-") and old.endswith(".h5") and old != fname:
-                        os.remove(os.path.join(ckdir, old))
-            if stop_after is not None and k == stop_after:
-                os.kill(os.getpid(), signal.SIGUSR1)  # the real signal path, as a batch system would
-            if sigterm_after is not None and k == sigterm_after:
-                comm.barrier()  # every rank has finished with the checkpoint files
-                os.kill(os.getpid(), signal.SIGTERM)
-            if stop.agreed(comm):
-                log.result(f"SIGUSR1: checkpoint written after iteration {k}; rerun with --resume")
-                raise Interrupted
 
-        with log.phase("map"):
-            result = newton_cg(problem, m0, options=options, callback=checkpoint, log=log, resume=resume_state)
-    m_map = result.m
-    m_map.rename("map")
+def _checkpointer(r: _Run, stop, *, stop_after, sigterm_after, exit_message):
+    """The Newton callback: write the iterate (atomically) and the optimizer state, drop older iterates,
+    and stop cleanly when SIGUSR1 was agreed on."""
+    import firedrake as fd
 
-    def total(local):  # a count summed over the ensemble members (each counts its own experiments)
-        return local if ensemble is None else ensemble.ensemble_comm.allreduce(local)
+    from pdeinv.cases import output
 
-    solves_after_map = total(model.counts["linear_solves"])
+    def checkpoint(k, m, entry):
+        fname = f"iterate-{k:04d}.h5"
+        tmp = os.path.join(r.ckdir, fname + ".tmp")
+        if r.writer:  # every member holds the same iterate
+            with fd.CheckpointFile(tmp, "w", comm=r.space) as ck:
+                ck.save_mesh(r.mesh)
+                ck.save_function(m, name="m")
+        if r.comm.rank == 0:
+            os.replace(tmp, os.path.join(r.ckdir, fname))
+        output.atomic_json(r.state_file, {"iterate_file": fname, "state": entry["state"]}, r.comm)
+        if exit_message is not None:
+            exit_message.set_message(_signal_message(
+                r.comm, f"stopped by a signal; the checkpoint of Newton iteration {k} in {r.ckdir} is complete: "
+                        f"rerun with --resume (exit {EXIT_INTERRUPTED})"))
+        if r.comm.rank == 0:  # older iterates are no longer referenced
+            for old in os.listdir(r.ckdir):
+                if old.startswith("iterate-") and old.endswith(".h5") and old != fname:
+                    os.remove(os.path.join(r.ckdir, old))
+        if stop_after is not None and k == stop_after:
+            os.kill(os.getpid(), signal.SIGUSR1)  # the real signal path, as a batch system would
+        if sigterm_after is not None and k == sigterm_after:
+            r.comm.barrier()  # every rank has finished with the checkpoint files
+            os.kill(os.getpid(), signal.SIGTERM)
+        if stop.agreed(r.comm):
+            r.log.result(f"SIGUSR1: checkpoint written after iteration {k}; rerun with --resume")
+            raise Interrupted
 
-    lc = cfg["laplace"]
-    with log.phase("laplace"):
-        la = LaplaceApproximation(problem, m_map, rank=lc["rank"], oversampling=lc["oversampling"])
-        # exact prior variance (one covariance action per dof) where that is cheap; else sampled
+    return checkpoint
+
+
+def _laplace_phase(r: _Run) -> None:
+    """The Laplace approximation at the MAP point: variance (exact where cheap, else sampled), samples."""
+    import firedrake as fd
+    import numpy as np
+
+    from pdeinv.posterior import LaplaceApproximation
+
+    lc = r.cfg["laplace"]
+    with r.log.phase("laplace"):
+        r.la = la = LaplaceApproximation(r.problem, r.result.m, rank=lc["rank"], oversampling=lc["oversampling"])
         method = lc["prior_variance"]
         if method == "auto":
-            method = "exact" if V.dim() <= EXACT_VARIANCE_DOFS else "samples"
-        pv = la.prior_variance(method=method, samples=lc["variance_samples"])
-        var = la.pointwise_variance(prior_variance=pv)
-        std = fd.Function(V, name="posterior_std")
-        std.dat.data[:] = np.sqrt(np.maximum(var.dat.data_ro, 0.0))
-        reduction = la.variance_reduction(var, pv)
-        samples = [la.sample(seed=1000 + i, name="posterior_sample") for i in range(lc["posterior_samples"])]
-    log.info(f"  {la.data_informed_dimension} data-informed directions; {la.hessian_actions} Hessian actions")
+            method = "exact" if r.V.dim() <= EXACT_VARIANCE_DOFS else "samples"
+        r.pv = la.prior_variance(method=method, samples=lc["variance_samples"])
+        r.var = la.pointwise_variance(prior_variance=r.pv)
+        std = fd.Function(r.V, name="posterior_std")
+        std.dat.data[:] = np.sqrt(np.maximum(r.var.dat.data_ro, 0.0))
+        prior_mean = fd.Function(r.V, name="prior_mean").assign(r.prior.mean)
+        r.fields = {"map": r.result.m, "posterior_std": std, "prior_mean": prior_mean,
+                    "variance_reduction": la.variance_reduction(r.var, r.pv)}
+        if r.truth is not None:
+            r.fields = {"truth": r.truth} | r.fields
+        r.samples = [la.sample(seed=1000 + i, name="posterior_sample") for i in range(lc["posterior_samples"])]
+    r.log.info(f"  {la.data_informed_dimension} data-informed directions; {la.hessian_actions} Hessian actions")
 
-    def rel_error(f):
-        return float(np.sqrt(fd.assemble((f - truth) ** 2 * fd.dx) / fd.assemble(truth**2 * fd.dx)))
 
-    before_output = _contents(out) if comm.rank == 0 else []
-    with log.phase("output"):
-        prior_mean = fd.Function(V, name="prior_mean").assign(prior.mean)
-        fields = {"map": m_map, "posterior_std": std, "prior_mean": prior_mean, "variance_reduction": reduction}
-        if truth is not None:
-            fields = {"truth": truth} | fields
-        if writer:
-            output.write_fields(out, mesh, fields, samples)
-            output.write_points_vtk(os.path.join(out, "observation_points.vtk"), points, space)
+def _output_phase(r: _Run) -> None:
+    """ParaView files, the sensor VTK file and the PNG plots (fields, convergence, spectrum, data fit)."""
+    from pdeinv.cases import output
+    from pdeinv.ensemble import gather_channels
+
+    out = r.out
+    with r.log.phase("output"):
+        if r.writer:
+            output.write_fields(out, r.mesh, r.fields, r.samples)
+            output.write_points_vtk(os.path.join(out, "observation_points.vtk"), r.points, r.space)
 
         def as_array(d):  # every experiment's channels, on every rank
-            a = model.observation.to_array(d)
-            return a if ensemble is None else gather_channels(ensemble, a)
+            a = r.model.observation.to_array(d)
+            return a if r.ensemble is None else gather_channels(r.ensemble, a)
 
-        observed_array = as_array(data)
-        predicted = as_array(model(m_map))
-        noise_free = as_array(clean) if clean is not None else None
-        if comm.rank == 0:
-            shown = [f for f in ("truth", "map", "posterior_std") if f in fields]
+        observed, predicted = as_array(r.data), as_array(r.model(r.result.m))
+        noise_free = as_array(r.clean) if r.clean is not None else None
+        r.arrays = (observed, predicted)
+        if r.comm.rank == 0:
+            shown = [f for f in ("truth", "map", "posterior_std") if f in r.fields]
             output.plot_fields(os.path.join(out, "fields.png"), os.path.join(out, "results.h5"), shown,
-                               [{"map": "MAP", "posterior_std": "posterior std"}.get(f, f) for f in shown], points,
-                               mesh_name=mesh.name)
-            output.plot_history(os.path.join(out, "convergence.png"), result.history)
-            output.plot_spectrum(os.path.join(out, "eigenvalues.png"), la.eigenvalues)
-            output.plot_data_fit(os.path.join(out, "data_fit.png"), observed_array, predicted, noise_free)
-        comm.barrier()
+                               [{"map": "MAP", "posterior_std": "posterior std"}.get(f, f) for f in shown],
+                               r.points, mesh_name=r.mesh.name)
+            output.plot_history(os.path.join(out, "convergence.png"), r.result.history)
+            output.plot_spectrum(os.path.join(out, "eigenvalues.png"), r.la.eigenvalues)
+            output.plot_data_fit(os.path.join(out, "data_fit.png"), observed, predicted, noise_free)
+        r.comm.barrier()
 
-    from pdeinv.cases.config import config_hash
 
-    summary = {
-        "case": name, "ranks": comm.size, "config": cfg, "config_hash": config_hash(cfg),
-        "solver": _solver_record(module, cfg, model),
-        "data_source": observed.source if observed is not None else "synthetic",
-        "ensemble": {"members": _members(cfg), "ranks_per_member": space.size,
-                     "experiments_per_member": None if ensemble is None else
-                     ensemble.ensemble_comm.allgather(len(experiments))},
-        "dofs": {"state": model.state_space.dim(), "parameter": V.dim(),
-                 "observations": model.observation.n_points * channels},
-        "newton_iterations": result.iterations, "cg_iterations": result.cg_iterations,
-        "converged": bool(result.converged), "termination": result.reason,
-        "pde_solves": {"map": solves_after_map, "total": total(model.counts["linear_solves"])},
-        "hessian_actions_laplace": la.hessian_actions,
-        "cost": result.cost.total, "cost_terms": {"misfit": result.cost.misfit,
-                                                  "regularization": result.cost.regularization},
-        "data_informed_dim": la.data_informed_dimension, "eigenvalues": la.eigenvalues.tolist(),
-        "identifiability": la.identifiability(var, pv),
-        "expected_information_gain": la.expected_information_gain(),
-        "prior_variance_trace": float(fd.assemble(pv * fd.dx)),
-        "posterior_variance_trace": float(fd.assemble(var * fd.dx)),
-        "timings": dict(log.timings), "resumed": bool(resume),
-    }
-    if truth is not None:
-        summary |= {"relative_error": rel_error(m_map), "prior_mean_relative_error": rel_error(prior_mean)}
+def _summary_phase(r: _Run, before_output) -> dict:
+    """summary.json (atomically; recorded in the results manifest) and the closing log line."""
+    import numpy as np
+
+    from pdeinv.cases import output
+
+    summary = _summary(r)
+    if r.truth is not None:
+        def rel_error(f):
+            import firedrake as fd
+
+            return float(np.sqrt(fd.assemble((f - r.truth) ** 2 * fd.dx) / fd.assemble(r.truth**2 * fd.dx)))
+
+        summary |= {"relative_error": rel_error(r.result.m),
+                    "prior_mean_relative_error": rel_error(r.fields["prior_mean"])}
         quality = (f"MAP error {summary['relative_error']:.3f} (prior mean "
                    f"{summary['prior_mean_relative_error']:.3f})")
     else:
-        rms = float(np.sqrt(np.mean((predicted - observed_array) ** 2)))
+        observed, predicted = r.arrays
+        rms = float(np.sqrt(np.mean((predicted - observed) ** 2)))
         summary["data_rms_residual"] = rms
         quality = f"data RMS residual {rms:.3g}"
-    output.atomic_json(os.path.join(out, "summary.json"), summary, comm)
-    if comm.rank == 0:
-        results_dir.record(out, set(_contents(out)) - set(before_output) | {"summary.json"})
-    comm.barrier()
-    log.result(f"pdeinv case '{name}': {quality}, {result.iterations} Newton / {result.cg_iterations} "
-               f"CG iterations, {la.data_informed_dimension} data-informed directions, "
-               f"{time.perf_counter() - t_start:.1f} s -> {out}")
+    output.atomic_json(os.path.join(r.out, "summary.json"), summary, r.comm)
+    if r.comm.rank == 0:
+        results_dir.record(r.out, set(_contents(r.out)) - set(before_output) | {"summary.json"})
+    r.comm.barrier()
+    res, la = r.result, r.la
+    r.log.result(f"pdeinv case '{r.name}': {quality}, {res.iterations} Newton / {res.cg_iterations} "
+                 f"CG iterations, {la.data_informed_dimension} data-informed directions, "
+                 f"{time.perf_counter() - r.t_start:.1f} s -> {r.out}")
     return summary
+
+
+def _summary(r: _Run) -> dict:
+    """The run's numbers: configuration, solver that ran, sizes, iterations, costs, posterior."""
+    import firedrake as fd
+
+    from pdeinv.cases.config import config_hash
+
+    res, la, cfg = r.result, r.la, r.cfg
+    return {
+        "case": r.name, "ranks": r.comm.size, "config": cfg, "config_hash": config_hash(cfg),
+        "solver": _solver_record(cfg, r.model),
+        "data_source": r.observed.source if r.observed is not None else "synthetic",
+        "ensemble": {"members": _members(cfg), "ranks_per_member": r.space.size,
+                     "experiments_per_member": None if r.ensemble is None else
+                     r.ensemble.ensemble_comm.allgather(len(r.experiments))},
+        "dofs": {"state": r.model.state_space.dim(), "parameter": r.V.dim(),
+                 "observations": r.model.observation.n_points * r.channels},
+        "newton_iterations": res.iterations, "cg_iterations": res.cg_iterations,
+        "converged": bool(res.converged), "termination": res.reason,
+        "pde_solves": {"map": r.solves_after_map, "total": r.total(r.model.counts["linear_solves"])},
+        "hessian_actions_laplace": la.hessian_actions,
+        "cost": res.cost.total, "cost_terms": {"misfit": res.cost.misfit, "regularization": res.cost.regularization},
+        "data_informed_dim": la.data_informed_dimension, "eigenvalues": la.eigenvalues.tolist(),
+        "identifiability": la.identifiability(r.var, r.pv),
+        "expected_information_gain": la.expected_information_gain(),
+        "prior_variance_trace": float(fd.assemble(r.pv * fd.dx)),
+        "posterior_variance_trace": float(fd.assemble(r.var * fd.dx)),
+        "timings": dict(r.log.timings), "resumed": bool(r.resume),
+    }

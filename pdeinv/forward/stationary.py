@@ -66,6 +66,25 @@ def default_newton_parameters(comm, *, space=None, singular: bool = False) -> di
     return params
 
 
+def _check_inputs(name, residual, state, parameter, observation, bcs, initial_guess):
+    """One clear error for each malformed input; the residual's test function and the checked conditions."""
+    import firedrake as fd
+
+    check_parameter(parameter, name)
+    if not isinstance(state, fd.Function):
+        raise TypeError(f"{name}: state must be a firedrake.Function, got {type(state).__name__}")
+    v = check_residual(residual, name, state, parameter)
+    check_observation(observation, state.function_space(), name)
+    if observation.channels != 1:
+        raise ValueError(f"{name}: a steady model has one observation channel, the observation has "
+                         f"{observation.channels}")
+    if initial_guess not in ("previous", "fixed"):
+        raise ValueError(f"{name}: initial_guess must be 'previous' or 'fixed', got {initial_guess!r}")
+    bcs = check_bcs(bcs, state.function_space(), name)
+    check_state_space(state.function_space(), name)
+    return v, bcs
+
+
 class StationaryModel(ParameterToObservable):
     r"""Parameter-to-observable map :math:`m \mapsto B\,u(m)` of a steady PDE given by its residual.
 
@@ -112,25 +131,11 @@ class StationaryModel(ParameterToObservable):
     def __init__(self, residual, state, parameter, *, observation, bcs=(), solver_parameters=None,
                  linear_solver_parameters=None, initial_guess: str = "previous", nullspace=None,
                  transpose_nullspace=None):
-        import firedrake as fd
-
         name = "StationaryModel"
-        check_parameter(parameter, name)
-        if not isinstance(state, fd.Function):
-            raise TypeError(f"{name}: state must be a firedrake.Function, got {type(state).__name__}")
-        v = check_residual(residual, name, state, parameter)
-        check_observation(observation, state.function_space(), name)
-        if observation.channels != 1:
-            raise ValueError(f"{name}: a steady model has one observation channel, the observation has "
-                             f"{observation.channels}")
-        if initial_guess not in ("previous", "fixed"):
-            raise ValueError(f"{name}: initial_guess must be 'previous' or 'fixed', got {initial_guess!r}")
-        bcs = check_bcs(bcs, state.function_space(), name)
-        check_state_space(state.function_space(), name)
+        v, bcs = _check_inputs(name, residual, state, parameter, observation, bcs, initial_guess)
         super().__init__(parameter.function_space(), observation)
         V = state.function_space()
         self._nullspaces = (nullspace, transpose_nullspace)  # Firedrake's objects, for its nonlinear solver
-        ns, tns = (petsc_nullspace(b, V, name) for b in self._nullspaces)
         self.state_space = V
         self.residual = residual
         self._u, self._m, self._v = state, parameter, v
@@ -139,57 +144,8 @@ class StationaryModel(ParameterToObservable):
         self._initial_guess = initial_guess
         self._u_start = state.copy(deepcopy=True)
         self._linear_params = linear_solver_parameters
-
-        # --- derived forms (UFL) --------------------------------------------------------------------
-        du_trial = fd.TrialFunction(V)
-        self._J_form = derive(residual, state, du_trial)  # A = dF/du
-        self.affine = not depends_on(self._J_form, state)
-        self._dm = fd.Function(self.parameter_space, name="dm")
-        self._Fm_dm = fd.action(derive(residual, parameter), self._dm)  # F_m dm (in v)
-        self._lam = fd.Function(V, name="adjoint")
-        L = fd.replace(residual, {v: self._lam})  # F(u, m; lambda)
-        psi = fd.TestFunction(self.parameter_space)
-        self._Lm = derive(L, parameter, psi)  # F_m^T lambda (in psi)
-        if is_zero(self._Lm):
-            raise ValueError(f"{name}: the residual does not depend on the parameter (dF/dm = 0)")
-        self._minus_Lm = -self._Lm
-        # second order
-        self._du = fd.Function(V, name="tangent")
-        self._dlam = fd.Function(V, name="second_order_adjoint")
-        v2 = fd.TestFunction(V)
-        Lu = derive(L, state, v2)
-        self._soa_rhs = -(derive(Lu, state, self._du) + derive(Lu, parameter, self._dm))
-        self._soa_zero = is_zero(self._soa_rhs)
-        self._second = -(derive(self._Lm, state, self._du) + derive(self._Lm, parameter, self._dm)
-                         + fd.replace(self._Lm, {self._lam: self._dlam}))
-        self._rhs = fd.Cofunction(V.dual())
-
-        # --- solvers ----------------------------------------------------------------------------------
-        self._prefix = f"pdeinv_stationary_{next(_prefix)}_"
-        symmetric = is_symmetric_operator(self._J_form, self._hbcs, (state, parameter))
-        self.symmetric = symmetric
-        if self.affine:
-            # One operator for forward (with lifting of the boundary values), tangent and adjoint.
-            params = solver_parameters if solver_parameters is not None else linear_solver_parameters
-            self._A = DirichletOperator(self._J_form, bcs, solver_parameters=params, symmetric=symmetric,
-                                        options_prefix=self._prefix, nullspace=ns, transpose_nullspace=tns)
-            self._F0 = at_zero(residual, state)  # F(0, m; v): A u = -F0
-            self._F0_zero, self._F0_m = is_zero(self._F0), depends_on(self._F0, parameter)
-            self._F0_value = fd.Cofunction(V.dual())
-            if not self._F0_zero:
-                fd.assemble(self._F0, tensor=self._F0_value)
-            self._nonlinear = None
-        else:
-            params = default_newton_parameters(self.comm, space=V, singular=ns is not None) \
-                if solver_parameters is None else solver_parameters
-            problem = fd.NonlinearVariationalProblem(residual, state, bcs=bcs, J=self._J_form)
-            self._nonlinear = fd.NonlinearVariationalSolver(
-                problem, solver_parameters=params, options_prefix=self._prefix + "forward_",
-                nullspace=nullspace, transpose_nullspace=transpose_nullspace)
-            self._A = DirichletOperator(self._J_form, self._hbcs, solver_parameters=linear_solver_parameters,
-                                        symmetric=symmetric, options_prefix=self._prefix + "linearised_",
-                                        lift=False, nullspace=ns, transpose_nullspace=tns)
-        self.linear_solver = self._A.solver_parameters
+        self._derive_forms(name)
+        self._set_up_solvers(name, solver_parameters, linear_solver_parameters)
         self._jacobian_current = False
         self.newton_iterations = 0
         self._lam_key = None  # (linearisation point, w) of the adjoint held in self._lam
@@ -200,6 +156,63 @@ class StationaryModel(ParameterToObservable):
         # (a product parameter V * R * R): those derivatives are assembled as vectors, action by action
         self._matrices_possible = not has_real_block(self.parameter_space)
         self._work_vecs = {}
+
+    def _derive_forms(self, name):
+        """Tangent, adjoint and second-order forms from the residual (UFL: derivative, action, replace)."""
+        import firedrake as fd
+
+        V, residual, state, parameter = self.state_space, self.residual, self._u, self._m
+        self._J_form = derive(residual, state, fd.TrialFunction(V))  # A = dF/du
+        self.affine = not depends_on(self._J_form, state)
+        self._dm = fd.Function(self.parameter_space, name="dm")
+        self._Fm_dm = fd.action(derive(residual, parameter), self._dm)  # F_m dm (in v)
+        self._lam = fd.Function(V, name="adjoint")
+        L = fd.replace(residual, {self._v: self._lam})  # F(u, m; lambda)
+        self._Lm = derive(L, parameter, fd.TestFunction(self.parameter_space))  # F_m^T lambda (in psi)
+        if is_zero(self._Lm):
+            raise ValueError(f"{name}: the residual does not depend on the parameter (dF/dm = 0)")
+        self._minus_Lm = -self._Lm
+        # second order
+        self._du = fd.Function(V, name="tangent")
+        self._dlam = fd.Function(V, name="second_order_adjoint")
+        Lu = derive(L, state, fd.TestFunction(V))
+        self._soa_rhs = -(derive(Lu, state, self._du) + derive(Lu, parameter, self._dm))
+        self._soa_zero = is_zero(self._soa_rhs)
+        self._second = -(derive(self._Lm, state, self._du) + derive(self._Lm, parameter, self._dm)
+                         + fd.replace(self._Lm, {self._lam: self._dlam}))
+        self._rhs = fd.Cofunction(V.dual())
+
+    def _set_up_solvers(self, name, solver_parameters, linear_solver_parameters):
+        """One factorised operator for an affine residual (forward with lifting, tangent, adjoint); else
+        Firedrake's nonlinear solver for the forward and the linearised operator for the derivatives."""
+        import firedrake as fd
+
+        V, residual, state = self.state_space, self.residual, self._u
+        nullspace, transpose_nullspace = self._nullspaces
+        ns, tns = (petsc_nullspace(b, V, name) for b in self._nullspaces)
+        self._prefix = f"pdeinv_stationary_{next(_prefix)}_"
+        symmetric = is_symmetric_operator(self._J_form, self._hbcs, (state, self._m))
+        if self.affine:
+            params = solver_parameters if solver_parameters is not None else linear_solver_parameters
+            self._A = DirichletOperator(self._J_form, self._bcs, solver_parameters=params, symmetric=symmetric,
+                                        options_prefix=self._prefix, nullspace=ns, transpose_nullspace=tns)
+            self._F0 = at_zero(residual, state)  # F(0, m; v): A u = -F0
+            self._F0_zero, self._F0_m = is_zero(self._F0), depends_on(self._F0, self._m)
+            self._F0_value = fd.Cofunction(V.dual())
+            if not self._F0_zero:
+                fd.assemble(self._F0, tensor=self._F0_value)
+            self._nonlinear = None
+        else:
+            params = default_newton_parameters(self.comm, space=V, singular=ns is not None) \
+                if solver_parameters is None else solver_parameters
+            problem = fd.NonlinearVariationalProblem(residual, state, bcs=self._bcs, J=self._J_form)
+            self._nonlinear = fd.NonlinearVariationalSolver(
+                problem, solver_parameters=params, options_prefix=self._prefix + "forward_",
+                nullspace=nullspace, transpose_nullspace=transpose_nullspace)
+            self._A = DirichletOperator(self._J_form, self._hbcs, solver_parameters=linear_solver_parameters,
+                                        symmetric=symmetric, options_prefix=self._prefix + "linearised_",
+                                        lift=False, nullspace=ns, transpose_nullspace=tns)
+        self.linear_solver = self._A.solver_parameters
 
     # ----------------------------------------------------------------------------------- forward
     def _counts(self):

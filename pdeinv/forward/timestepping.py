@@ -83,6 +83,12 @@ def observation_steps(times, *, dt: float, steps: int, name: str) -> list[int]:
     return out
 
 
+def _cofunction(V):
+    import firedrake as fd
+
+    return fd.Cofunction(V.dual())
+
+
 def _fixed_initial_state(V, value):
     """u_0 from a number (every component, any space: mixed too), a Function on V, or a UFL expression."""
     import firedrake as fd
@@ -92,6 +98,54 @@ def _fixed_initial_state(V, value):
     if isinstance(value, fd.Function) and value.function_space() == V:
         return value.copy(deepcopy=True)
     return fd.Function(V).interpolate(value)
+
+
+def _check_inputs(name, residual, state, previous, parameter, *, steps, dt, observation, observation_times,
+                  initial_condition, bcs, checkpointing):
+    """One clear error for each malformed input; the test function, the checked conditions, the observed
+    steps and whether the initial condition is the parameter."""
+    import firedrake as fd
+    import ufl
+
+    check_parameter(parameter, name)
+    for key, f in (("state", state), ("previous", previous)):
+        if not isinstance(f, fd.Function):
+            raise TypeError(f"{name}: {key} must be a firedrake.Function, got {type(f).__name__}")
+    if state is previous or parameter is state or parameter is previous:
+        raise ValueError(f"{name}: state, previous and parameter must be three different Functions (the same "
+                         "Function passed twice would make a different model: u_{{n+1}} and u_n are two values)")
+    if previous.function_space() != state.function_space():
+        raise ValueError(f"{name}: state and previous must live on the same space")
+    if not isinstance(residual, ufl.form.BaseForm):
+        raise TypeError(f"{name}: residual must be a UFL Form, got {type(residual).__name__}")
+    v = test_function_of(residual, name)
+    if v.function_space() != state.function_space():
+        raise ValueError(f"{name}: the residual's test function is not on the state space")
+    if state not in residual.coefficients():
+        raise ValueError(f"{name}: the residual does not depend on the state Function (u_{{n+1}})")
+    if not (isinstance(steps, (int, np.integer)) and steps >= 1):
+        raise ValueError(f"{name}: steps must be a positive integer, got {steps!r}")
+    if not (isinstance(dt, (int, float, np.floating)) and math.isfinite(dt) and dt > 0):
+        raise ValueError(f"{name}: dt must be a positive number, got {dt!r}")
+    if checkpointing is not None and not isinstance(checkpointing, Checkpointing):
+        raise TypeError(f"{name}: checkpointing must be a pdeinv Checkpointing, got {type(checkpointing).__name__}")
+    check_observation(observation, state.function_space(), name)
+    V = state.function_space()
+    obs_steps = observation_steps(observation_times, dt=float(dt), steps=int(steps), name=name)
+    if observation.channels != len(obs_steps):
+        raise ValueError(f"{name}: the observation has {observation.channels} channels but there are "
+                         f"{len(obs_steps)} observation times")
+    ic_is_parameter = isinstance(initial_condition, str)
+    if ic_is_parameter and initial_condition != "parameter":
+        raise ValueError(f"{name}: initial_condition must be 'parameter' or a field, got {initial_condition!r}")
+    if ic_is_parameter and parameter.function_space() != V:
+        raise ValueError(f"{name}: with initial_condition='parameter' the parameter must live on the state space")
+    if not ic_is_parameter and parameter not in residual.coefficients():
+        raise ValueError(f"{name}: the residual does not depend on the parameter and the initial condition "
+                         "is fixed")
+    bcs = check_bcs(bcs, V, name)
+    check_state_space(V, name)
+    return v, bcs, obs_steps, ic_is_parameter
 
 
 class TimeSteppingModel(ParameterToObservable):
@@ -138,49 +192,13 @@ class TimeSteppingModel(ParameterToObservable):
                  observation_times=None, initial_condition="parameter", bcs=(), time=None,
                  solver_parameters=None, linear_solver_parameters=None, checkpointing: Checkpointing | None = None,
                  nullspace=None, transpose_nullspace=None):
-        import firedrake as fd
-        import ufl
-
         name = "TimeSteppingModel"
-        check_parameter(parameter, name)
-        for key, f in (("state", state), ("previous", previous)):
-            if not isinstance(f, fd.Function):
-                raise TypeError(f"{name}: {key} must be a firedrake.Function, got {type(f).__name__}")
-        if state is previous or parameter is state or parameter is previous:
-            raise ValueError(f"{name}: state, previous and parameter must be three different Functions (the same "
-                             "Function passed twice would make a different model: u_{{n+1}} and u_n are two values)")
-        if previous.function_space() != state.function_space():
-            raise ValueError(f"{name}: state and previous must live on the same space")
-        if not isinstance(residual, ufl.form.BaseForm):
-            raise TypeError(f"{name}: residual must be a UFL Form, got {type(residual).__name__}")
-        v = test_function_of(residual, name)
-        if v.function_space() != state.function_space():
-            raise ValueError(f"{name}: the residual's test function is not on the state space")
-        if state not in residual.coefficients():
-            raise ValueError(f"{name}: the residual does not depend on the state Function (u_{{n+1}})")
-        if not (isinstance(steps, (int, np.integer)) and steps >= 1):
-            raise ValueError(f"{name}: steps must be a positive integer, got {steps!r}")
-        if not (isinstance(dt, (int, float, np.floating)) and math.isfinite(dt) and dt > 0):
-            raise ValueError(f"{name}: dt must be a positive number, got {dt!r}")
-        if checkpointing is not None and not isinstance(checkpointing, Checkpointing):
-            raise TypeError(f"{name}: checkpointing must be a pdeinv Checkpointing, got {type(checkpointing).__name__}")
-        check_observation(observation, state.function_space(), name)
+        v, bcs, self.obs_steps, self._ic_is_parameter = _check_inputs(
+            name, residual, state, previous, parameter, steps=steps, dt=dt, observation=observation,
+            observation_times=observation_times, initial_condition=initial_condition, bcs=bcs,
+            checkpointing=checkpointing)
         V = state.function_space()
         self.steps, self.dt = int(steps), float(dt)
-        self.obs_steps = observation_steps(observation_times, dt=self.dt, steps=self.steps, name=name)
-        if observation.channels != len(self.obs_steps):
-            raise ValueError(f"{name}: the observation has {observation.channels} channels but there are "
-                             f"{len(self.obs_steps)} observation times")
-        self._ic_is_parameter = isinstance(initial_condition, str)
-        if self._ic_is_parameter and initial_condition != "parameter":
-            raise ValueError(f"{name}: initial_condition must be 'parameter' or a field, got {initial_condition!r}")
-        if self._ic_is_parameter and parameter.function_space() != V:
-            raise ValueError(f"{name}: with initial_condition='parameter' the parameter must live on the state space")
-        if not self._ic_is_parameter and parameter not in residual.coefficients():
-            raise ValueError(f"{name}: the residual does not depend on the parameter and the initial condition "
-                             "is fixed")
-        bcs = check_bcs(bcs, V, name)
-        check_state_space(V, name)
         ns, tns = (petsc_nullspace(b, V, name) for b in (nullspace, transpose_nullspace))
         super().__init__(parameter.function_space(), observation)
         self.state_space = V
@@ -190,7 +208,30 @@ class TimeSteppingModel(ParameterToObservable):
         self._u0 = None if self._ic_is_parameter else _fixed_initial_state(V, initial_condition)
         self.checkpointing = checkpointing
 
-        # --- derived forms --------------------------------------------------------------------------
+        self._derive_forms(residual)
+        prefix = f"pdeinv_timestepping_{next(_prefix)}_"
+        symmetric = is_symmetric_operator(self._A_form, self._hbcs, (state, previous, parameter))
+        if self.constant_operator:
+            params = solver_parameters if solver_parameters is not None else linear_solver_parameters
+            self._set_up_constant_operator(residual, params, symmetric, prefix, ns, tns)
+        else:
+            self._set_up_nonlinear(residual, solver_parameters, linear_solver_parameters, symmetric, prefix, ns, tns,
+                                   (nullspace, transpose_nullspace))
+        self.linear_solver = self._A.solver_parameters
+        self._trajectory = None
+        self._work_vecs, self._work_mats = {}, {}
+        self._d0 = _cofunction(V)
+        self._step_rhs = self._vec()
+        self.newton_iterations = 0
+        self.recomputed_steps = 0
+        self.peak_stored_states = 0
+
+    def _derive_forms(self, residual):
+        """Step operators A = dF/du_{n+1}, C = dF/du_n, the parameter terms and the adjoint forms (UFL)."""
+        import firedrake as fd
+
+        V, state, previous, parameter, time, v = (self.state_space, self._u, self._uo, self._m, self._time,
+                                                  self._v)
         trial = fd.TrialFunction(V)
         self._A_form = derive(residual, state, trial)
         self._C_form = derive(residual, previous, trial)
@@ -221,52 +262,52 @@ class TimeSteppingModel(ParameterToObservable):
         self._zero = fd.Function(V)
         self._cof_m = fd.Cofunction(self.parameter_space.dual())
 
-        prefix = f"pdeinv_timestepping_{next(_prefix)}_"
-        symmetric = is_symmetric_operator(self._A_form, self._hbcs, (state, previous, parameter))
-        self.symmetric = symmetric
-        if self.constant_operator:
-            params = solver_parameters if solver_parameters is not None else linear_solver_parameters
-            self._A = DirichletOperator(self._A_form, bcs, solver_parameters=params, options_prefix=prefix,
-                                        symmetric=symmetric, nullspace=ns, transpose_nullspace=tns)
-            self._C = None if self._C_zero else fd.assemble(self._C_form, mat_type="aij")
-            self._F0_form = at_zero(residual, state, previous)  # F(0, 0, m; v): the load
-            self._F0_zero = is_zero(self._F0_form)
-            self._F0_time = depends_on(self._F0_form, time)
-            self._F0 = fd.Cofunction(V.dual())
-            self._F0_m = depends_on(self._F0_form, parameter)
-            self._f0_vec = self._vec()  # F0 as a plain Vec: no PyOP2 context per time step
-            self._f0_vec.zeroEntries()
-            self._assembled_for_m = False
-            if self._has_Fm:  # the parameter terms of the tangent, as matrices in the state
-                self._Dn_form = derive(self._Fm_dm, state, trial)
-                self._Do_form = derive(self._Fm_dm, previous, trial)
-                self._Dn_zero, self._Do_zero = is_zero(self._Dn_form), is_zero(self._Do_form)
-                self._d0_form = at_zero(self._Fm_dm, state, previous)
-                self._d0_zero = is_zero(self._d0_form)
-                self._Dn = self._Do = None
-            self._solver = None
-        else:
-            from pdeinv.forward.stationary import default_newton_parameters
+    def _set_up_constant_operator(self, residual, params, symmetric, prefix, ns, tns):
+        """One factorised A for every step, C assembled once, the load and parameter terms as matrices."""
+        import firedrake as fd
 
-            if solver_parameters is None:
-                solver_parameters = default_newton_parameters(self.comm, space=V, singular=ns is not None)
-                if not depends_on(self._A_form, state):
-                    solver_parameters = {**solver_parameters, "snes_type": "ksponly"}
-            problem = fd.NonlinearVariationalProblem(residual, state, bcs=bcs, J=self._A_form)
-            self._solver = fd.NonlinearVariationalSolver(problem, solver_parameters=solver_parameters,
-                                                         options_prefix=prefix + "forward_", nullspace=nullspace,
-                                                         transpose_nullspace=transpose_nullspace)
-            self._A = DirichletOperator(self._A_form, self._hbcs, solver_parameters=linear_solver_parameters,
-                                        options_prefix=prefix + "linearised_", lift=False, symmetric=symmetric,
-                                        nullspace=ns, transpose_nullspace=tns)
-        self.linear_solver = self._A.solver_parameters
-        self._trajectory = None
-        self._work_vecs, self._work_mats = {}, {}
-        self._d0 = fd.Cofunction(V.dual())
-        self._step_rhs = self._vec()
-        self.newton_iterations = 0
-        self.recomputed_steps = 0
-        self.peak_stored_states = 0
+        V, state, previous, parameter, time = self.state_space, self._u, self._uo, self._m, self._time
+        bcs, trial = self._bcs, fd.TrialFunction(V)
+        self._A = DirichletOperator(self._A_form, bcs, solver_parameters=params, options_prefix=prefix,
+                                    symmetric=symmetric, nullspace=ns, transpose_nullspace=tns)
+        self._C = None if self._C_zero else fd.assemble(self._C_form, mat_type="aij")
+        self._F0_form = at_zero(residual, state, previous)  # F(0, 0, m; v): the load
+        self._F0_zero = is_zero(self._F0_form)
+        self._F0_time = depends_on(self._F0_form, time)
+        self._F0 = fd.Cofunction(V.dual())
+        self._F0_m = depends_on(self._F0_form, parameter)
+        self._f0_vec = self._vec()  # F0 as a plain Vec: no PyOP2 context per time step
+        self._f0_vec.zeroEntries()
+        self._assembled_for_m = False
+        if self._has_Fm:  # the parameter terms of the tangent, as matrices in the state
+            self._Dn_form = derive(self._Fm_dm, state, trial)
+            self._Do_form = derive(self._Fm_dm, previous, trial)
+            self._Dn_zero, self._Do_zero = is_zero(self._Dn_form), is_zero(self._Do_form)
+            self._d0_form = at_zero(self._Fm_dm, state, previous)
+            self._d0_zero = is_zero(self._d0_form)
+            self._Dn = self._Do = None
+        self._solver = None
+
+    def _set_up_nonlinear(self, residual, solver_parameters, linear_solver_parameters, symmetric, prefix, ns, tns,
+                          nullspaces):
+        """Firedrake's nonlinear solver for each step and the linearised operator for the derivatives."""
+        import firedrake as fd
+
+        from pdeinv.forward.stationary import default_newton_parameters
+
+        V, state, bcs = self.state_space, self._u, self._bcs
+        nullspace, transpose_nullspace = nullspaces
+        if solver_parameters is None:
+            solver_parameters = default_newton_parameters(self.comm, space=V, singular=ns is not None)
+            if not depends_on(self._A_form, state):
+                solver_parameters = {**solver_parameters, "snes_type": "ksponly"}
+        problem = fd.NonlinearVariationalProblem(residual, state, bcs=bcs, J=self._A_form)
+        self._solver = fd.NonlinearVariationalSolver(problem, solver_parameters=solver_parameters,
+                                                     options_prefix=prefix + "forward_", nullspace=nullspace,
+                                                     transpose_nullspace=transpose_nullspace)
+        self._A = DirichletOperator(self._A_form, self._hbcs, solver_parameters=linear_solver_parameters,
+                                    options_prefix=prefix + "linearised_", lift=False, symmetric=symmetric,
+                                    nullspace=ns, transpose_nullspace=tns)
 
     # -------------------------------------------------------------------------------- utilities
     def _vec(self):

@@ -167,6 +167,7 @@ class TransportModel(ParameterToObservable):
             L = q * v * fd.dx - (fd.dot(w, n) - wn) * as_coefficient(inflow) * v * fd.ds
             self._ops.append(DirichletOperator(a, (), solver_parameters=solver_parameters))
             self._loads.append(L)
+        self.linear_solver = self._ops[0].solver_parameters
         self._load = fd.Cofunction(V.dual())
         self._states = [fd.Function(V, name=f"psi_{k}") for k in range(len(self.directions))]
         self._lam = fd.Function(V)

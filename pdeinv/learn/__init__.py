@@ -29,15 +29,9 @@ from pdeinv.learn.hyper import (
     prior_variance,
     regularization_weight,
 )
-from pdeinv.learn.hypergradient import (
-    HypergradientOptions,
-    HypergradientResult,
-    SolveCounter,
-    cosine,
-    hypergradient,
-    solve_inner,
-)
+from pdeinv.learn.hypergradient import HypergradientOptions, cosine, hypergradient, solve_inner
 from pdeinv.learn.loss import HeldOutMisfit, OuterLoss, ReconstructionError
+from pdeinv.learn.result import HypergradientResult, SolveCounter
 from pdeinv.learn.unrolled import GradientDescent, ProximalGradient, UnrolledSolver, fista_momentum, reverse_through
 
 __all__ = ["HyperProblem", "HyperTerm", "MaternParameters", "RegularizerSum", "Weight", "WeightField", "grid_patches",

@@ -55,7 +55,7 @@ def _scale_cofunction(c, factor):
     return c
 
 
-def _as_theta(theta, size, name):
+def as_theta(theta, size, name):
     arr = np.array(theta, dtype=float).reshape(-1) if not isinstance(theta, str) else None
     if arr is None or arr.shape != (size,):
         raise ValueError(f"{name}: expected {size} hyperparameter value(s), got {theta!r}")
@@ -306,7 +306,7 @@ class MaternParameters(HyperTerm):
         return (g, d, b), np.stack([dg, dd, db], axis=1)
 
     def bind(self, theta):
-        theta = _as_theta(theta, 2, "MaternParameters")
+        theta = as_theta(theta, 2, "MaternParameters")
         key = theta.tobytes()
         if key not in self._cache:
             if len(self._cache) > 4:
@@ -339,7 +339,7 @@ class MaternParameters(HyperTerm):
         return prior, dvec, z
 
     def partial_theta(self, m, theta):
-        theta = _as_theta(theta, 2, "MaternParameters")
+        theta = as_theta(theta, 2, "MaternParameters")
         _, rows = self.coefficients(theta)
         _, d, z = self._vectors(m, theta)
         out, tmp = np.zeros(2), d.duplicate()
@@ -349,7 +349,7 @@ class MaternParameters(HyperTerm):
         return out
 
     def mixed(self, m, theta, dm):
-        theta = _as_theta(theta, 2, "MaternParameters")
+        theta = as_theta(theta, 2, "MaternParameters")
         _, rows = self.coefficients(theta)
         prior, d, z = self._vectors(m, theta)
         with dm.dat.vec_ro as dmv:
@@ -368,7 +368,7 @@ class MaternParameters(HyperTerm):
     def mixed_transpose(self, m, theta, dtheta):
         import firedrake as fd
 
-        theta = _as_theta(theta, 2, "MaternParameters")
+        theta = as_theta(theta, 2, "MaternParameters")
         _, rows = self.coefficients(theta)
         row = np.asarray(dtheta, dtype=float) @ rows
         prior, d, z = self._vectors(m, theta)
@@ -445,7 +445,7 @@ class WeightField(HyperTerm):
         self._mixed_t = fd.derivative(self._grad, self._s, self._ds)
 
     def _set(self, m, theta, dm=None):
-        theta = _as_theta(theta, self.count, "WeightField")
+        theta = as_theta(theta, self.count, "WeightField")
         self._m.assign(m)
         self._s.dat.data[:] = theta[self._label_index]
         if dm is not None:
@@ -458,7 +458,7 @@ class WeightField(HyperTerm):
         return self.space.mesh().comm.allreduce(local)
 
     def bind(self, theta):
-        return _BoundField(self, _as_theta(theta, self.count, "WeightField"))
+        return _BoundField(self, as_theta(theta, self.count, "WeightField"))
 
     def partial_theta(self, m, theta):
         import firedrake as fd
@@ -558,7 +558,7 @@ class HyperProblem:
 
     def check_theta(self, theta) -> np.ndarray:
         """``theta`` as a float array of the right length (one clear error otherwise)."""
-        return _as_theta(theta, self.size, f"HyperProblem {self.names}")
+        return as_theta(theta, self.size, f"HyperProblem {self.names}")
 
     def problem(self, theta):
         """The :class:`~pdeinv.problem.InverseProblem` at :math:`\\theta` (cached for the last few)."""
@@ -607,7 +607,7 @@ class HyperProblem:
         import firedrake as fd
 
         theta, terms = self._each(theta)
-        dtheta = _as_theta(dtheta, self.size, "HyperProblem.mixed_transpose: dtheta")
+        dtheta = as_theta(dtheta, self.size, "HyperProblem.mixed_transpose: dtheta")
         out = fd.Cofunction(self.parameter_space.dual())
         for t, s in terms:
             if np.any(dtheta[s] != 0):

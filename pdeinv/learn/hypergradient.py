@@ -19,12 +19,12 @@ With :math:`m^*(\theta) = \arg\min_m\mathcal J(m;\theta)`, :math:`H = \partial^2
     no Hessian action.  A descent direction when :math:`P` is close enough to :math:`H^{-1}`
     (e.g. :math:`P^{1/2}HP^{1/2}` within a factor 3 of the identity on the relevant subspace, Fung
     et al. 2022); its cosine with the exact hypergradient is what to check.
-``method="unrolled"``
-    Reverse mode through the iterations of an actual solver (:mod:`pdeinv.learn.unrolled`):
-    exact for the executed program, whether converged or not.
+Unrolled
+    Reverse mode through the iterations of an actual solver, exact for the executed program whether
+    converged or not, is :func:`pdeinv.learn.unrolled.reverse_through` (same result type).
 
 ``HypergradientResult.solves`` counts the forward model's linear (PDE) solves of the derivative
-phase; ``inner_solves`` those of computing :math:`m^*` (for ``"unrolled"``, the forward iterations).
+phase; ``inner_solves`` those of computing :math:`m^*`.
 """
 
 from __future__ import annotations
@@ -36,11 +36,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pdeinv._tape import unannotated
+from pdeinv.learn.result import HypergradientResult, SolveCounter
 from pdeinv.optimize.newton_cg import NewtonCGOptions
+from pdeinv.problem import Hessian
 
 __all__ = ["HypergradientOptions", "HypergradientResult", "hypergradient", "solve_inner", "SolveCounter", "cosine"]
 
-_METHODS = ("implicit", "jfb", "unrolled")
+_METHODS = ("implicit", "jfb")
 
 
 @dataclass(frozen=True)
@@ -54,10 +56,11 @@ class HypergradientOptions:
     cg_rtol : float
         Relative tolerance of the implicit method's CG solve :math:`H\\lambda = \\partial_m L`.
     max_cg_iterations : int
-    hessian : {"full", "gauss_newton"}
-        The Hessian of the implicit solve: ``"full"`` (exact; needs the map's second derivatives,
-        present in every shipped and generic model) or Gauss–Newton (exact for maps linear in m, an
-        approximation otherwise).
+    hessian : pdeinv.problem.Hessian or {"auto", "full", "gauss_newton"}
+        The Hessian of the implicit solve: ``FULL`` (exact; needs the map's second derivatives — StationaryModel,
+        TapedMap and maps linear in m have them, TimeSteppingModel not), ``GAUSS_NEWTON`` (exact for maps
+        linear in m, an approximation otherwise), or ``AUTO`` (default): the full Hessian where the map has
+        it, else Gauss–Newton; :attr:`HypergradientResult.hessian` says which ran.
     jfb_preconditioner : {"prior", "identity"}
         :math:`P` of JFB: the problem's preconditioner (prior covariance) or the :math:`L^2` Riesz map.
     """
@@ -66,7 +69,7 @@ class HypergradientOptions:
                                                                          max_cg_iterations=500, quiet=True))
     cg_rtol: float = 1e-10
     max_cg_iterations: int = 500
-    hessian: str = "full"
+    hessian: Hessian = Hessian.AUTO
     jfb_preconditioner: str = "prior"
 
     def __post_init__(self):
@@ -77,73 +80,14 @@ class HypergradientOptions:
         if not (isinstance(self.max_cg_iterations, int) and self.max_cg_iterations >= 1):
             raise ValueError(f"HypergradientOptions: max_cg_iterations must be a positive integer, "
                              f"got {self.max_cg_iterations!r}")
-        if self.hessian not in ("full", "gauss_newton"):
-            raise ValueError(f"HypergradientOptions: hessian must be 'full' or 'gauss_newton', got {self.hessian!r}")
+        try:
+            object.__setattr__(self, "hessian", Hessian(self.hessian))
+        except ValueError:
+            raise ValueError(f"HypergradientOptions: hessian must be one of {[h.value for h in Hessian]}, "
+                             f"got {self.hessian!r}") from None
         if self.jfb_preconditioner not in ("prior", "identity"):
             raise ValueError(f"HypergradientOptions: jfb_preconditioner must be 'prior' or 'identity', "
                              f"got {self.jfb_preconditioner!r}")
-
-
-@dataclass(frozen=True)
-class HypergradientResult:
-    """A hypergradient and what it cost.
-
-    Attributes
-    ----------
-    value : float
-        :math:`L(m^*(\\theta), \\theta)`.
-    gradient : numpy.ndarray
-        :math:`\\mathrm dL/\\mathrm d\\theta`.
-    method : str
-    m : firedrake.Function
-        The reconstruction :math:`m^*(\\theta)` (for ``"unrolled"``: the last iterate).
-    solves : int
-        Forward-model linear solves of the derivative phase.
-    inner_solves : int
-        Forward-model linear solves of computing ``m``.
-    cg_iterations : int
-        CG iterations of the implicit solve (0 otherwise).
-    hessian_actions : int
-        Hessian actions of the derivative phase.
-    peak_stored_states : int
-        Iterates held at once by the unrolled reverse sweep (0 otherwise).
-    stored_mb : float
-        Their size on this rank in MB (the memory that checkpointing bounds).
-    seconds : float
-        Wall time of the derivative phase.
-    inner : OptimizationResult or None
-        The inner solve (``None`` if ``m_star`` was given or for ``"unrolled"``).
-    """
-
-    value: float
-    gradient: np.ndarray
-    method: str
-    m: object
-    solves: int
-    inner_solves: int
-    cg_iterations: int = 0
-    hessian_actions: int = 0
-    peak_stored_states: int = 0
-    stored_mb: float = 0.0
-    seconds: float = 0.0
-    inner: object = None
-
-
-class SolveCounter:
-    """Forward-model linear solves (``map.counts["linear_solves"]``) since the last :meth:`lap`."""
-
-    def __init__(self, forward_map):
-        self.map = forward_map
-        self._last = self._now()
-
-    def _now(self):
-        c = self.map.counts
-        return int(c.get("linear_solves", 0))
-
-    def lap(self) -> int:
-        now = self._now()
-        out, self._last = now - self._last, now
-        return out
 
 
 def solve_inner(hyper, theta, m0=None, *, options: NewtonCGOptions | None = None, log=None):
@@ -159,42 +103,26 @@ def solve_inner(hyper, theta, m0=None, *, options: NewtonCGOptions | None = None
 
 @unannotated
 def hypergradient(hyper, loss, theta, *, method: str = "implicit", m0=None, m_star=None,
-                  options: HypergradientOptions | None = None, unrolled=None, checkpointing=None,
-                  truncate: int | None = None, log=None) -> HypergradientResult:
+                  options: HypergradientOptions | None = None, log=None) -> HypergradientResult:
     r""":math:`\mathrm dL(m^*(\theta),\theta)/\mathrm d\theta` (see the module docstring).
 
     Parameters
     ----------
     hyper : pdeinv.learn.HyperProblem
-        (For ``"unrolled"`` the solver carries the problem: ``hyper`` may be ``None``.)
     loss : pdeinv.learn.OuterLoss
     theta : array_like
-    method : {"implicit", "jfb", "unrolled"}
+    method : {"implicit", "jfb"}
+        (Through an unrolled solver: :func:`pdeinv.learn.unrolled.reverse_through`.)
     m0 : Function, optional
         Start of the inner solve (a warm start).
     m_star : Function, optional
-        A converged :math:`m^*(\theta)`: skips the inner solve (implicit, jfb).
+        A converged :math:`m^*(\theta)`: skips the inner solve.
     options : HypergradientOptions, optional
-    unrolled : pdeinv.learn.unrolled.UnrolledSolver
-        The solver to reverse through (``"unrolled"`` only; its iterations start at ``m0``).
-    checkpointing : pdeinv.checkpointing.Checkpointing, optional
-        Bounded memory for ``"unrolled"``.
-    truncate : int, optional
-        ``"unrolled"``: reverse through the last ``truncate`` iterations only.
     """
     if method not in _METHODS:
-        raise ValueError(f"hypergradient: method must be one of {_METHODS}, got {method!r}")
+        hint = "; through an unrolled solver use pdeinv.learn.reverse_through" if method == "unrolled" else ""
+        raise ValueError(f"hypergradient: method must be one of {_METHODS}, got {method!r}{hint}")
     opts = options or HypergradientOptions()
-    if method == "unrolled":
-        from pdeinv.learn.unrolled import UnrolledSolver, reverse_through
-
-        if not isinstance(unrolled, UnrolledSolver):
-            raise TypeError("hypergradient: method='unrolled' needs unrolled=<an UnrolledSolver>, "
-                            f"got {type(unrolled).__name__}")
-        return reverse_through(unrolled, loss, theta, m0, checkpointing=checkpointing, truncate=truncate)
-    if unrolled is not None or checkpointing is not None or truncate is not None:
-        raise ValueError(f"hypergradient: unrolled / checkpointing / truncate apply to method='unrolled' only, "
-                         f"not {method!r}")
     theta = hyper.check_theta(theta)
     counter = SolveCounter(hyper.map)
     inner = None
@@ -209,9 +137,10 @@ def hypergradient(hyper, loss, theta, *, method: str = "implicit", m0=None, m_st
     from pdeinv.optimize.newton_cg import conjugate_gradient
 
     P = problem.preconditioner
-    cg_its, actions = 0, 0
+    cg_its, actions, used = 0, 0, None
     if method == "implicit":
-        full = opts.hessian == "full"
+        used = problem.resolve(opts.hessian)
+        full = used is Hessian.FULL
 
         def apply_h(d):
             return problem.hessian_action(m_star, d, gauss_newton=not full)
@@ -230,7 +159,7 @@ def hypergradient(hyper, loss, theta, *, method: str = "implicit", m0=None, m_st
         raise ArithmeticError(f"hypergradient: non-finite result {grad}")
     return HypergradientResult(value=float(value), gradient=grad, method=method, m=m_star, solves=counter.lap(),
                                inner_solves=inner_solves, cg_iterations=cg_its, hessian_actions=actions,
-                               seconds=seconds, inner=inner)
+                               seconds=seconds, inner=inner, hessian=used)
 
 
 def cosine(a, b) -> float:

@@ -45,6 +45,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from pdeinv._tape import unannotated, unannotated_methods
+from pdeinv.learn.result import HypergradientResult, SolveCounter
 from pdeinv.verify import dual_pairing
 
 __all__ = ["UnrolledSolver", "GradientDescent", "ProximalGradient", "reverse_through", "fista_momentum",
@@ -222,9 +223,9 @@ class ProximalGradient(UnrolledSolver):
         return np.r_[np.full(self.iterations, np.log(step)), np.full(self.iterations, np.log(alpha))]
 
     def check_theta(self, theta):
-        from pdeinv.learn.hyper import _as_theta
+        from pdeinv.learn.hyper import as_theta
 
-        return _as_theta(theta, 2 * self.iterations, "ProximalGradient")
+        return as_theta(theta, 2 * self.iterations, "ProximalGradient")
 
     def start(self, m0):
         import firedrake as fd
@@ -281,9 +282,8 @@ class ProximalGradient(UnrolledSolver):
 @unannotated
 def reverse_through(solver: UnrolledSolver, loss, theta, m0=None, *, checkpointing=None, truncate: int | None = None):
     """Run ``solver`` from ``m0`` and reverse through it: a
-    :class:`~pdeinv.learn.hypergradient.HypergradientResult` with ``method="unrolled"``."""
+    :class:`~pdeinv.learn.result.HypergradientResult` with ``method="unrolled"``."""
     from pdeinv.checkpointing import Checkpointing, SweepStatistics, reverse_sweep
-    from pdeinv.learn.hypergradient import HypergradientResult, SolveCounter
 
     theta = solver.check_theta(theta)
     K = solver.iterations

@@ -29,7 +29,7 @@ def _splitmix64(x):
     return x ^ (x >> np.uint64(31))
 
 
-def _dof_coordinates(V):
+def dof_coordinates(V):
     import firedrake as fd
 
     W = fd.VectorFunctionSpace(V.mesh(), V.ufl_element())
@@ -118,7 +118,7 @@ def _piece_keys(piece, salt):
             start, end = x.getOwnershipRange()
         q = np.arange(start, end, dtype=np.int64).view(np.uint64)[:, None]
     else:
-        q = np.round(_dof_coordinates(W) * 2.0**32).astype(np.int64).view(np.uint64)  # quantised coordinates
+        q = np.round(dof_coordinates(W) * 2.0**32).astype(np.int64).view(np.uint64)  # quantised coordinates
     base = np.full(q.shape[0], salt, dtype=np.uint64)
     for d in range(q.shape[1]):
         base = _splitmix64(base ^ q[:, d])

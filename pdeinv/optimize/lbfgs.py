@@ -63,8 +63,6 @@ class LBFGSOptions:
 def lbfgs(problem, m0, *, options: LBFGSOptions | None = None, preconditioner=None, callback=None,
           log=None) -> OptimizationResult:
     """Minimise ``problem`` from ``m0`` by L-BFGS (see the module docstring)."""
-    import firedrake as fd
-
     from pdeinv.log import RankZeroLog
     from pdeinv.maps import check_function
 
@@ -86,26 +84,7 @@ def lbfgs(problem, m0, *, options: LBFGSOptions | None = None, preconditioner=No
         if opts.target_cost is not None and cost.total <= opts.target_cost:
             reason, converged, k = "target cost reached", True, k - 1
             break
-        # two-loop recursion: direction = -H g
-        q = g.copy(deepcopy=True)
-        alphas = []
-        for s, y, rho in reversed(pairs):
-            a = rho * dual_pairing(q, s)
-            alphas.append(a)
-            q.assign(q - a * y)
-        r = P(q)
-        r.assign(tau * r)
-        for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
-            b = rho * dual_pairing(y, r)
-            r.assign(r + (a - b) * s)
-        direction = r
-        direction.assign(-1.0 * r)
-        slope = dual_pairing(g, direction)
-        if slope >= 0:  # lost descent: restart from the preconditioned gradient
-            pairs.clear()
-            direction = P(g)
-            direction.assign(-1.0 * direction)
-            slope = dual_pairing(g, direction)
+        direction, slope = _direction(pairs, g, P, tau)
         # Without curvature pairs the scale of -P g is arbitrary: start with a unit-size step.
         found = armijo_backtracking(problem, m, direction, cost, slope, c1=opts.armijo_c1,
                                     max_backtracks=opts.max_backtracks, log=log,
@@ -115,13 +94,7 @@ def lbfgs(problem, m0, *, options: LBFGSOptions | None = None, preconditioner=No
             break
         alpha, trial, new_cost = found
         new_g = problem.gradient(trial)
-        s = fd.Function(problem.parameter_space).assign(trial - m)
-        y = new_g.copy(deepcopy=True)
-        y.assign(new_g - g)
-        ys = dual_pairing(y, s)
-        if ys > 0:
-            pairs.append((s, y, 1.0 / ys))
-            tau = ys / dual_pairing(y, P(y))
+        tau = _update(pairs, problem.parameter_space, trial, m, new_g, g, P, tau)
         m.assign(trial)
         cost, g = new_cost, new_g
         gnorm = math.sqrt(max(dual_pairing(g, P(g)), 0.0))
@@ -139,3 +112,42 @@ def lbfgs(problem, m0, *, options: LBFGSOptions | None = None, preconditioner=No
     log.info(f"lbfgs: {reason} after {k} iterations, ||g|| = {gnorm:.3e}")
     return OptimizationResult(m=m, cost=cost, converged=converged, reason=reason, iterations=k, cg_iterations=0,
                               gradient_norm=gnorm, history=tuple(history), counts=counts)
+
+
+def _direction(pairs, g, P, tau):
+    """The two-loop recursion: :math:`-Hg` with :math:`H_0 = \tau P`, and its slope; the preconditioned
+    steepest descent (and the memory cleared) where descent is lost."""
+    q = g.copy(deepcopy=True)
+    alphas = []
+    for s, y, rho in reversed(pairs):
+        a = rho * dual_pairing(q, s)
+        alphas.append(a)
+        q.assign(q - a * y)
+    r = P(q)
+    r.assign(tau * r)
+    for (s, y, rho), a in zip(pairs, reversed(alphas), strict=True):
+        b = rho * dual_pairing(y, r)
+        r.assign(r + (a - b) * s)
+    direction = r
+    direction.assign(-1.0 * r)
+    slope = dual_pairing(g, direction)
+    if slope >= 0:  # lost descent: restart from the preconditioned gradient
+        pairs.clear()
+        direction = P(g)
+        direction.assign(-1.0 * direction)
+        slope = dual_pairing(g, direction)
+    return direction, slope
+
+
+def _update(pairs, space, trial, m, new_g, g, P, tau) -> float:
+    """Store the pair (s, y) when :math:`\\langle y, s\rangle > 0` and rescale :math:`H_0`; the new tau."""
+    import firedrake as fd
+
+    s = fd.Function(space).assign(trial - m)
+    y = new_g.copy(deepcopy=True)
+    y.assign(new_g - g)
+    ys = dual_pairing(y, s)
+    if ys > 0:
+        pairs.append((s, y, 1.0 / ys))
+        return ys / dual_pairing(y, P(y))
+    return tau

@@ -151,8 +151,7 @@ def conjugate_gradient(apply_h: Callable, b, precondition: Callable, *, rtol: fl
     """
     import firedrake as fd
 
-    p = fd.Function(space, name="step")
-    r = b.copy(deepcopy=True)
+    p, r = fd.Function(space, name="step"), b.copy(deepcopy=True)
     z = precondition(r)
     rz = dual_pairing(r, z)
     b_norm = math.sqrt(max(rz, 0.0))
@@ -263,8 +262,6 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         A state saved by a callback, with ``m0`` the iterate saved with it: the iteration continues
         exactly as the uninterrupted run would have (same forcing terms, radius, damping, history).
     """
-    import firedrake as fd
-
     from pdeinv.log import RankZeroLog
     from pdeinv.maps import check_function
 
@@ -272,117 +269,188 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
     check_function(m0, problem.parameter_space, "newton_cg: m0")
     P = preconditioner or problem.preconditioner
     log = log or RankZeroLog(problem.parameter_space.mesh().comm, quiet=opts.quiet)
+    it, start = _start(problem, m0, opts, P, resume, log)
+    reason, converged, k = "iteration limit", False, start - 1
+    for k in range(start, opts.max_iterations + 1):
+        if it.gnorm <= it.tolerance(opts):
+            reason, converged, k = "gradient tolerance", True, k - 1
+            break
+        eta, minus_g = _forcing(opts, it), it.g.copy(deepcopy=True)
+        minus_g *= -1.0
+        gauss_newton = opts.full_newton_after is None or k <= opts.full_newton_after
+        cg = conjugate_gradient(_hessian(problem, it.m, it.mu, gauss_newton), minus_g, P, rtol=eta,
+                                max_iterations=opts.max_cg_iterations, space=problem.parameter_space,
+                                radius=it.radius if opts.globalization == "trust_region" else None)
+        it.total_cg, it.prev = it.total_cg + cg.iterations, (it.gnorm, cg.residual_norm, eta)
+        step, stop = _globalize(problem, it, cg, k, eta, minus_g, P, opts, log)
+        if stop is not None:
+            reason = stop
+            break
+        if step is None:  # a rejected trust-region step: same point, smaller region
+            continue
+        decrease = it.accept(problem, step, P)
+        entry = _record(it, k, cg, step[0], eta, opts, log)
+        if callback is not None:
+            callback(k, it.m, {**entry, "state": it.state(k)})
+        if decrease <= opts.stagnation_rtol * abs(it.cost.total):  # converged if within 1e3 x the tolerance
+            reason = "cost stagnation"
+            converged = it.gnorm <= max(opts.gradient_atol, 1e3 * opts.gradient_rtol * it.gnorm0)
+            break
+    else:
+        if it.gnorm <= it.tolerance(opts):
+            reason, converged = "gradient tolerance", True
+    log.info(f"newton_cg: {reason} after {k} iterations, {it.total_cg} CG iterations, ||g|| = {it.gnorm:.3e}")
+    return it.result(problem, converged, reason, k)
+
+
+@dataclass
+class _Iterate:
+    """What the Newton iteration carries from one step to the next (and saves for a resume)."""
+
+    m: object
+    cost: object
+    g: object
+    gnorm: float
+    gnorm0: float
+    history: list
+    total_cg: int = 0
+    mu: float = 0.0
+    radius: float | None = None
+    prev: tuple | None = None  # (||g||, CG residual norm, eta) of the previous iteration (Eisenstat-Walker)
+
+    def tolerance(self, opts) -> float:
+        return max(opts.gradient_atol, opts.gradient_rtol * self.gnorm0)
+
+    def accept(self, problem, step, P) -> float:
+        """Move to the accepted trial point; the decrease of the cost."""
+        _, trial, new_cost = step
+        decrease = self.cost.total - new_cost.total
+        self.m.assign(trial)
+        self.cost = new_cost
+        self.g = problem.gradient(self.m)
+        self.gnorm = math.sqrt(max(dual_pairing(self.g, P(self.g)), 0.0))
+        return decrease
+
+    def result(self, problem, converged: bool, reason: str, k: int) -> OptimizationResult:
+        return OptimizationResult(m=self.m, cost=self.cost, converged=converged, reason=reason, iterations=k,
+                                  cg_iterations=self.total_cg, gradient_norm=self.gnorm,
+                                  history=tuple(self.history), counts=problem.counts)
+
+    def state(self, k: int) -> dict:
+        return {"iteration": k, "gnorm0": self.gnorm0, "total_cg": self.total_cg, "mu": self.mu,
+                "radius": self.radius, "prev": list(self.prev) if self.prev is not None else None,
+                "history": list(self.history)}
+
+
+def _start(problem, m0, opts, P, resume, log):
+    """The first iterate (or the saved one, with its optimizer state) and the first iteration number."""
     m = m0.copy(deepcopy=True)
     m.rename("m")
     cost = problem.cost(m)
     g = problem.gradient(m)
-    gnorm0 = gnorm = math.sqrt(max(dual_pairing(g, P(g)), 0.0))
-    history, total_cg = [], 0
-    mu, radius = opts.levenberg_marquardt, opts.initial_radius
-    prev = None  # (||g||, CG residual norm, eta) of the previous iteration, for Eisenstat-Walker
+    gnorm = math.sqrt(max(dual_pairing(g, P(g)), 0.0))
+    it = _Iterate(m, cost, g, gnorm, gnorm, [], 0, opts.levenberg_marquardt, opts.initial_radius)
     start = 1
     if resume is not None:
-        gnorm0, total_cg, mu, radius = resume["gnorm0"], resume["total_cg"], resume["mu"], resume["radius"]
-        prev = tuple(resume["prev"]) if resume["prev"] is not None else None
-        history = [dict(h) for h in resume["history"]]
+        it.gnorm0, it.total_cg, it.mu, it.radius = resume["gnorm0"], resume["total_cg"], resume["mu"], resume["radius"]
+        it.prev = tuple(resume["prev"]) if resume["prev"] is not None else None
+        it.history = [dict(h) for h in resume["history"]]
         start = int(resume["iteration"]) + 1
         log.info(f"newton_cg: resuming after iteration {start - 1}")
     log.info(f"{'it':>3} {'cost':>13} {'misfit':>13} {'reg':>11} {'||g||':>10} {'cg':>4} {'step':>7} {'eta':>7}")
     log.info(f"{0:3d} {cost.total:13.6e} {cost.misfit:13.6e} {cost.regularization:11.4e} {gnorm:10.3e}")
-    reason, converged, k = "iteration limit", False, start - 1
-    for k in range(start, opts.max_iterations + 1):
-        if gnorm <= max(opts.gradient_atol, opts.gradient_rtol * gnorm0):
-            reason, converged, k = "gradient tolerance", True, k - 1
-            break
-        if opts.forcing is not None:
-            eta = opts.forcing
-        elif opts.forcing_rule == "sqrt" or prev is None:
-            eta = min(opts.max_forcing, math.sqrt(gnorm / gnorm0))
-        else:  # Eisenstat-Walker choice 1 with safeguard
-            prev_gnorm, prev_residual, prev_eta = prev
-            eta = abs(gnorm - prev_residual) / prev_gnorm
-            golden = (1.0 + math.sqrt(5.0)) / 2.0
-            if prev_eta**golden > 0.1:
-                eta = max(eta, prev_eta**golden)
-            eta = min(opts.max_forcing, eta)
-        minus_g = g.copy(deepcopy=True)
-        minus_g *= -1.0
+    return it, start
 
-        gauss_newton = opts.full_newton_after is None or k <= opts.full_newton_after
 
-        def apply_h(d, m=m, mu=mu, gauss_newton=gauss_newton):
-            h = problem.hessian_action(m, d, gauss_newton=gauss_newton)
-            if mu > 0:
-                axpy(h, mu, problem.prior.hessian_action(m, d))
-            return h
+def _forcing(opts, it) -> float:
+    """The CG tolerance of this iteration (see :class:`NewtonCGOptions`)."""
+    if opts.forcing is not None:
+        return opts.forcing
+    if opts.forcing_rule == "sqrt" or it.prev is None:
+        return min(opts.max_forcing, math.sqrt(it.gnorm / it.gnorm0))
+    prev_gnorm, prev_residual, prev_eta = it.prev  # Eisenstat-Walker choice 1 with safeguard
+    eta = abs(it.gnorm - prev_residual) / prev_gnorm
+    golden = (1.0 + math.sqrt(5.0)) / 2.0
+    if prev_eta**golden > 0.1:
+        eta = max(eta, prev_eta**golden)
+    return min(opts.max_forcing, eta)
 
-        trust = opts.globalization == "trust_region"
-        cg = conjugate_gradient(apply_h, minus_g, P, rtol=eta, max_iterations=opts.max_cg_iterations,
-                                space=problem.parameter_space, radius=radius if trust else None)
-        total_cg += cg.iterations
-        prev = (gnorm, cg.residual_norm, eta)
-        step = cg.solution
-        if trust:
-            trial = fd.Function(problem.parameter_space).assign(m + step)
-            new_cost = safe_cost(problem, trial, log)
-            actual = -math.inf if new_cost is None else cost.total - new_cost.total
-            rho = actual / cg.model_decrease if cg.model_decrease > 0 else -math.inf
-            if rho < 0.25:
-                radius = 0.25 * cg.step_norm
-            elif rho > 0.75 and (cg.on_boundary or radius is None):
-                radius = 2.0 * cg.step_norm if radius is None else 2.0 * radius
-            elif radius is None:
-                radius = cg.step_norm
-            alpha = 1.0
-            if rho <= 1e-4:  # rejected: same point, smaller region
-                log.info(f"{k:3d} step rejected (rho = {rho:.2e}), radius -> {radius:.3e}")
-                if radius < 1e-14:
-                    reason = "trust region collapsed"
-                    break
-                history.append({"iteration": k, "cost": cost.total, "misfit": cost.misfit,
-                                "regularization": cost.regularization, "gradient_norm": gnorm,
-                                "cg_iterations": cg.iterations, "cg_reason": cg.reason, "step_length": 0.0,
-                                "forcing": eta, "radius": radius})
-                continue
-        else:
-            slope = dual_pairing(g, step)
-            if slope >= 0:  # not a descent direction (should not happen with an SPD Hessian)
-                step = P(minus_g)
-                slope = dual_pairing(g, step)
-            found = armijo_backtracking(problem, m, step, cost, slope, c1=opts.armijo_c1,
-                                        max_backtracks=opts.max_backtracks, log=log)
-            if found is None:
-                reason = "line search failed"
-                break
-            alpha, trial, new_cost = found
-            if mu > 0:
-                mu = mu / 3.0 if alpha == 1.0 else 2.0 * mu
-        decrease = cost.total - new_cost.total
-        m.assign(trial)
-        cost = new_cost
-        g = problem.gradient(m)
-        gnorm = math.sqrt(max(dual_pairing(g, P(g)), 0.0))
-        entry = {"iteration": k, "cost": cost.total, "misfit": cost.misfit, "regularization": cost.regularization,
-                 "gradient_norm": gnorm, "cg_iterations": cg.iterations, "cg_reason": cg.reason,
-                 "step_length": alpha, "forcing": eta}
-        if opts.globalization == "trust_region":
-            entry["radius"] = radius
+
+def _hessian(problem, m, mu, gauss_newton):
+    """The Hessian action of this iteration, with Levenberg-Marquardt damping mu R''."""
+
+    def apply_h(d):
+        h = problem.hessian_action(m, d, gauss_newton=gauss_newton)
         if mu > 0:
-            entry["damping"] = mu
-        history.append(entry)
-        log.info(f"{k:3d} {cost.total:13.6e} {cost.misfit:13.6e} {cost.regularization:11.4e} {gnorm:10.3e} "
-                 f"{cg.iterations:4d} {alpha:7.4f} {eta:7.1e}")
-        if callback is not None:
-            state = {"iteration": k, "gnorm0": gnorm0, "total_cg": total_cg, "mu": mu, "radius": radius,
-                     "prev": list(prev) if prev is not None else None, "history": list(history)}
-            callback(k, m, {**entry, "state": state})
-        if decrease <= opts.stagnation_rtol * abs(cost.total):
-            reason, converged = "cost stagnation", gnorm <= max(opts.gradient_atol, 1e3 * opts.gradient_rtol * gnorm0)
-            break
-    else:
-        if gnorm <= max(opts.gradient_atol, opts.gradient_rtol * gnorm0):
-            reason, converged = "gradient tolerance", True
-    counts = problem.counts
-    log.info(f"newton_cg: {reason} after {k} iterations, {total_cg} CG iterations, ||g|| = {gnorm:.3e}")
-    return OptimizationResult(m=m, cost=cost, converged=converged, reason=reason, iterations=k,
-                              cg_iterations=total_cg, gradient_norm=gnorm, history=tuple(history), counts=counts)
+            axpy(h, mu, problem.prior.hessian_action(m, d))
+        return h
+
+    return apply_h
+
+
+def _globalize(problem, it, cg, k, eta, minus_g, P, opts, log):
+    """The globalization (hIPPYlib's split): ``((alpha, trial, cost), None)`` for an accepted step,
+    ``(None, None)`` for a rejected trust-region step, ``(None, reason)`` to stop."""
+    if opts.globalization == "trust_region":
+        step = _trust_region_step(problem, it, cg, k, eta, log)
+        if step is None and it.radius < 1e-14:
+            return None, "trust region collapsed"
+        return step, None
+    step = _line_search_step(problem, it, cg.solution, minus_g, P, opts, log)
+    return step, (None if step is not None else "line search failed")
+
+
+def _trust_region_step(problem, it, cg, k, eta, log):
+    """Steihaug trust region: the trial point and the radius update by the ratio of actual to predicted
+    decrease; ``None`` when the step is rejected (same point, smaller region; recorded in the history)."""
+    import firedrake as fd
+
+    trial = fd.Function(problem.parameter_space).assign(it.m + cg.solution)
+    new_cost = safe_cost(problem, trial, log)
+    actual = -math.inf if new_cost is None else it.cost.total - new_cost.total
+    rho = actual / cg.model_decrease if cg.model_decrease > 0 else -math.inf
+    if rho < 0.25:
+        it.radius = 0.25 * cg.step_norm
+    elif rho > 0.75 and (cg.on_boundary or it.radius is None):
+        it.radius = 2.0 * cg.step_norm if it.radius is None else 2.0 * it.radius
+    elif it.radius is None:
+        it.radius = cg.step_norm
+    if rho > 1e-4:
+        return 1.0, trial, new_cost
+    log.info(f"{k:3d} step rejected (rho = {rho:.2e}), radius -> {it.radius:.3e}")
+    if it.radius >= 1e-14:
+        it.history.append({"iteration": k, "cost": it.cost.total, "misfit": it.cost.misfit,
+                           "regularization": it.cost.regularization, "gradient_norm": it.gnorm,
+                           "cg_iterations": cg.iterations, "cg_reason": cg.reason, "step_length": 0.0,
+                           "forcing": eta, "radius": it.radius})
+    return None
+
+
+def _line_search_step(problem, it, step, minus_g, P, opts, log):
+    """Armijo backtracking on the Newton step (preconditioned steepest descent if it is not a descent
+    direction); the damping is relaxed after a full step, raised after a shortened one."""
+    slope = dual_pairing(it.g, step)
+    if slope >= 0:  # not a descent direction (should not happen with an SPD Hessian)
+        step = P(minus_g)
+        slope = dual_pairing(it.g, step)
+    found = armijo_backtracking(problem, it.m, step, it.cost, slope, c1=opts.armijo_c1,
+                                max_backtracks=opts.max_backtracks, log=log)
+    if found is not None and it.mu > 0:
+        it.mu = it.mu / 3.0 if found[0] == 1.0 else 2.0 * it.mu
+    return found
+
+
+def _record(it, k, cg, alpha, eta, opts, log) -> dict:
+    """The history entry of an accepted step (also logged)."""
+    c = it.cost
+    entry = {"iteration": k, "cost": c.total, "misfit": c.misfit, "regularization": c.regularization,
+             "gradient_norm": it.gnorm, "cg_iterations": cg.iterations, "cg_reason": cg.reason,
+             "step_length": alpha, "forcing": eta}
+    if opts.globalization == "trust_region":
+        entry["radius"] = it.radius
+    if it.mu > 0:
+        entry["damping"] = it.mu
+    it.history.append(entry)
+    log.info(f"{k:3d} {c.total:13.6e} {c.misfit:13.6e} {c.regularization:11.4e} {it.gnorm:10.3e} "
+             f"{cg.iterations:4d} {alpha:7.4f} {eta:7.1e}")
+    return entry
