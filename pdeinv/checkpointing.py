@@ -100,74 +100,81 @@ def reverse_sweep(steps: int, checkpointing: Checkpointing | None, x0, *, advanc
 
 
 def _multistage(steps, cp, x0, advance, reverse, copy, to_array, from_array, rank, stats):
-    from checkpoint_schedules import (
-        Copy,
-        EndForward,
-        EndReverse,
-        Forward,
-        Move,
-        MultistageCheckpointSchedule,
-        Reverse,
-        StorageType,
-    )
+    """Interpret checkpoint_schedules' multistage (revolve-type) schedule: forward runs, snapshots in
+    RAM or on disk (written then renamed), reverse steps on the stored adjoint dependencies."""
+    from checkpoint_schedules import Copy, EndReverse, Forward, Move, MultistageCheckpointSchedule, Reverse, StorageType
 
     schedule = MultistageCheckpointSchedule(steps, cp.snapshots_in_ram, cp.snapshots_on_disk)
     disk_dir = tempfile.mkdtemp(prefix=f"pdeinv-ckpt-r{rank}-", dir=cp.directory) if cp.snapshots_on_disk else None
-    ram, disk, deps = {}, {}, {}
+    st = _Snapshots(disk_dir, copy, to_array, from_array, stats)
     x, xn = copy(x0), 0
-
-    def held():
-        stats.peak_stored_states = max(stats.peak_stored_states, len(ram) + len(deps) + 2)
-
-    def store(storage, n, state):
-        if storage == StorageType.RAM:
-            ram[n] = copy(state)
-        elif storage == StorageType.DISK:
-            path = os.path.join(disk_dir, f"{n}.npy")
-            np.save(path + ".tmp.npy", to_array(state))  # written, then renamed: never half a file
-            os.replace(path + ".tmp.npy", path)
-            disk[n] = path
-        held()
-
-    def load(storage, n, delete):
-        if storage == StorageType.RAM:
-            return ram.pop(n) if delete else copy(ram[n])
-        state = from_array(np.load(disk[n]))
-        if delete:
-            os.remove(disk.pop(n))
-        return state
-
     try:
         for action in schedule:
             if isinstance(action, Forward):
-                n1 = min(action.n1, steps)
-                if xn != action.n0:
-                    raise RuntimeError(f"checkpointing: at step {xn}, schedule asks to start at {action.n0}")
-                if action.write_ics:
-                    store(action.storage, action.n0, x)
-                if action.write_adj_deps:
-                    deps[action.n0] = copy(x)
-                for n in range(action.n0, n1):
-                    x = advance(n, x)
-                    stats.recomputed_steps += 1
-                    if action.write_adj_deps:
-                        deps[n + 1] = copy(x)
-                held()
-                xn = n1
+                x, xn = _forward(action, steps, x, xn, advance, st, stats)
             elif isinstance(action, Reverse):
                 for n in range(action.n1 - 1, action.n0 - 1, -1):
-                    reverse(n, deps[n], deps[n + 1])
+                    reverse(n, st.deps[n], st.deps[n + 1])
                 if action.clear_adj_deps:
-                    deps.clear()
+                    st.deps.clear()
             elif isinstance(action, (Copy, Move)):
                 if action.to_storage != StorageType.WORK:
                     raise RuntimeError(f"checkpointing: unexpected action {action}")
-                x = load(action.from_storage, action.n, isinstance(action, Move))
-                xn = action.n
-            elif isinstance(action, EndForward):
-                pass
+                x, xn = st.load(action.from_storage, action.n, isinstance(action, Move)), action.n
             elif isinstance(action, EndReverse):
                 break
     finally:
         if disk_dir is not None:
             shutil.rmtree(disk_dir, ignore_errors=True)
+
+
+def _forward(action, steps, x, xn, advance, st, stats):
+    """A Forward action: store the initial state if asked, advance, keep the adjoint dependencies."""
+    n1 = min(action.n1, steps)
+    if xn != action.n0:
+        raise RuntimeError(f"checkpointing: at step {xn}, schedule asks to start at {action.n0}")
+    if action.write_ics:
+        st.store(action.storage, action.n0, x)
+    if action.write_adj_deps:
+        st.deps[action.n0] = st.copy(x)
+    for n in range(action.n0, n1):
+        x = advance(n, x)
+        stats.recomputed_steps += 1
+        if action.write_adj_deps:
+            st.deps[n + 1] = st.copy(x)
+    st.held()
+    return x, n1
+
+
+class _Snapshots:
+    """The snapshots of a multistage schedule: in RAM, on disk, and the adjoint dependencies."""
+
+    def __init__(self, disk_dir, copy, to_array, from_array, stats):
+        self.disk_dir, self.copy, self.stats = disk_dir, copy, stats
+        self.to_array, self.from_array = to_array, from_array
+        self.ram, self.disk, self.deps = {}, {}, {}
+
+    def held(self):
+        self.stats.peak_stored_states = max(self.stats.peak_stored_states, len(self.ram) + len(self.deps) + 2)
+
+    def store(self, storage, n, state):
+        from checkpoint_schedules import StorageType
+
+        if storage == StorageType.RAM:
+            self.ram[n] = self.copy(state)
+        elif storage == StorageType.DISK:
+            path = os.path.join(self.disk_dir, f"{n}.npy")
+            np.save(path + ".tmp.npy", self.to_array(state))  # written, then renamed: never half a file
+            os.replace(path + ".tmp.npy", path)
+            self.disk[n] = path
+        self.held()
+
+    def load(self, storage, n, delete):
+        from checkpoint_schedules import StorageType
+
+        if storage == StorageType.RAM:
+            return self.ram.pop(n) if delete else self.copy(self.ram[n])
+        state = self.from_array(np.load(self.disk[n]))
+        if delete:
+            os.remove(self.disk.pop(n))
+        return state

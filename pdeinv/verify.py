@@ -121,32 +121,10 @@ def taylor_test(
     -------
     TaylorResult
     """
-    import numpy as np
 
     if steps < 2:
         raise ValueError(f"taylor_test: steps must be >= 2 to give a rate, got {steps}")
-    if isinstance(m, np.ndarray):  # a vector of hyperparameters: derivatives are arrays
-        m, h = np.asarray(m, dtype=float), np.asarray(h, dtype=float)
-        if h.shape != m.shape:
-            raise ValueError(f"taylor_test: direction h has shape {h.shape}, m has {m.shape}")
-
-        def pair(d):
-            return float(d) if np.ndim(d) == 0 else float(np.dot(d, h))
-
-        def shifted(e):
-            return m + e * h
-    else:
-        from firedrake import Function
-
-        if h.function_space() != m.function_space():
-            raise ValueError("taylor_test: direction h must be on the same space as m")
-        mp = Function(m.function_space())
-
-        def pair(d):
-            return float(d) if isinstance(d, (int, float)) else dual_pairing(d, h)
-
-        def shifted(e):
-            return mp.assign(m + e * h)
+    pair, shifted = _pair_and_shift(m, h)
     dJdh = pair(derivative)
     hHh = None if hessian is None else pair(hessian)
     J0 = float(functional(m))
@@ -160,6 +138,24 @@ def taylor_test(
             r2.append(abs(Je - J0 - e * dJdh - 0.5 * e * e * hHh))
     return TaylorResult(eps, tuple(r0), tuple(r1), _rates(eps, r0), _rates(eps, r1), tuple(r2),
                         _rates(eps, r2) if r2 else ())
+
+
+def _pair_and_shift(m, h):
+    """``pair(d)`` (a derivative paired with h) and ``shifted(e)`` (m + e h) for arrays or Functions."""
+    import numpy as np
+
+    if isinstance(m, np.ndarray):  # a vector of hyperparameters: derivatives are arrays
+        m, h = np.asarray(m, dtype=float), np.asarray(h, dtype=float)
+        if h.shape != m.shape:
+            raise ValueError(f"taylor_test: direction h has shape {h.shape}, m has {m.shape}")
+        return (lambda d: float(d) if np.ndim(d) == 0 else float(np.dot(d, h))), (lambda e: m + e * h)
+    from firedrake import Function
+
+    if h.function_space() != m.function_space():
+        raise ValueError("taylor_test: direction h must be on the same space as m")
+    mp = Function(m.function_space())
+    return ((lambda d: float(d) if isinstance(d, (int, float)) else dual_pairing(d, h)),
+            (lambda e: mp.assign(m + e * h)))
 
 
 def _relative_difference(a: float, b: float) -> float:

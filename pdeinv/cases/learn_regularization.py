@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -99,180 +100,236 @@ def _truths(V, cfg, count, seed):
     return out
 
 
+@dataclass
+class _Case:
+    """What the phases of :func:`run_case` hand on (setup -> data -> learn -> LISTA -> test -> output)."""
+
+    cfg: dict
+    out: str
+    comm: object
+    log: object
+    mesh: object = None
+    points: object = None
+    model: object = None
+    V: object = None
+    noise: object = None
+    train_pairs: list = field(default_factory=list)
+    test_pairs: list = field(default_factory=list)
+    variance_family: object = None
+    learned: dict = field(default_factory=dict)  # name -> (HyperProblem, theta)
+    histories: dict = field(default_factory=dict)
+    errors: dict = field(default_factory=dict)
+    choices: dict = field(default_factory=dict)
+    reconstructions: dict = field(default_factory=dict)
+    lista: dict = field(default_factory=dict)
+
+
 def run_case(cfg, out, *, quiet=False, log=None):
     """Run the case into ``out``; returns the summary dict."""
     import firedrake as fd
 
-    from pdeinv.cases import output
+    from pdeinv.linalg.spectral import conditioning_report
+    from pdeinv.log import RankZeroLog
+
+    comm = fd.COMM_WORLD
+    c = _Case(cfg, out, comm, log or RankZeroLog(comm, quiet=quiet, announce_phases=True))
+    if comm.rank == 0:
+        os.makedirs(out, exist_ok=True)
+    comm.barrier()
+    t_start = time.perf_counter()
+    c.log.info(f"pdeinv case 'learn_regularization' on {comm.size} rank(s) -> {out}")
+    _setup_and_data(c)
+    _learn(c)
+    K = cfg["lista"]["iterations"]
+    if K > 0:
+        with c.log.phase("lista"):
+            c.lista = _lista(cfg, c.model, c.noise, c.V, c.train_pairs, c.test_pairs, c.log)
+            for name in ("fista", "lista"):
+                c.errors[f"{name}_{K}"] = c.lista.pop(f"{name}_errors")
+                c.reconstructions[f"{name}_{K}"] = c.lista.pop(f"{name}_m")
+            c.histories[f"lista_{K}"] = c.lista.pop("result")
+    with c.log.phase("test"):
+        _test_priors(c, c.learned)
+        _test_classical(c)
+        _test_priors(c, {"configured": (c.variance_family, np.zeros(1))}, report=False)  # the prior as configured
+    with c.log.phase("conditioning"):
+        fam, theta = c.learned["learned_variance"]
+        cond = conditioning_report(fam.with_data(c.test_pairs[0].data).problem(theta),
+                                   c.reconstructions["learned_variance"])
+    _output(c)
+    return _summary(c, cond, t_start)
+
+
+def _setup_and_data(c: _Case) -> None:
+    """Mesh, sensors, the heat model, training and test truths, their noisy data, the variance family."""
+    import firedrake as fd
+
     from pdeinv.forward.heat import HeatModel
+    from pdeinv.learn import HyperProblem, TrainingPair, prior_variance
+    from pdeinv.maps import Misfit
+    from pdeinv.noise import GaussianNoise
+    from pdeinv.prior import BiLaplacianPrior
+
+    cfg, comm = c.cfg, c.comm
+    with c.log.phase("setup"):
+        c.mesh = fd.UnitSquareMesh(cfg["mesh"]["n"], cfg["mesh"]["n"], comm=comm, name="mesh")
+        rng = np.random.default_rng(cfg["data"]["sensor_seed"])
+        c.points = 0.1 + 0.8 * rng.random((cfg["data"]["sensors"], 2))
+        mc = cfg["model"]
+        c.model = HeatModel(c.mesh, parameter="initial_condition", end_time=mc["end_time"], steps=mc["steps"],
+                            observation_points=c.points, observation_times=mc["observation_times"])
+        c.V = c.model.parameter_space
+        train = _truths(c.V, cfg, cfg["train"]["pairs"], cfg["truths"]["seed"])
+        test = _truths(c.V, cfg, cfg["test"]["pairs"], cfg["truths"]["seed"] + 1)
+    with c.log.phase("data"):
+        clean = [c.model(t) for t in train + test]
+        scale = max(comm.allreduce(float(np.max(np.abs(x.dat.data_ro), initial=0.0)), op=_max()) for x in clean)
+        c.noise = GaussianNoise(c.model.observation, cfg["data"]["noise_fraction"] * scale)
+        data = [c.noise.sample(x, seed=cfg["data"]["seed"] + i) for i, x in enumerate(clean)]
+        pairs = [TrainingPair(t, d) for t, d in zip(train + test, data, strict=True)]
+        c.train_pairs, c.test_pairs = pairs[:len(train)], pairs[len(train):]
+    pc = cfg["prior"]
+    base_prior = BiLaplacianPrior.from_correlation(c.V, correlation_length=pc["correlation_length"],
+                                                   variance=pc["variance"])
+    c.variance_family = HyperProblem(Misfit(c.model, c.noise, data[0]), prior_variance(base_prior))
+
+
+def _learn(c: _Case) -> None:
+    """Bilevel learning of the prior's variance factor, and (if configured) of its Matérn parameters with
+    a patchwise H1 weight field."""
+    import firedrake as fd
+
     from pdeinv.learn import (
         HypergradientOptions,
         HyperProblem,
         LearningOptions,
         MaternParameters,
-        TrainingPair,
         WeightField,
-        discrepancy_principle,
-        gcv,
         grid_patches,
-        l_curve,
         learn_hyperparameters,
-        mean_loss,
-        prior_variance,
-        solve_inner,
     )
-    from pdeinv.learn.loss import ReconstructionError
-    from pdeinv.linalg.spectral import conditioning_report
-    from pdeinv.log import RankZeroLog
-    from pdeinv.maps import Misfit
-    from pdeinv.noise import GaussianNoise
-    from pdeinv.prior import BiLaplacianPrior
 
-    comm = fd.COMM_WORLD
-    log = log or RankZeroLog(comm, quiet=quiet, announce_phases=True)
-    if comm.rank == 0:
-        os.makedirs(out, exist_ok=True)
-    comm.barrier()
-    t_start = time.perf_counter()
-    log.info(f"pdeinv case 'learn_regularization' on {comm.size} rank(s) -> {out}")
-    with log.phase("setup"):
-        mesh = fd.UnitSquareMesh(cfg["mesh"]["n"], cfg["mesh"]["n"], comm=comm, name="mesh")
-        rng = np.random.default_rng(cfg["data"]["sensor_seed"])
-        points = 0.1 + 0.8 * rng.random((cfg["data"]["sensors"], 2))
-        mc = cfg["model"]
-        model = HeatModel(mesh, parameter="initial_condition", end_time=mc["end_time"], steps=mc["steps"],
-                          observation_points=points, observation_times=mc["observation_times"])
-        V = model.parameter_space
-        train = _truths(V, cfg, cfg["train"]["pairs"], cfg["truths"]["seed"])
-        test = _truths(V, cfg, cfg["test"]["pairs"], cfg["truths"]["seed"] + 1)
-    with log.phase("data"):
-        clean = [model(t) for t in train + test]
-        scale = max(comm.allreduce(float(np.max(np.abs(c.dat.data_ro), initial=0.0)), op=_max()) for c in clean)
-        noise = GaussianNoise(model.observation, cfg["data"]["noise_fraction"] * scale)
-        data = [noise.sample(c, seed=cfg["data"]["seed"] + i) for i, c in enumerate(clean)]
-        pairs = [TrainingPair(t, d) for t, d in zip(train + test, data, strict=True)]
-        train_pairs, test_pairs = pairs[:len(train)], pairs[len(train):]
-    pc = cfg["prior"]
-    base_prior = BiLaplacianPrior.from_correlation(V, correlation_length=pc["correlation_length"],
-                                                   variance=pc["variance"])
-    misfit0 = Misfit(model, noise, data[0])
-    variance_family = HyperProblem(misfit0, prior_variance(base_prior))
+    cfg, pc = c.cfg, c.cfg["prior"]
     hopts = HypergradientOptions()
     lopts = LearningOptions(method=cfg["learn"]["method"], max_iterations=cfg["learn"]["max_iterations"],
                             bounds=((-10.0, 10.0),), hypergradient=hopts)
-    learned, histories = {}, {}
-    with log.phase("learn_variance"):
-        res = learn_hyperparameters(variance_family, train_pairs, np.zeros(1), options=lopts, log=log)
-        learned["learned_variance"] = (variance_family, res.theta)
-        histories["learned_variance"] = res
-    if cfg["learn"]["matern"]:
-        with log.phase("learn_matern"):
-            terms = [MaternParameters(V)]
-            theta0 = [np.log(pc["correlation_length"]), np.log(pc["variance"])]
-            bounds = [(np.log(0.01), np.log(2.0)), (-10.0, 10.0)]
-            k = cfg["learn"]["weight_field"]
-            if k > 0:
-                terms.append(WeightField(V, lambda m, w: 0.5 * w * fd.inner(fd.grad(m), fd.grad(m)) * fd.dx,
-                                         grid_patches(mesh, k), name="log_h1_weight"))
-                theta0 += [-8.0] * (k * k)
-                bounds += [(-15.0, 5.0)] * (k * k)
-            family = HyperProblem(misfit0, *terms)
-            res = learn_hyperparameters(family, train_pairs, np.array(theta0),
-                                        options=LearningOptions(method=lopts.method,
-                                                                max_iterations=lopts.max_iterations,
-                                                                bounds=tuple(bounds), hypergradient=hopts),
-                                        log=log)
-            name = "learned_matern" + ("_field" if k > 0 else "")
-            learned[name] = (family, res.theta)
-            histories[name] = res
+    with c.log.phase("learn_variance"):
+        res = learn_hyperparameters(c.variance_family, c.train_pairs, np.zeros(1), options=lopts, log=c.log)
+        c.learned["learned_variance"] = (c.variance_family, res.theta)
+        c.histories["learned_variance"] = res
+    if not cfg["learn"]["matern"]:
+        return
+    with c.log.phase("learn_matern"):
+        terms = [MaternParameters(c.V)]
+        theta0 = [np.log(pc["correlation_length"]), np.log(pc["variance"])]
+        bounds = [(np.log(0.01), np.log(2.0)), (-10.0, 10.0)]
+        k = cfg["learn"]["weight_field"]
+        if k > 0:
+            terms.append(WeightField(c.V, lambda m, w: 0.5 * w * fd.inner(fd.grad(m), fd.grad(m)) * fd.dx,
+                                     grid_patches(c.mesh, k), name="log_h1_weight"))
+            theta0 += [-8.0] * (k * k)
+            bounds += [(-15.0, 5.0)] * (k * k)
+        family = HyperProblem(c.variance_family.misfit, *terms)
+        res = learn_hyperparameters(family, c.train_pairs, np.array(theta0),
+                                    options=LearningOptions(method=lopts.method, max_iterations=lopts.max_iterations,
+                                                            bounds=tuple(bounds), hypergradient=hopts),
+                                    log=c.log)
+        name = "learned_matern" + ("_field" if k > 0 else "")
+        c.learned[name] = (family, res.theta)
+        c.histories[name] = res
 
-    errors, choices, reconstructions, lista = {}, {}, {}, {}
-    K = cfg["lista"]["iterations"]
-    if K > 0:
-        with log.phase("lista"):
-            lista = _lista(cfg, model, noise, V, train_pairs, test_pairs, log)
-            for name in ("fista", "lista"):
-                errors[f"{name}_{K}"] = lista.pop(f"{name}_errors")
-                reconstructions[f"{name}_{K}"] = lista.pop(f"{name}_m")
-            histories[f"lista_{K}"] = lista.pop("result")
-    with log.phase("test"):
-        for name, (family, theta) in learned.items():
-            errs = []
-            for i, p in enumerate(test_pairs):
-                m = solve_inner(family.with_data(p.data), theta).m
-                errs.append(ReconstructionError(p.truth).relative_error(m))
-                if i == 0:
-                    reconstructions[name] = m
-            errors[name] = errs
-            log.info(f"{name}: test relative L2 errors {np.array2string(np.array(errs), precision=4)}")
-        cl = cfg["classical"]
-        for rule in ("discrepancy", "l_curve", "gcv"):
-            errs, thetas = [], []
-            for i, p in enumerate(test_pairs):
-                fam = variance_family.with_data(p.data)
-                if rule == "discrepancy":
-                    ch = discrepancy_principle(fam, np.zeros(1), bracket=tuple(cl["discrepancy_bracket"]),
-                                               tau=cl["discrepancy_tau"])
-                elif rule == "l_curve":
-                    ch = l_curve(fam, np.zeros(1), grid=cl["grid"])
-                else:
-                    ch = gcv(fam, np.zeros(1), grid=cl["grid"], probes=cl["gcv_probes"])
-                errs.append(ReconstructionError(p.truth).relative_error(ch.m))
-                thetas.append(float(ch.theta[0]))
-                if i == 0:
-                    reconstructions[rule] = ch.m
-                    choices[rule] = ch
-            errors[rule] = errs
-            choices[rule + "_thetas"] = thetas
-            log.info(f"{rule}: log variance factors {np.array2string(np.array(thetas), precision=3)}, "
-                     f"test relative L2 errors {np.array2string(np.array(errs), precision=4)}")
-        # the prior as configured, untouched
+
+def _test_priors(c: _Case, cases: dict, *, report: bool = True) -> None:
+    """Test-set errors of the priors ``cases`` (name -> (HyperProblem, theta))."""
+    from pdeinv.learn import solve_inner
+    from pdeinv.learn.loss import ReconstructionError
+
+    for name, (family, theta) in cases.items():
         errs = []
-        for i, p in enumerate(test_pairs):
-            m = solve_inner(variance_family.with_data(p.data), np.zeros(1)).m
+        for i, p in enumerate(c.test_pairs):
+            m = solve_inner(family.with_data(p.data), theta).m
             errs.append(ReconstructionError(p.truth).relative_error(m))
             if i == 0:
-                reconstructions["configured"] = m
-        errors["configured"] = errs
-    with log.phase("conditioning"):
-        fam, theta = learned["learned_variance"]
-        cond = conditioning_report(fam.with_data(test_pairs[0].data).problem(theta),
-                                   reconstructions["learned_variance"])
-    with log.phase("output"):
-        fields = {"truth": test_pairs[0].truth}
-        for name, m in reconstructions.items():
-            fields[name] = fd.Function(V, name=name).assign(m)
-        output.write_fields(out, mesh, fields)
-        if comm.rank == 0:
-            _plots(out, histories, choices, errors)
+                c.reconstructions[name] = m
+        c.errors[name] = errs
+        if report:
+            c.log.info(f"{name}: test relative L2 errors {np.array2string(np.array(errs), precision=4)}")
+
+
+def _test_classical(c: _Case) -> None:
+    """The classical parameter-choice rules on every test pair: discrepancy principle, L-curve, GCV."""
+    from pdeinv.learn import discrepancy_principle, gcv, l_curve
+    from pdeinv.learn.loss import ReconstructionError
+
+    cl = c.cfg["classical"]
+    rules = {"discrepancy": lambda f: discrepancy_principle(f, np.zeros(1), bracket=tuple(cl["discrepancy_bracket"]),
+                                                            tau=cl["discrepancy_tau"]),
+             "l_curve": lambda f: l_curve(f, np.zeros(1), grid=cl["grid"]),
+             "gcv": lambda f: gcv(f, np.zeros(1), grid=cl["grid"], probes=cl["gcv_probes"])}
+    for rule, choose in rules.items():
+        errs, thetas = [], []
+        for i, p in enumerate(c.test_pairs):
+            ch = choose(c.variance_family.with_data(p.data))
+            errs.append(ReconstructionError(p.truth).relative_error(ch.m))
+            thetas.append(float(ch.theta[0]))
+            if i == 0:
+                c.reconstructions[rule] = ch.m
+                c.choices[rule] = ch
+        c.errors[rule] = errs
+        c.choices[rule + "_thetas"] = thetas
+        c.log.info(f"{rule}: log variance factors {np.array2string(np.array(thetas), precision=3)}, "
+                   f"test relative L2 errors {np.array2string(np.array(errs), precision=4)}")
+
+
+def _output(c: _Case) -> None:
+    """Fields (ParaView, HDF5) and the plots."""
+    import firedrake as fd
+
+    from pdeinv.cases import output
+
+    K = c.cfg["lista"]["iterations"]
+    with c.log.phase("output"):
+        fields = {"truth": c.test_pairs[0].truth}
+        for name, m in c.reconstructions.items():
+            fields[name] = fd.Function(c.V, name=name).assign(m)
+        output.write_fields(c.out, c.mesh, fields)
+        if c.comm.rank == 0:
+            _plots(c.out, c.histories, c.choices, c.errors)
             names = ["truth"] + [n for n in ("learned_variance", "learned_matern", "learned_matern_field",
-                                             "discrepancy", "l_curve", "gcv") if n in reconstructions]
+                                             "discrepancy", "l_curve", "gcv") if n in c.reconstructions]
             if K > 0:
                 names += [f"fista_{K}", f"lista_{K}"]
-            output.plot_fields(os.path.join(out, "reconstructions.png"), os.path.join(out, "results.h5"), names,
-                               [n.replace("_", " ") for n in names], points=points)
-        comm.barrier()
+            output.plot_fields(os.path.join(c.out, "reconstructions.png"), os.path.join(c.out, "results.h5"), names,
+                               [n.replace("_", " ") for n in names], points=c.points)
+        c.comm.barrier()
+
+
+def _summary(c: _Case, cond, t_start) -> dict:
+    """summary.json and the closing line."""
+    from pdeinv.cases import output
+    from pdeinv.learn import mean_loss
+
+    K, h = c.cfg["lista"]["iterations"], c.histories
     summary = {
-        "case": "learn_regularization", "config": cfg, "ranks": comm.size, "parameter_dofs": V.dim(),
-        "test_relative_error_mean": {k: float(np.mean(v)) for k, v in errors.items()},
-        "test_relative_errors": errors,
-        "learned": {k: {"theta": dict(zip(f.names, t.tolist(), strict=True)), "train_loss": histories[k].loss,
-                        "outer_iterations": histories[k].iterations, "evaluations": histories[k].evaluations,
-                        "reason": histories[k].reason,
-                        "loss_history": [h["loss"] for h in histories[k].history]}
-                    for k, (f, t) in learned.items()},
-        "lista_loss_history": [h["loss"] for h in histories[f"lista_{K}"].history] if K > 0 else [],
-        "lista": lista,
-        "classical_log_variance_factors": {r: choices[r + "_thetas"] for r in ("discrepancy", "l_curve", "gcv")},
-        "train_loss_at_configured_prior": float(mean_loss(variance_family, train_pairs, np.zeros(1))[0]),
+        "case": "learn_regularization", "config": c.cfg, "ranks": c.comm.size, "parameter_dofs": c.V.dim(),
+        "test_relative_error_mean": {k: float(np.mean(v)) for k, v in c.errors.items()},
+        "test_relative_errors": c.errors,
+        "learned": {k: {"theta": dict(zip(f.names, t.tolist(), strict=True)), "train_loss": h[k].loss,
+                        "outer_iterations": h[k].iterations, "evaluations": h[k].evaluations, "reason": h[k].reason,
+                        "loss_history": [e["loss"] for e in h[k].history]}
+                    for k, (f, t) in c.learned.items()},
+        "lista_loss_history": [e["loss"] for e in h[f"lista_{K}"].history] if K > 0 else [],
+        "lista": c.lista,
+        "classical_log_variance_factors": {r: c.choices[r + "_thetas"] for r in ("discrepancy", "l_curve", "gcv")},
+        "train_loss_at_configured_prior": float(mean_loss(c.variance_family, c.train_pairs, np.zeros(1))[0]),
         "conditioning": cond,
-        "timings_s": dict(log.timings), "total_s": time.perf_counter() - t_start,
+        "timings_s": dict(c.log.timings), "total_s": time.perf_counter() - t_start,
     }
-    output.atomic_json(os.path.join(out, "summary.json"), summary, comm)
+    output.atomic_json(os.path.join(c.out, "summary.json"), summary, c.comm)
     means = summary["test_relative_error_mean"]
     best = min(means, key=means.get)
     table = ", ".join(f"{k} {v:.4f}" for k, v in means.items())
-    log.result(f"learn_regularization: best on the test set: {best}; mean relative L2 errors: {table}")
+    c.log.result(f"learn_regularization: best on the test set: {best}; mean relative L2 errors: {table}")
     return summary
 
 

@@ -100,6 +100,16 @@ def _reject_detectors_on_vertices(mesh, points, rtol=1e-9):
                          f"solution is two-valued: {listed}; move them off the vertices")
 
 
+def _unit_directions(directions, gdim) -> np.ndarray:
+    directions = np.asarray(directions, dtype=float)
+    if directions.ndim != 2 or directions.shape[1] != gdim or len(directions) == 0:
+        raise ValueError(f"TransportModel: directions must have shape (K, {gdim}), got {directions.shape}")
+    norms = np.linalg.norm(directions, axis=1)
+    if np.any(norms == 0) or not np.all(np.isfinite(norms)):
+        raise ValueError("TransportModel: directions must be finite and non-zero")
+    return directions / norms[:, None]
+
+
 class TransportModel(ParameterToObservable):
     """Multi-direction steady transport map :math:`m \\mapsto (\\psi_k(x_i))_{i,k}`.
 
@@ -128,14 +138,8 @@ class TransportModel(ParameterToObservable):
         if parameter not in TRANSPORT_PARAMETERS:
             raise ValueError(f"TransportModel: parameter must be one of {TRANSPORT_PARAMETERS}, "
                              f"got {parameter!r}")
-        directions = np.asarray(directions, dtype=float)
         gdim = mesh.geometric_dimension
-        if directions.ndim != 2 or directions.shape[1] != gdim or len(directions) == 0:
-            raise ValueError(f"TransportModel: directions must have shape (K, {gdim}), got {directions.shape}")
-        norms = np.linalg.norm(directions, axis=1)
-        if np.any(norms == 0) or not np.all(np.isfinite(norms)):
-            raise ValueError("TransportModel: directions must be finite and non-zero")
-        self.directions = directions / norms[:, None]
+        self.directions = _unit_directions(directions, gdim)
         self.parameter = parameter
         V = fd.FunctionSpace(mesh, "DG", degree)
         Vm = fd.FunctionSpace(mesh, "CG", 1) if parameter_space is None else parameter_space

@@ -159,11 +159,7 @@ def learn_hyperparameters(hyper, pairs, theta0, *, options: LearningOptions | No
     from pdeinv.log import RankZeroLog
 
     opts = options or LearningOptions()
-    theta0 = hyper.check_theta(theta0)
-    if len(pairs) == 0:
-        raise ValueError("learn_hyperparameters: give at least one training pair")
-    if opts.bounds is not None and len(opts.bounds) != hyper.size:
-        raise ValueError(f"learn_hyperparameters: bounds must have {hyper.size} (low, high) pairs")
+    theta0 = _checked(hyper, pairs, theta0, opts)
     comm = hyper.parameter_space.mesh().comm
     log = log or RankZeroLog(comm)
     make = loss_factory or (lambda pair: ReconstructionError(pair.truth))
@@ -192,18 +188,7 @@ def learn_hyperparameters(hyper, pairs, theta0, *, options: LearningOptions | No
                        options={"maxiter": opts.max_iterations, "gtol": opts.gradient_tol})
         iterations, converged, reason = int(res.nit), bool(res.success), str(res.message)
     else:
-        theta, mom, var = theta0.copy(), np.zeros_like(theta0), np.zeros_like(theta0)
-        b1, b2, eps = 0.9, 0.999, 1e-8
-        converged, reason, iterations = False, "iteration limit", 0
-        for k in range(1, opts.max_iterations + 1):
-            _, grad = evaluate(theta)
-            iterations = k
-            if np.max(np.abs(grad)) <= opts.gradient_tol:
-                converged, reason = True, "gradient tolerance"
-                break
-            mom = b1 * mom + (1 - b1) * grad
-            var = b2 * var + (1 - b2) * grad * grad
-            theta = theta - opts.learning_rate * (mom / (1 - b1**k)) / (np.sqrt(var / (1 - b2**k)) + eps)
+        iterations, converged, reason = _adam(evaluate, theta0, opts)
     log.info(f"learn_hyperparameters: {reason} after {iterations} iterations, {len(history)} evaluations, "
              f"best loss {best['loss']:.6e} at theta {np.array2string(best['theta'], precision=4)}")
     return LearningResult(theta=best["theta"], loss=float(best["loss"]), history=tuple(history),
@@ -211,6 +196,29 @@ def learn_hyperparameters(hyper, pairs, theta0, *, options: LearningOptions | No
                           converged=converged or math.isclose(history[-1]["gradient_norm"], 0.0),
                           reason=reason, reconstructions=best["ms"])
 
+
+
+def _checked(hyper, pairs, theta0, opts):
+    theta0 = hyper.check_theta(theta0)
+    if len(pairs) == 0:
+        raise ValueError("learn_hyperparameters: give at least one training pair")
+    if opts.bounds is not None and len(opts.bounds) != hyper.size:
+        raise ValueError(f"learn_hyperparameters: bounds must have {hyper.size} (low, high) pairs")
+    return theta0
+
+
+def _adam(evaluate, theta0, opts):
+    """Adam (Kingma & Ba 2015) on ``evaluate(theta) -> (value, gradient)``: (iterations, converged, reason)."""
+    theta, mom, var = theta0.copy(), np.zeros_like(theta0), np.zeros_like(theta0)
+    b1, b2, eps = 0.9, 0.999, 1e-8
+    for k in range(1, opts.max_iterations + 1):
+        _, grad = evaluate(theta)
+        if np.max(np.abs(grad)) <= opts.gradient_tol:
+            return k, True, "gradient tolerance"
+        mom = b1 * mom + (1 - b1) * grad
+        var = b2 * var + (1 - b2) * grad * grad
+        theta = theta - opts.learning_rate * (mom / (1 - b1**k)) / (np.sqrt(var / (1 - b2**k)) + eps)
+    return opts.max_iterations, False, "iteration limit"
 
 @unannotated
 def learn_unrolled(solver_factory, pairs, theta0, *, max_iterations: int = 20, bounds=None, gradient_tol=1e-8,
