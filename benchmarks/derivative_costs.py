@@ -32,10 +32,10 @@ init_petsc()  # our options are not PETSc's
 import firedrake as fd  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pdeinv.forward._linear import MUMPS_LU, default_solver_parameters  # noqa: E402
 from pdeinv.forward.heat import HeatModel  # noqa: E402
 from pdeinv.forward.poisson import PoissonModel  # noqa: E402
 from pdeinv.forward.transport import TransportModel, boundary_detectors  # noqa: E402
+from pdeinv.linalg.operator import MUMPS_LU, default_solver_parameters  # noqa: E402
 from pdeinv.maps import Misfit  # noqa: E402
 from pdeinv.noise import GaussianNoise  # noqa: E402
 

@@ -60,8 +60,8 @@ def measure(args):
     from derivative_costs import timed  # benchmarks/derivative_costs.py: warm-up + median
 
     from pdeinv.cases.common import ITERATIVE
-    from pdeinv.forward._linear import default_solver_parameters
     from pdeinv.forward.heat import HeatModel
+    from pdeinv.linalg.operator import default_solver_parameters
     from pdeinv.maps import Misfit
     from pdeinv.noise import GaussianNoise
 

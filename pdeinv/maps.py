@@ -24,15 +24,11 @@ from collections import Counter
 import numpy as np
 
 from pdeinv._tape import unannotated_methods
+from pdeinv.errors import ForwardSolveError  # re-exported: pdeinv.maps.ForwardSolveError
 from pdeinv.linalg.arrays import axpy, local_values
 
 __all__ = ["ParameterToObservable", "Misfit", "check_function", "ForwardSolveError", "check_finite"]
 
-
-class ForwardSolveError(RuntimeError):
-    """The forward model could not be solved at a parameter value (a nonlinear or linear solver
-    diverged, or the prediction is NaN/inf).  Optimizers treat it as a failed trial point (the step is
-    shortened / the trust region reduced) and log the message; called directly it is one clear error."""
 
 
 def check_finite(f, name: str) -> None:

@@ -154,7 +154,7 @@ def test_homogeneous_copies_keep_subclass_and_leave_the_original():
     """Tangent and adjoint solve with homogenised *copies* of the user's conditions: a DirichletBC
     subclass with its own dofs (a point-pinning condition) keeps them; the user's value is untouched."""
     from pdeinv.forward._forms import homogeneous_bcs
-    from pdeinv.forward._linear import dirichlet_dofs
+    from pdeinv.linalg.operator import dirichlet_dofs
 
     class PinFirstNode(fd.DirichletBC):
         def __init__(self, V, g):

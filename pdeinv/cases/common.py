@@ -49,7 +49,7 @@ ITERATIVE = {True: {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": 1e-12, "ksp
 
 def solver_parameters(setting, *, symmetric: bool):
     """The PETSc options of ``model.solver``: None (pdeinv's default direct solver, see
-    :func:`pdeinv.forward._linear.default_solver_parameters`) for ``{}`` or ``"direct"``, the Krylov
+    :func:`pdeinv.linalg.operator.default_solver_parameters`) for ``{}`` or ``"direct"``, the Krylov
     configuration of :data:`ITERATIVE` for ``"iterative"``, the table itself otherwise."""
     if setting in ({}, "direct"):
         return None

@@ -46,8 +46,8 @@ from pdeinv.forward._forms import (
     is_symmetric_operator,
     is_zero,
 )
-from pdeinv.forward._linear import DirichletOperator, default_solver_parameters, petsc_nullspace
 from pdeinv.linalg.arrays import local_values
+from pdeinv.linalg.operator import DirichletOperator, default_solver_parameters, petsc_nullspace
 from pdeinv.maps import ParameterToObservable
 
 __all__ = ["StationaryModel", "default_newton_parameters"]
@@ -58,7 +58,7 @@ _prefix = itertools.count()
 def default_newton_parameters(comm, *, space=None, singular: bool = False) -> dict:
     """Newton with a backtracking line search and a direct linear solver, converged tightly (the
     derivatives are exact for the discrete solution, so the forward must be solved well); the linear
-    solver is :func:`~pdeinv.forward._linear.default_solver_parameters`' (MUMPS for a mixed ``space`` or
+    solver is :func:`~pdeinv.linalg.operator.default_solver_parameters`' (MUMPS for a mixed ``space`` or
     a ``singular`` operator)."""
     params = {"snes_type": "newtonls", "snes_linesearch_type": "bt", "snes_rtol": 1e-11, "snes_atol": 1e-13,
               "snes_stol": 0.0, "snes_max_it": 50}

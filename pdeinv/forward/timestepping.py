@@ -57,8 +57,8 @@ from pdeinv.forward._forms import (
     is_zero,
     test_function_of,
 )
-from pdeinv.forward._linear import DirichletOperator, petsc_nullspace
 from pdeinv.linalg.arrays import axpy
+from pdeinv.linalg.operator import DirichletOperator, petsc_nullspace
 from pdeinv.maps import ParameterToObservable
 
 __all__ = ["TimeSteppingModel", "Checkpointing", "observation_steps"]

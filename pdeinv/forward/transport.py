@@ -44,8 +44,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pdeinv.forward._linear import DirichletOperator
 from pdeinv.forward.boundary import as_coefficient
+from pdeinv.linalg.operator import DirichletOperator
 from pdeinv.maps import ParameterToObservable
 from pdeinv.observation import PointObservation
 

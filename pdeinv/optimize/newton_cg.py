@@ -206,7 +206,7 @@ def safe_cost(problem, m, log=None):
     nonlinear solver diverges, a factorisation breaks down for an extreme coefficient, the prediction
     overflows): the line search then shortens the step, the trust region shrinks.  The reason is
     logged."""
-    from pdeinv.maps import ForwardSolveError
+    from pdeinv.errors import ForwardSolveError
 
     try:
         cost = problem.cost(m)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 
-from pdeinv.forward._linear import DirichletOperator
+from pdeinv.linalg.operator import DirichletOperator
 from pdeinv.prior.base import GaussianPrior
 
 __all__ = ["BiLaplacianPrior", "bilaplacian_coefficients"]

@@ -208,7 +208,7 @@ class DirichletOperator:
         self.solves += B.getSize()[1]
         reason = self.ksp.getConvergedReason()
         if reason < 0:
-            from pdeinv.maps import ForwardSolveError
+            from pdeinv.errors import ForwardSolveError
 
             self.ksp.reset()
             self.ksp.setOperators(self.matrix.petscmat)
@@ -235,7 +235,7 @@ class DirichletOperator:
         self.solves += 1
         reason = self.ksp.getConvergedReason()
         if reason < 0:
-            from pdeinv.maps import ForwardSolveError
+            from pdeinv.errors import ForwardSolveError
 
             # A failed factorisation leaves the PC in its failed state: start afresh at the next solve.
             self.ksp.reset()
