@@ -83,12 +83,6 @@ def observation_steps(times, *, dt: float, steps: int, name: str) -> list[int]:
     return out
 
 
-def _cofunction(V):
-    import firedrake as fd
-
-    return fd.Cofunction(V.dual())
-
-
 def _fixed_initial_state(V, value):
     """u_0 from a number (every component, any space: mixed too), a Function on V, or a UFL expression."""
     import firedrake as fd
@@ -220,7 +214,7 @@ class TimeSteppingModel(ParameterToObservable):
         self.linear_solver = self._A.solver_parameters
         self._trajectory = None
         self._work_vecs, self._work_mats = {}, {}
-        self._d0 = _cofunction(V)
+        self._d0 = self._rhs.copy(deepcopy=True)  # a zero Cofunction on V*
         self._step_rhs = self._vec()
         self.newton_iterations = 0
         self.recomputed_steps = 0

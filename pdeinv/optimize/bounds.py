@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from mpi4py import MPI
 
 from pdeinv._tape import unannotated
 from pdeinv.linalg.arrays import local_values, set_local_values
@@ -145,13 +146,7 @@ class Bounds:
         the binding tolerance."""
         w = self.upper - self.lower
         finite = w[np.isfinite(w)]
-        return self.comm.allreduce(float(np.max(finite, initial=0.0)), op=_max()) or 1.0
-
-
-def _max():
-    from mpi4py import MPI
-
-    return MPI.MAX
+        return self.comm.allreduce(float(np.max(finite, initial=0.0)), op=MPI.MAX) or 1.0
 
 
 def _masked(f, keep) -> object:
@@ -164,7 +159,7 @@ def _binding(bounds, m, g, P, eps0) -> np.ndarray:
     """The epsilon-binding dofs (step 1 of the module's method)."""
     x, gv = local_values(m), local_values(g)
     trial = np.clip(x - local_values(P(g)), bounds.lower, bounds.upper)
-    dist = bounds.comm.allreduce(float(np.max(np.abs(x - trial), initial=0.0)), op=_max())
+    dist = bounds.comm.allreduce(float(np.max(np.abs(x - trial), initial=0.0)), op=MPI.MAX)
     eps = min(eps0, dist)
     return ((x <= bounds.lower + eps) & (gv > 0)) | ((x >= bounds.upper - eps) & (gv < 0))
 

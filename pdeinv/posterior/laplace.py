@@ -208,9 +208,10 @@ class LaplaceApproximation:
         # global position of this rank's first dof of each sub-space, within the block
         first = np.cumsum([0] + [V.dim() for V in subs])[:-1] + [comm.exscan(len(i)) or 0 for i in index]
         e = fd.Cofunction(self.space.dual())
+        n_local = len(local_values(e))
         columns, rows = [], np.zeros((n, n))
         for j in range(n):
-            values = np.zeros(len(local_values(e)))
+            values = np.zeros(n_local)
             for idx, start in zip(index, first, strict=True):
                 if start <= j < start + len(idx):
                     values[idx[j - start]] = 1.0
