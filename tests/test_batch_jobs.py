@@ -209,19 +209,105 @@ def test_one_run_per_results_directory(tmp_path):
     assert subprocess.run(PDEINV + ["status", str(out)], capture_output=True).returncode == 0
 
 
-def test_status_of_a_failed_run_is_not_resumable(tmp_path):
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory):
+    """A real checkpoint: a tiny heat run stopped by SIGTERM after Newton iteration 1 (copy it before changing
+    it); and the iterate file of a run on another mesh."""
+    out = tmp_path_factory.mktemp("interrupted") / "run"
+    p = pdeinv_run("--out", str(out), "--sigterm-after", "1", *SETS)
+    assert p.returncode == EXIT_INTERRUPTED, p.stderr
+    other = tmp_path_factory.mktemp("other") / "run"
+    p = pdeinv_run("--out", str(other), "--sigterm-after", "1", *SETS, "--set", "mesh.n=10")
+    assert p.returncode == EXIT_INTERRUPTED, p.stderr
+    return out, other
+
+
+def _copy(src, tmp_path):
+    dst = tmp_path / "run"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_status_of_a_failed_run_is_not_resumable(tmp_path, interrupted):
     """A run that ended with an error (not a stop signal) records why; `pdeinv status` says failed (1), so a
     job script does not resubmit it forever; a resumed run clears the record."""
     from pdeinv.cases.results_dir import record_failure
     from pdeinv.cases.runner import run_status
 
-    out = tmp_path / "run"
-    (out / "checkpoint").mkdir(parents=True)
-    (out / "checkpoint" / "state.json").write_text(json.dumps({"iterate_file": "x", "state": {"iteration": 2}}))
+    out = _copy(interrupted[0], tmp_path)
     assert run_status(str(out))[0] == EXIT_INTERRUPTED
     record_failure(str(out), "OSError: [Errno 28] No space left on device")
     code, text = run_status(str(out))
     assert code == 1 and "failed (OSError: [Errno 28] No space left on device)" in text
+
+
+def _state(ck):
+    return json.loads((ck / "state.json").read_text())
+
+
+def _write_state(ck, **changes):
+    (ck / "state.json").write_text(json.dumps(_state(ck) | changes))
+
+
+def _iterate(ck):
+    return ck / _state(ck)["iterate_file"]
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+
+
+def _nan_iterate(ck):
+    """NaN in the iterate, the hash updated: only the finiteness check can find it."""
+    import h5py
+    import numpy as np
+
+    from pdeinv.cases.checkpoint_files import sha256
+
+    with h5py.File(_iterate(ck), "r+") as fh:
+        names = []
+        fh.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) and "m" in n.split("/")
+                      and o.dtype.kind == "f" else None)
+        fh[names[-1]][0] = np.nan
+    _write_state(ck, iterate_sha256=sha256(_iterate(ck)))
+
+
+DAMAGES = {  # what is done to a copy of a good checkpoint -> what status and --resume say
+    "truncated-iterate": (lambda ck, other: _truncate(_iterate(ck)), "SHA-256 mismatch"),
+    "truncated-mesh": (lambda ck, other: _truncate(ck / "mesh.h5"), "mesh mesh.h5 differs"),
+    "truncated-state": (lambda ck, other: _truncate(ck / "state.json"), "state.json unreadable or truncated"),
+    "truncated-config": (lambda ck, other: _truncate(ck / "config.json"), "config.json is missing or unreadable"),
+    "missing-iterate": (lambda ck, other: _iterate(ck).unlink(), "missing"),
+    "missing-mesh": (lambda ck, other: (ck / "mesh.h5").unlink(), "mesh 'mesh.h5' missing"),
+    "missing-state": (lambda ck, other: (ck / "state.json").unlink(), None),  # nothing to resume at all
+    "state-not-object": (lambda ck, other: (ck / "state.json").write_text("[1, 2]"), "not a JSON object"),
+    "state-without-optimizer": (lambda ck, other: _write_state(ck, state=None), "holds no optimizer state"),
+    "older-format": (lambda ck, other: (ck / "state.json").write_text(json.dumps(
+        {"iterate_file": _state(ck)["iterate_file"], "state": _state(ck)["state"]})), "written by an older pdeinv"),
+    "iterate-of-another-mesh": (lambda ck, other: shutil.copy(_iterate(other / "checkpoint"), _iterate(ck)),
+                                "SHA-256 mismatch"),
+    "iterate-path-escapes": (lambda ck, other: _write_state(ck, iterate_file="../summary.json"), "missing"),
+    "nan-iterate": (lambda ck, other: _nan_iterate(ck), "NaN or infinite"),
+    "empty-iterate": (lambda ck, other: _iterate(ck).write_bytes(b""), "SHA-256 mismatch"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_damaged_checkpoints_are_found_before_the_run(tmp_path, interrupted, damage):
+    """A damaged or foreign checkpoint: `pdeinv status` says damaged (1, not resumable 75) and --resume is one
+    line, exit 2, before any solve, with nothing changed."""
+    from pdeinv.cases.runner import run_status
+
+    out = _copy(interrupted[0], tmp_path)
+    action, fragment = DAMAGES[damage]
+    action(out / "checkpoint", interrupted[1])
+    code, text = run_status(str(out))
+    assert code == 1, text
+    before = snapshot(out)
+    p = pdeinv_run("--out", str(out), "--resume", *SETS)
+    assert_config_error(p, "--resume", fragment or "no checkpoint")
+    assert snapshot(out) == before and p.seconds < 30
 
 
 def test_resume_safety(tmp_path):

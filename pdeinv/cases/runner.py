@@ -45,7 +45,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from pdeinv.cases import results_dir
+from pdeinv.cases import checkpoint_files, results_dir
 from pdeinv.cases.results_dir import MARKER  # the manifest, written first into every results directory
 from pdeinv.cases.signals import EXIT_INTERRUPTED, StopRequest, exit_on_signals
 
@@ -168,18 +168,14 @@ def _check_resume_config(name, cfg, out):
 
 
 def _check_checkpoint_files(out):
-    """The checkpoint's HDF5 files hold no pickle that would run code when Firedrake opens them (a file
-    swapped in since the run wrote it): one ConfigError."""
+    """The checkpoint is complete and the one the run wrote (:func:`checkpoint_files.problems`: JSON
+    complete, iterate and mesh with their recorded SHA-256, a finite iterate, no pickle that runs code)."""
     from pdeinv.cases.config import ConfigError
-    from pdeinv.data import DataFileError, check_no_code
 
-    ckdir = os.path.join(out, "checkpoint")
-    for f in sorted(os.listdir(ckdir)):
-        if f.endswith(".h5"):
-            try:
-                check_no_code(os.path.join(ckdir, f))
-            except DataFileError as e:
-                raise ConfigError(f"--resume: {e}") from None
+    found = checkpoint_files.problems(out)
+    if found:
+        raise ConfigError(f"--resume: the checkpoint in {out} cannot be resumed: {'; '.join(found)} (start afresh "
+                          "with --overwrite)")
 
 
 def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: int = 1,
@@ -257,11 +253,11 @@ def run_status(out) -> tuple[int, str]:
                    "--resume by hand")
     state = os.path.join(out, "checkpoint", "state.json")
     if os.path.exists(state):
-        try:
-            with open(state) as fh:
-                k = json.load(fh)["state"].get("iteration")
-        except (OSError, ValueError, KeyError, AttributeError):
-            k = "?"
+        damaged = checkpoint_files.problems(out)
+        if damaged:
+            return 1, f"{out}: checkpoint damaged ({'; '.join(damaged)}); not resumable"
+        with open(state) as fh:
+            k = json.load(fh)["state"].get("iteration")
         ckdir = os.path.dirname(state)
         ranks = sorted(int(f.rsplit("-", 1)[1]) for f in os.listdir(ckdir) if f.startswith("stopped.rank-"))
         how = f" (stopped by a signal on rank(s) {', '.join(map(str, ranks))})" if ranks else ""
@@ -455,6 +451,7 @@ class _Run:
     fields: dict = field(default_factory=dict)
     samples: list = field(default_factory=list)
     arrays: tuple = ()  # (observed, predicted) data arrays, every experiment on every rank
+    mesh_hash: str = ""  # SHA-256 of checkpoint/mesh.h5 (rank 0), recorded in every state.json
 
     @property
     def ckdir(self) -> str:
@@ -588,6 +585,7 @@ def _save_mesh(r: _Run, mesh) -> None:
             ck.save_mesh(mesh)
     if r.comm.rank == 0:
         os.replace(tmp, r.mesh_file)
+        r.mesh_hash = checkpoint_files.sha256(r.mesh_file)
     r.comm.barrier()
 
 
@@ -640,7 +638,7 @@ def _map_phase(r: _Run, *, quiet, stop_after, sigterm_after, exit_message) -> No
         with fd.CheckpointFile(os.path.join(r.ckdir, saved["iterate_file"]), "r", comm=r.space) as ck:
             m0 = ck.load_function(r.mesh, "m")
         m0 = fd.Function(r.V).assign(m0)
-        resume_state = saved["state"]
+        resume_state, r.mesh_hash = saved["state"], saved["mesh_sha256"]
         r.log.info(f"  resumed from Newton iteration {resume_state['iteration']}")
     with StopRequest() as stop:
         checkpoint = _checkpointer(r, stop, stop_after=stop_after, sigterm_after=sigterm_after,
@@ -667,7 +665,8 @@ def _checkpointer(r: _Run, stop, *, stop_after, sigterm_after, exit_message):
                 ck.save_function(m, name="m")
         if r.comm.rank == 0:
             os.replace(tmp, os.path.join(r.ckdir, fname))
-        output.atomic_json(r.state_file, {"iterate_file": fname, "state": entry["state"]}, r.comm)
+        record = checkpoint_files.state_record(r.ckdir, fname, entry["state"], r.mesh_hash) if r.comm.rank == 0 else None
+        output.atomic_json(r.state_file, record, r.comm)
         if exit_message is not None:
             exit_message.set_message(_signal_message(
                 r.comm, f"stopped by a signal; the checkpoint of Newton iteration {k} in {r.ckdir} is complete: "
