@@ -663,9 +663,10 @@ def _checkpointer(r: _Run, stop, *, stop_after, sigterm_after, exit_message):
             with fd.CheckpointFile(tmp, "w", comm=r.space) as ck:
                 ck.save_mesh(r.mesh)
                 ck.save_function(m, name="m")
+        record = None
         if r.comm.rank == 0:
             os.replace(tmp, os.path.join(r.ckdir, fname))
-        record = checkpoint_files.state_record(r.ckdir, fname, entry["state"], r.mesh_hash) if r.comm.rank == 0 else None
+            record = checkpoint_files.state_record(r.ckdir, fname, entry["state"], r.mesh_hash)
         output.atomic_json(r.state_file, record, r.comm)
         if exit_message is not None:
             exit_message.set_message(_signal_message(
