@@ -450,3 +450,66 @@ def test_crafted_hdf5_files_run_nothing(tmp_path):
     p = pdeinv_run("--out", str(out), "--resume", *SETS)
     assert_config_error(p, "--resume:", "hold a pickle that would run code")
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# full disk: a small tmpfs (needs root to mount one; skipped elsewhere)
+# ----------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2.6 MB tmpfs: the checkpoint of a TINY heat run fits, its outputs do not; yields (mountpoint, grow)
+    where grow() enlarges it to 16 MB (space freed)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2600k", "tmpfs", str(where)], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    try:
+        yield where, lambda: subprocess.run(["mount", "-o", "remount,size=16m", str(where)], check=True)
+    finally:
+        subprocess.run(["umount", "-l", str(where)])
+
+
+@pytest.mark.parametrize("nprocs", [1, 2])
+def test_full_disk_is_one_line_and_exit_74_with_the_checkpoint_resumable(small_disk, nprocs):
+    """Serial and 2 ranks: the outputs do not fit -> one line naming the directory and what is needed, exit 74
+    within 30 s (no hang), `status` failed (not resubmitted); the last checkpoint intact: once space is freed
+    --resume finishes the run."""
+    from pdeinv.cases.checkpoint_files import problems
+    from pdeinv.cases.disk import EXIT_NO_SPACE
+
+    where, grow = small_disk
+    out = where / "run"
+    exe, env = _mpiexec() if nprocs > 1 else (None, dict(os.environ))
+    launch = [exe, "-n", str(nprocs)] if nprocs > 1 else []
+    cmd = launch + PDEINV + ["run", "cases/heat/config.toml", "--quiet", "--out", str(out), *SETS]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    seconds = time.perf_counter() - t0
+    assert p.returncode == EXIT_NO_SPACE, p.stdout[-2000:] + p.stderr[-2000:]
+    lines = [ln for ln in p.stderr.splitlines() if ln.startswith("pdeinv:")]
+    assert len(lines) == 1 and f"no space left on {out}" in lines[0] and "MB free" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr and seconds < 30, seconds
+    status = subprocess.run(PDEINV + ["status", str(out)], capture_output=True, text=True)
+    assert status.returncode == 1 and "no space left" in status.stdout, status.stdout
+    assert problems(str(out)) == [] and not (out / "summary.json").exists()
+    grow()
+    p = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["resumed"] and summary["converged"]
+    print(f"{nprocs} rank(s): exit 74 after {seconds:.1f} s: {lines[0]}")
+
+
+def test_disk_full_before_the_first_checkpoint_leaves_nothing(small_disk):
+    """Too little space for even the mesh: exit 74 before anything is written; the directory the run made is
+    gone again."""
+    from pdeinv.cases.disk import EXIT_NO_SPACE
+
+    where, _ = small_disk
+    (where / "filler").write_bytes(b"\0" * (1900 * 1024))
+    out = where / "run"
+    p = pdeinv_run("--out", str(out), *SETS)
+    assert p.returncode == EXIT_NO_SPACE and "no space left on" in p.stderr, p.stderr[-2000:]
+    assert not out.exists()

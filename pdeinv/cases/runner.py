@@ -28,8 +28,12 @@ experiments are split over P ``firedrake.Ensemble`` members (``COMM_WORLD.size /
 misfit summed in :class:`pdeinv.ensemble.EnsembleMisfit`; the optimizer and the Laplace approximation
 run on every member alike, and member 0 alone writes the checkpoint and the results.
 
-Exit statuses: 0 success, 2 configuration error (before any solve, nothing written), 75 interrupted
-(EX_TEMPFAIL: run again with ``--resume``).
+Disk space (:mod:`pdeinv.cases.disk`): checked before every checkpoint and output write; a full disk
+ends every rank with one line and status 74, the last complete checkpoint intact.
+
+Exit statuses: 0 success, 2 configuration error (before any solve, nothing written), 74 no space left
+on the results directory's device (free space, then ``--resume``), 75 interrupted (EX_TEMPFAIL: run
+again with ``--resume``).
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from pdeinv.cases import checkpoint_files, results_dir
+from pdeinv.cases import checkpoint_files, disk, results_dir
 from pdeinv.cases.results_dir import MARKER  # the manifest, written first into every results directory
 from pdeinv.cases.signals import EXIT_INTERRUPTED, StopRequest, exit_on_signals
 
@@ -315,28 +319,54 @@ def main(argv=None, *, case: str | None = None) -> int:
             try:
                 run(name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
                     sigterm_after=args.sigterm_after, checked=True)
-            except (ConfigError, Interrupted):
+            except (ConfigError, Interrupted, disk.DiskFull):
                 raise
             except Exception as e:  # what `pdeinv status` reports, so a job script does not resubmit it
-                if comm.rank == 0:
-                    results_dir.record_failure(out, f"{type(e).__name__}: {e}")
-                raise
-    except ConfigError as e:
+                if not disk.is_no_space(e):
+                    if comm.rank == 0:
+                        results_dir.record_failure(out, f"{type(e).__name__}: {e}")
+                    raise
+                _write_failed_on_this_rank(comm, out, e)  # ends every rank
+                return disk.EXIT_NO_SPACE
+    except (ConfigError, disk.DiskFull) as e:
         if comm.rank == 0:
-            sys.stderr.write(f"pdeinv: configuration error: {e}\n")
+            full = isinstance(e, disk.DiskFull)
+            sys.stderr.write(f"pdeinv: {e}\n" if full else f"pdeinv: configuration error: {e}\n")
+            if full:
+                _record_quietly(out, str(e))
             if lock is not None:
                 lock.release()
                 lock = None
             if out is not None and not existed and os.path.isdir(out) and \
                     set(_contents(out)) <= {MARKER, results_dir.LOCK}:
                 shutil.rmtree(out, ignore_errors=True)  # a directory this run made and left empty
-        return EXIT_CONFIG
+        return disk.EXIT_NO_SPACE if isinstance(e, disk.DiskFull) else EXIT_CONFIG
     except Interrupted:
         return EXIT_INTERRUPTED
     finally:
         if lock is not None:
             lock.release()
     return 0
+
+
+def _record_quietly(out, reason):
+    """Record why the run failed, if the (full) disk still takes the few bytes."""
+    try:
+        results_dir.record_failure(out, reason)
+    except OSError:
+        pass
+
+
+def _write_failed_on_this_rank(comm, out, exc):
+    """A write failed for want of space after the checks passed (the disk filled meanwhile): the message,
+    the record, and — on several ranks — the end of every rank (the others may wait for this one in a
+    collective: MPI_Abort with status 74)."""
+    sys.stderr.write(f"pdeinv: no space left on the device of {os.path.abspath(out)} (rank {comm.rank}: {exc}); "
+                     "free some space, then rerun with --resume\n")
+    sys.stderr.flush()
+    _record_quietly(out, f"no space left on device: {exc}")
+    if comm.size > 1:
+        comm.Abort(disk.EXIT_NO_SPACE)
 
 
 def _run_own_driver(module, cfg, out, clear, comm, *, quiet):
@@ -452,6 +482,7 @@ class _Run:
     samples: list = field(default_factory=list)
     arrays: tuple = ()  # (observed, predicted) data arrays, every experiment on every rank
     mesh_hash: str = ""  # SHA-256 of checkpoint/mesh.h5 (rank 0), recorded in every state.json
+    sizes: object = None  # disk.Sizes: what the free-space checks estimate from
 
     @property
     def ckdir(self) -> str:
@@ -537,6 +568,7 @@ def _setup_phase(r: _Run, clear) -> None:
             else:
                 mesh = r.module.make_mesh(r.cfg, r.space, **r.mesh_kw)
                 mesh_name = mesh.name
+                disk.ensure_space(r.out, disk.estimate(disk.Sizes.of(mesh, None), disk.Write.MESH), r.comm)
                 # a mesh from a file is known only now: the last check that needs no solve, before writing
                 if getattr(r.module, "parameter_dofs", lambda c: None)(r.cfg) is None:
                     _check_rank(r.cfg, fd.FunctionSpace(mesh, "CG", 1).dim())
@@ -551,6 +583,7 @@ def _setup_phase(r: _Run, clear) -> None:
             kw = {} if r.ensemble is None else {"experiments": r.experiments}
             r.model, r.prior, r.truth, r.points = r.module.build(r.cfg, r.mesh, **kw)
             r.V = r.model.parameter_space
+            r.sizes = disk.Sizes.of(r.mesh, r.V)
     except BaseException:
         if prepared:
             _setup_failed(r.out, aside, r.comm)
@@ -659,6 +692,7 @@ def _checkpointer(r: _Run, stop, *, stop_after, sigterm_after, exit_message):
     def checkpoint(k, m, entry):
         fname = f"iterate-{k:04d}.h5"
         tmp = os.path.join(r.ckdir, fname + ".tmp")
+        disk.ensure_space(r.ckdir, disk.estimate(r.sizes, disk.Write.ITERATE), r.comm)
         if r.writer:  # every member holds the same iterate
             with fd.CheckpointFile(tmp, "w", comm=r.space) as ck:
                 ck.save_mesh(r.mesh)
@@ -720,6 +754,7 @@ def _output_phase(r: _Run) -> None:
     from pdeinv.ensemble import gather_channels
 
     out = r.out
+    disk.ensure_space(out, disk.estimate(r.sizes, disk.Write.OUTPUTS, fields=len(r.fields) + len(r.samples)), r.comm)
     with r.log.phase("output"):
         if r.writer:
             output.write_fields(out, r.mesh, r.fields, r.samples)
