@@ -19,6 +19,8 @@ from __future__ import annotations
 import functools
 from contextlib import contextmanager
 
+from pdeinv._interrupt import interrupts_deferred
+
 __all__ = ["recording", "no_annotations", "unannotated", "unannotated_methods"]
 
 
@@ -60,7 +62,7 @@ def unannotated(func):
     def wrapper(*args, **kwargs):
         from pyadjoint import stop_annotating
 
-        with stop_annotating():
+        with interrupts_deferred(), stop_annotating():  # Ctrl-C waits for the call: see pdeinv._interrupt
             return func(*args, **kwargs)
 
     wrapper.__pdeinv_unannotated__ = True

@@ -237,13 +237,28 @@ class ParameterToObservable(ABC):
         self._point = None
 
 
+# PETSc error codes that mean "the solve failed at this parameter": zero pivot in LU (71) or Cholesky (81),
+# floating-point exception (72), KSP/SNES failed (82), not converged (91).  Every other code (an object in
+# the wrong state, 73; out of memory, 55; a Python exception in a callback, 101, unless that exception is a
+# solver failure itself) is a fault to report, not a rejected trial point.
+_SOLVER_FAILURE_CODES = frozenset({71, 72, 81, 82, 91})
+_PETSC_ERR_PYTHON = 101
+
+
 def _is_solver_failure(err) -> bool:
-    """Firedrake's ConvergenceError (nonlinear or linear solver diverged) or a PETSc error raised in a
-    solve (e.g. a zero pivot in a factorisation at an extreme coefficient)."""
+    """Firedrake's ConvergenceError (nonlinear or linear solver diverged), a floating-point error, or a PETSc
+    error whose code is a numerical failure of the solve (e.g. a zero pivot at an extreme coefficient)."""
     from firedrake.exceptions import ConvergenceError
     from petsc4py import PETSc
 
-    return isinstance(err, (ConvergenceError, PETSc.Error, ArithmeticError, FloatingPointError))
+    if isinstance(err, (ConvergenceError, ArithmeticError, FloatingPointError)):
+        return True
+    if isinstance(err, PETSc.Error):
+        if err.ierr == _PETSC_ERR_PYTHON:
+            cause = err.__cause__ or err.__context__
+            return cause is not None and not isinstance(cause, PETSc.Error) and _is_solver_failure(cause)
+        return err.ierr in _SOLVER_FAILURE_CODES
+    return False
 
 
 def _same_values(a, b) -> bool:
