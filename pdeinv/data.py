@@ -91,13 +91,14 @@ _CODE_OPCODES = frozenset({"GLOBAL", "STACK_GLOBAL", "REDUCE", "BUILD", "INST", 
                            "EXT1", "EXT2", "EXT4", "PERSID", "BINPERSID"})
 
 
-def check_no_code(path) -> None:
-    """Refuse an HDF5 file whose attributes hold a pickle that would import or call anything.
+def code_attributes(path) -> list[str]:
+    """The attributes (``group:name``) of HDF5 file ``path`` holding a pickle that would import or call
+    anything; raises OSError if ``path`` is not a readable HDF5 file.
 
     Firedrake's ``CheckpointFile`` stores some attributes as pickled dicts (plain names) and unpickles
     them on reading: a crafted file would run code when opened.  Every opaque (``np.void``/bytes)
     attribute that is a pickle is read here *statically* (``pickletools.genops``: nothing is executed)
-    and refused if it uses an opcode that looks up a global or calls one.  One DataFileError."""
+    and listed if it uses an opcode that looks up a global or calls one."""
     import pickletools
 
     import h5py
@@ -116,10 +117,17 @@ def check_no_code(path) -> None:
             if ops & (_CODE_OPCODES | {"MALFORMED"}):
                 bad.append(f"{name or '/'}:{key}")
 
+    with h5py.File(path, "r") as fh:
+        visit("", fh)
+        fh.visititems(visit)
+    return bad
+
+
+def check_no_code(path) -> None:
+    """Refuse (one DataFileError) an HDF5 file that is unreadable or whose attributes hold a pickle that
+    would run code when opened (:func:`code_attributes`)."""
     try:
-        with h5py.File(path, "r") as fh:
-            visit("", fh)
-            fh.visititems(visit)
+        bad = code_attributes(path)
     except OSError as e:
         _fail(path, f"not a readable HDF5 file ({e})")
     if bad:

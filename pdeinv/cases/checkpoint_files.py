@@ -7,7 +7,7 @@ A checkpoint (``DIR/checkpoint/``) is resumable when
   were written (a truncated, swapped or foreign file — an iterate of another mesh, an older checkpoint's
   leftovers — differs),
 * the iterate holds finite numbers only, and no HDF5 attribute of either file holds a pickle that would
-  run code (:func:`pdeinv.data.check_no_code`).
+  run code (:func:`pdeinv.data.code_attributes`).
 
 :func:`problems` lists what fails (empty: resumable); ``pdeinv status`` reports it and ``--resume``
 refuses it in preflight, one line and exit 2, instead of a traceback ten seconds into the run.
@@ -54,10 +54,20 @@ def _read_json(path):
 
 
 def _check_file(ckdir, name, expected, what):
-    """None, or why file ``name`` is not the one the checkpoint recorded."""
+    """None, or why file ``name`` is not the one the checkpoint recorded.  A code-running pickle is named
+    before a checksum mismatch: a swapped file that would run code is the finding that matters."""
+    from pdeinv.data import code_attributes
+
     if not isinstance(name, str) or os.sep in name or not os.path.isfile(os.path.join(ckdir, name)):
         return f"{what} {name!r} missing"
     path = os.path.join(ckdir, name)
+    try:
+        code = code_attributes(path)
+    except OSError:  # unreadable as HDF5: the checksum below tells it was truncated or replaced
+        code = []
+    if code:
+        return (f"{what} {name}: attribute(s) {', '.join(code[:3])} hold a pickle that would run code when the "
+                "file is opened; refused")
     if sha256(path) != expected:
         return f"{what} {name} differs from the one the run wrote (truncated, damaged or replaced: SHA-256 mismatch)"
     return None
@@ -89,8 +99,6 @@ def _non_finite(path) -> str | None:
 
 def problems(out: str) -> list[str]:
     """Why the checkpoint in ``out`` cannot be resumed (empty list: it can).  Reads every file whole once."""
-    from pdeinv.data import DataFileError, check_no_code
-
     ckdir = os.path.join(out, "checkpoint")
     found = []
     _, why = _read_json(os.path.join(ckdir, "config.json"))
@@ -108,11 +116,6 @@ def problems(out: str) -> list[str]:
         why = _check_file(ckdir, name, state.get(key), what)
         if why:
             found.append(why)
-            continue
-        try:
-            check_no_code(os.path.join(ckdir, name))
-        except DataFileError as e:
-            found.append(str(e))
             continue
         bad = _non_finite(os.path.join(ckdir, name)) if what == "iterate" else None
         if bad:

@@ -75,7 +75,11 @@ def estimate(sizes: Sizes, what: Write, *, fields: int = 0) -> int:
 
 
 def free_bytes(path: str) -> int:
-    """Bytes an unprivileged writer may still use on ``path``'s file system."""
+    """Bytes an unprivileged writer may still use on ``path``'s file system (``path`` need not exist yet:
+    its nearest existing ancestor is asked, which is where it will be created)."""
+    path = os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
 
@@ -86,7 +90,10 @@ def ensure_space(path: str, need: int, comm) -> None:
     verdict = None
     if comm.rank == 0:
         want = int(1.2 * need) + MIB
-        free = free_bytes(path)
+        try:
+            free = free_bytes(path)
+        except OSError:  # cannot tell (e.g. no permission to look): the write itself will say
+            free = want
         if free < want:
             verdict = (f"no space left on {os.path.abspath(path)} (need {want / MIB:.1f} MB, {free / MIB:.1f} MB "
                        "free); free some space, then rerun with --resume")
