@@ -56,10 +56,23 @@ def unsafe_options(flat: dict, *, allow_code: bool = False) -> str | None:
         if not allow_code and any(w in k for w in _CODE_WORDS):
             return (f"option {key!r} imports and runs code (or reads options from a file); refused in a "
                     "configuration unless the run is started with --allow-code-options")
-        text = value if isinstance(value, str) else ""
-        if any(w in k for w in _FILE_WORDS) and (":" in text or "/" in text or "." in text.strip(".")):
-            return (f"option {key!r} = {value!r} would write a file; viewer and monitor output may only go to "
-                    "the terminal (give no value, e.g. ksp_monitor = \"\")")
+        if any(w in k for w in _FILE_WORDS):
+            why = _viewer_refusal(value if isinstance(value, str) else "")
+            if why is not None:
+                return (f"option {key!r} = {value!r} {why}; viewer and monitor output may only go to the terminal "
+                        "(give no value, e.g. ksp_monitor = \"\", or a format only, e.g. \"::ascii_info\")")
+    return None
+
+
+def _viewer_refusal(text: str) -> str | None:
+    """Why the viewer ``type:file:format:mode`` may not come from a configuration, or None: only the
+    terminal (no type or ``ascii``, no file name) is allowed."""
+    parts = text.strip().split(":")
+    kind, file = parts[0].strip().lower(), (parts[1].strip() if len(parts) > 1 else "")
+    if kind in ("draw", "x", "socket", "saws", "glvis", "matlab", "mathematica"):
+        return "would open a window or a network connection"
+    if kind not in ("", "ascii", "stdout") or file or "/" in text:
+        return "would write a file"
     return None
 
 

@@ -83,6 +83,15 @@ def check_mesh_file(path) -> tuple[str, str]:
     path, ext = checked_path(path, MESH_FORMATS, "mesh format", "a Gmsh .msh file or a Firedrake checkpoint .h5")
     if ext == ".h5":
         check_no_code(path)
+        import h5py
+
+        with h5py.File(path, "r") as fh:  # readable: check_no_code opened it
+            written_by_checkpointfile = "dmplex_storage_version" in fh.attrs
+        if not written_by_checkpointfile:
+            _fail(path, "an HDF5 file not written by Firedrake's CheckpointFile (no dmplex_storage_version); "
+                        "expected a mesh saved with CheckpointFile.save_mesh, or a Gmsh .msh file")
+    else:
+        msh_vertex_count(path)
     return path, ext
 
 
@@ -289,18 +298,31 @@ def _checked(path, gdim, points, times, values, sigma) -> ObservedData:
 
 def msh_vertex_count(path) -> int:
     """Number of nodes of a Gmsh ``.msh`` file (format 2 or 4, ASCII or binary), read from its header
-    without building the mesh: the P1 dofs, for checks before any Firedrake object exists."""
+    without building the mesh: the P1 dofs, for checks before any Firedrake object exists.  One
+    DataFileError for a missing file or a header that is not Gmsh's."""
+    path, _ = checked_path(path, (".msh",), "mesh format", "a Gmsh .msh file")
+    version = None
     with open(path, "rb") as fh:
         for line in fh:
             if line.strip() == b"$MeshFormat":
-                version = float(fh.readline().split()[0])
-            elif line.strip() == b"$Nodes":
-                numbers = fh.readline().split()
-                try:
-                    return int(numbers[1] if version >= 4 else numbers[0])
-                except (IndexError, ValueError, NameError):
+                version = _number(fh.readline().split()[:1], float)
+                if version is None:
                     break
-    _fail(path, "not a Gmsh .msh file (no $MeshFormat/$Nodes sections)")
+            elif line.strip() == b"$Nodes" and version is not None:
+                count = _number(fh.readline().split()[1:2] if version >= 4 else fh.readline().split()[:1], int)
+                if count is not None and count >= 1:
+                    return count
+                break
+    _fail(path, "not a Gmsh .msh file (expected a $MeshFormat section with a version, then $Nodes with a "
+                "positive node count)")
+
+
+def _number(fields, kind):
+    """``kind(fields[0])``, or None for no field or one that is not a number."""
+    try:
+        return kind(fields[0])
+    except (IndexError, ValueError):
+        return None
 
 
 def read_mesh(path, *, comm, name: str | None = None):

@@ -513,3 +513,79 @@ def test_disk_full_before_the_first_checkpoint_leaves_nothing(small_disk):
     p = pdeinv_run("--out", str(out), *SETS)
     assert p.returncode == EXIT_NO_SPACE and "no space left on" in p.stderr, p.stderr[-2000:]
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------
+# item 12: the cached signal handler, ranks killed without a record
+# ----------------------------------------------------------------------------------------------------
+
+_PLANTED = """
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) { FILE *f = fopen("%s", "w"); if (f) fclose(f); }
+"""
+
+
+@pytest.mark.parametrize("who_can_write", ["world-writable-directory", "world-writable-file", "symlink"])
+def test_a_cached_signal_handler_others_could_have_written_is_never_loaded(tmp_path, monkeypatch, who_can_write):
+    """A shared library is code: a handler planted in a cache directory or file that others can write (or a
+    symbolic link to one) is not loaded — a private one is built instead, and the handler still works."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler")
+    from pdeinv.cases import signals
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = signals.handler_cache_path()
+    os.makedirs(os.path.dirname(path), mode=0o700)
+    marker = tmp_path / "loaded"
+    src = tmp_path / "planted.c"
+    src.write_text(_PLANTED % marker)
+    planted = tmp_path / "planted.so" if who_can_write == "symlink" else path
+    subprocess.run([cc, "-shared", "-fPIC", str(src), "-o", str(planted)], check=True)
+    if who_can_write == "world-writable-directory":
+        os.chmod(os.path.dirname(path), 0o777)
+    elif who_can_write == "world-writable-file":
+        os.chmod(path, 0o666)
+    else:
+        os.symlink(planted, path)
+    lib = signals._library()
+    assert not marker.exists(), "the planted library was loaded"
+    assert lib is not None and hasattr(lib, "pdeinv_install")
+    os.chmod(os.path.dirname(path), 0o700)
+    if who_can_write == "world-writable-file":  # once private again, the user's own cache is used as before
+        os.remove(path)
+        assert signals._library() is not None and os.path.isfile(path) and signals._private(path)
+
+
+def test_status_names_the_ranks_killed_without_a_record(tmp_path):
+    """SIGKILL (what the out-of-memory killer sends) to rank 1 of 2 after the first checkpoint: mpiexec ends
+    rank 0; `pdeinv status` says which rank(s) ended without a record instead of naming the survivor as the
+    one stopped, and the run is resumable."""
+    exe, env = _mpiexec()
+    out = tmp_path / "run"
+    cmd = [exe, "-n", "2", sys.executable, "-m", "pdeinv", "run", "cases/heat/config.toml", "--out", str(out), *SLOW]
+    job = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    state = out / "checkpoint" / "state.json"
+    deadline = time.time() + 120
+    while not state.exists() and job.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert job.poll() is None, "the run ended before its first checkpoint"
+    ranks = subprocess.run(["pgrep", "-P", str(job.pid)], capture_output=True, text=True).stdout.split()
+    rank1 = [pid for pid in ranks if "OMPI_COMM_WORLD_RANK=1" in open(f"/proc/{pid}/environ").read().split("\0")]
+    assert len(rank1) == 1, ranks
+    os.kill(int(rank1[0]), signal.SIGKILL)
+    job.communicate(timeout=60)
+    status = subprocess.run(PDEINV + ["status", str(out)], capture_output=True, text=True)
+    assert status.returncode == EXIT_INTERRUPTED, status.stdout
+    said = status.stdout
+    assert "ended without a record" in said and ("rank(s) 1 of 2" in said or "rank(s) 0-1 of 2" in said), said
+    assert "stopped by a signal on rank(s) 1" not in status.stdout
+    print(status.stdout.strip())
+
+
+def test_rank_lists_stay_one_line():
+    from pdeinv.cases.runner import _ranges
+
+    assert _ranges([0, 1, 2, 5, 7, 8]) == "0-2, 5, 7-8"
+    assert _ranges(list(range(1000))) == "0-999"
+    assert _ranges([3]) == "3"

@@ -46,7 +46,7 @@ def _read_json(path):
             data = json.load(fh)
     except FileNotFoundError:
         return None, f"{os.path.basename(path)} missing"
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: absurdly deep nesting
         return None, f"{os.path.basename(path)} unreadable or truncated ({type(e).__name__})"
     if not isinstance(data, dict):
         return None, f"{os.path.basename(path)} is not a JSON object"

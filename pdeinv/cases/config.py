@@ -12,7 +12,7 @@ import math
 
 import tomllib
 
-__all__ = ["ConfigError", "load_config", "parse_override", "flatten", "config_hash", "differences"]
+__all__ = ["ConfigError", "read_toml", "load_config", "parse_override", "flatten", "config_hash", "differences"]
 
 
 SOLVER_CHOICES = ("direct", "iterative")  # model.solver: a name, or a table of PETSc options
@@ -32,6 +32,8 @@ def parse_override(text: str):
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw  # a bare word: take it as a string
+    except RecursionError:
+        raise ConfigError(f"--set {key}: the value is nested too deeply to be a setting") from None
     return key.split("."), value
 
 
@@ -86,17 +88,35 @@ def _check_type(name, ref, value):
     return value
 
 
+MAX_CONFIG_BYTES = 1024 ** 2  # a configuration is a page of settings; data arrays belong in data.file
+
+
+def read_toml(path) -> dict:
+    """The TOML file at ``path`` as a dict; one ConfigError for a missing, unreadable, oversized (over
+    :data:`MAX_CONFIG_BYTES`, refused before it is parsed), malformed or absurdly nested file."""
+    import os
+
+    try:
+        if os.path.exists(path) and not os.path.isfile(path):  # a FIFO would block, a device never end
+            raise ConfigError(f"config file {path}: not a regular file")
+        if os.path.getsize(path) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path}: {os.path.getsize(path)} bytes, more than a configuration "
+                              f"holds ({MAX_CONFIG_BYTES} at most); observations belong in data.file")
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"config file {path}: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path}: nested too deeply to be a configuration") from None
+
+
 def load_config(defaults: dict, path=None, overrides=()) -> dict:
     """Defaults, then the TOML file at ``path`` (if any), then ``overrides`` ("a.b=v" strings)."""
     cfg = copy.deepcopy(defaults)
     if path is not None:
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"config file {path}: {e}") from None
+        data = read_toml(path)
         data.pop("case", None)
         cfg = _merge(defaults, data)
     for text in overrides:

@@ -19,7 +19,7 @@ import numpy as np
 
 from pdeinv.cases.common import solver_parameters, unit_square_mesh
 
-__all__ = ["DEFAULTS", "validate", "check_files", "parameter_dofs", "make_mesh", "build", "observed_data"]
+__all__ = ["DEFAULTS", "validate", "size", "check_files", "parameter_dofs", "make_mesh", "build", "observed_data"]
 
 SYMMETRIC = True  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
@@ -50,16 +50,27 @@ def validate(cfg) -> None:
          "prior.correlation_length and prior.variance must be > 0"),
     ]
     require(laplace_checks(cfg) + checks)
-    for t in cfg["model"]["observation_times"]:
-        _check_time_step(t, cfg, "model.observation_times")
+    _check_times(cfg["model"]["observation_times"], cfg, "model.observation_times")
 
 
-def _check_time_step(t, cfg, where):
+def _check_times(times, cfg, where):
+    """Observation times: time steps in (0, T], strictly increasing (so at most ``model.steps`` of them;
+    checked whole-array, so that two million of them are refused at once, not 30 s into the run)."""
     from pdeinv.cases.config import ConfigError
 
     T, N = cfg["model"]["end_time"], cfg["model"]["steps"]
-    if not (0 < t <= T * (1 + 1e-12)) or abs(round(t * N / T) - t * N / T) > 1e-9:
-        raise ConfigError(f"{where}: {t} is not a time step in (0, {T}] (dt = {T / N})")
+    t = np.asarray(times, dtype=float).ravel()
+    if t.size == 0:
+        raise ConfigError(f"{where}: no observation times")
+    k = t * N / T
+    bad = ~((t > 0) & (t <= T * (1 + 1e-12)) & (np.abs(np.round(k) - k) <= 1e-9))
+    if bad.any():
+        raise ConfigError(f"{where}: {t[bad][0]} is not a time step in (0, {T}] (dt = {T / N})")
+    order = np.diff(np.round(k)) <= 0
+    if order.any():
+        i = int(np.argmax(order))
+        raise ConfigError(f"{where}: observation times must be strictly increasing; {t[i + 1]} follows {t[i]} "
+                          f"({t.size} times given for {N} steps)")
 
 
 def _observed(cfg):
@@ -85,8 +96,7 @@ def check_files(cfg) -> None:
         if obs.times is None:
             raise ConfigError(f"data.file: {obs.source} has no observation times (a 't' column or a 'times' "
                               "array); the heat case observes time series")
-        for t in obs.times:
-            _check_time_step(float(t), cfg, f"data.file {obs.source} (times)")
+        _check_times(obs.times, cfg, f"data.file {obs.source} (times)")
     if cfg["mesh"]["file"]:
         try:
             check_mesh_file(cfg["mesh"]["file"])
@@ -109,6 +119,20 @@ def parameter_dofs(cfg):
         except DataFileError as e:
             raise ConfigError(f"mesh.file: {e}") from None
     return None
+
+
+def size(cfg, vertices=None):
+    """The run's :class:`~pdeinv.cases.resources.Size` (P1 state and parameter on triangles: about two
+    cells per vertex), or None for a checkpoint mesh file until its ``vertices`` are known (once it is read)."""
+    from pdeinv.cases.resources import Size
+
+    vertices = parameter_dofs(cfg) if vertices is None else vertices
+    if vertices is None:
+        return None
+    lc = cfg["laplace"]
+    cells = 2 * cfg["mesh"]["n"] ** 2 if not cfg["mesh"]["file"] else 2 * vertices
+    return Size(cells=cells, state_dofs=vertices, parameter_dofs=vertices, steps=cfg["model"]["steps"],
+                rank_vectors=lc["rank"] + lc["oversampling"])
 
 
 def make_mesh(cfg, comm):

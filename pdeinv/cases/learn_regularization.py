@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["DEFAULTS", "validate", "run_case"]
+__all__ = ["DEFAULTS", "validate", "size", "run_case"]
 
 DEFAULTS = {
     "mesh": {"n": 16},
@@ -82,6 +82,15 @@ def validate(cfg) -> None:
         from pdeinv.cases.config import ConfigError
 
         raise ConfigError(str(e)) from None
+
+
+def size(cfg):
+    """The run's :class:`~pdeinv.cases.resources.Size`: the heat model's P1 state and parameter."""
+    from pdeinv.cases.resources import Size, square_vertices
+
+    n = cfg["mesh"]["n"]
+    return Size(cells=2 * n * n, state_dofs=square_vertices(n), parameter_dofs=square_vertices(n),
+                steps=cfg["model"]["steps"])
 
 
 def _truths(V, cfg, count, seed):

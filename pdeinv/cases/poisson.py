@@ -15,7 +15,7 @@ import numpy as np
 
 from pdeinv.cases.common import solver_parameters, unit_square_mesh
 
-__all__ = ["DEFAULTS", "validate", "make_mesh", "build", "anisotropy_tensor"]
+__all__ = ["DEFAULTS", "validate", "size", "make_mesh", "build", "anisotropy_tensor"]
 
 SYMMETRIC = True  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
@@ -53,6 +53,15 @@ def validate(cfg) -> None:
          "prior.gamma, delta, theta0, theta1 must be > 0"),
     ]
     require(laplace_checks(cfg) + checks)
+
+
+def size(cfg):
+    """The run's :class:`~pdeinv.cases.resources.Size`: a P(degree) state, a P1 log-coefficient."""
+    from pdeinv.cases.resources import Size, square_vertices
+
+    n, lc = cfg["mesh"]["n"], cfg["laplace"]
+    return Size(cells=2 * n * n, state_dofs=(cfg["model"]["degree"] * n + 1) ** 2, parameter_dofs=square_vertices(n),
+                rank_vectors=lc["rank"] + lc["oversampling"])
 
 
 def make_mesh(cfg, comm):

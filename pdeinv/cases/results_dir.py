@@ -53,7 +53,7 @@ def recorded(out: str) -> list[str]:
     try:
         with open(path) as fh:
             names = json.load(fh).get("entries", [])
-    except (OSError, ValueError, AttributeError):  # an older text marker: pdeinv's output names
+    except (OSError, ValueError, AttributeError, RecursionError):  # an older text marker: pdeinv's output names
         entries = os.listdir(out)
         names = [e for e in entries if any(fnmatch.fnmatch(e, p) for p in KNOWN_OUTPUTS)
                  or (os.path.isdir(os.path.join(out, e)) and f"{e}.pvd" in entries)]  # a VTKFile's folder
@@ -69,7 +69,7 @@ def record(out: str, names) -> None:
     try:
         with open(path) as fh:
             entries = list(json.load(fh).get("entries", []))
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, RecursionError):
         entries = []
     entries = sorted(set(entries) | {n for n in names if n not in (MARKER, ASIDE, ".pdeinv-lock")})
     tmp = path + ".tmp"
@@ -189,7 +189,7 @@ def _describe(path) -> str:
         with open(path) as fh:
             info = json.load(fh)
         return f"host {info['host']}, pid {info['pid']}, started {info['started']}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return "holder unknown"
 
 

@@ -49,11 +49,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from pdeinv.cases import checkpoint_files, disk, results_dir
+from pdeinv.cases import checkpoint_files, disk, resources, results_dir
 from pdeinv.cases.results_dir import MARKER  # the manifest, written first into every results directory
 from pdeinv.cases.signals import EXIT_INTERRUPTED, StopRequest, exit_on_signals
 
 EXIT_CONFIG = 2
+RANKS = "ranks.json"  # in the checkpoint: how many ranks the latest run (fresh or resumed) had
 CASES = ("heat", "tomography", "poisson", "learn_regularization")
 EXACT_VARIANCE_DOFS = 5000  # below this many parameter dofs the prior variance is computed exactly
 # Settings a resumed run may change: they act only after the checkpointed Newton iterations (the
@@ -84,21 +85,20 @@ def _parser(prog, case=None):
     p.add_argument("--quiet", action="store_true", help="only the final line")
     p.add_argument("--allow-code-options", action="store_true",
                    help="accept PETSc options in model.solver that import code (pc_python_type, ...)")
+    p.add_argument("--max-memory", metavar="SIZE",
+                   help="refuse a configuration estimated to need more memory per node than SIZE (e.g. 64G; "
+                        "'none': no limit; default: what the node has available)")
+    p.add_argument("--max-hours", type=float, default=168.0, metavar="H",
+                   help="refuse a configuration whose one forward solve is estimated above H hours (default 168)")
     p.add_argument("--sigterm-after", type=int, metavar="K",
                    help="send this process SIGTERM after Newton iteration K's checkpoint (tests the batch-job path)")
     return p
 
 
 def _case_name_from_file(path):
-    import tomllib
+    from pdeinv.cases.config import ConfigError, read_toml
 
-    from pdeinv.cases.config import ConfigError
-
-    try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except (FileNotFoundError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"config file {path}: {e}") from None
+    data = read_toml(path)
     name = data.get("case", {}).get("name") if isinstance(data.get("case"), dict) else None
     if name not in CASES:
         raise ConfigError(f"config file {path}: [case] name must be one of {CASES}, got {name!r}")
@@ -158,7 +158,7 @@ def _check_resume_config(name, cfg, out):
     try:
         with open(path) as fh:
             saved = json.load(fh)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         raise ConfigError(f"--resume: {path} is missing or unreadable; the checkpoint cannot be matched to a "
                           "configuration (start afresh with --overwrite)") from None
     if saved.get("case") != name:
@@ -183,9 +183,10 @@ def _check_checkpoint_files(out):
 
 
 def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: int = 1,
-              allow_code: bool = False) -> bool:
+              allow_code: bool = False, limits: resources.Limits | None = None, ranks_per_node: int = 1) -> bool:
     """Every check that needs no mesh and no solve: the results directory, ``--resume`` against the
-    checkpoint, PETSc options, data files, sizes, the ensemble against the ``ranks`` of the run.
+    checkpoint, PETSc options, data files, sizes (memory and time estimates against ``limits``, see
+    :mod:`pdeinv.cases.resources`), the ensemble against the ``ranks`` of the run.
     Raises ConfigError; returns whether the results directory must be cleared first.  Call on one rank
     (file-system checks) — :func:`main` does."""
     from pdeinv._petsc import unused_solver_options
@@ -195,6 +196,9 @@ def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: i
     if ranks % members:
         raise ConfigError(f"parallel.ensemble = {members} members cannot share {ranks} MPI rank(s) equally; run on a "
                           f"multiple of {members} ranks (members x ranks per member)")
+    size = module.size(cfg)
+    if size is not None:  # before the results directory: a refused size touches nothing
+        resources.check(size, limits or resources.Limits(None), ranks=ranks, ranks_per_node=ranks_per_node)
     clear = _check_output(out, resume=resume, overwrite=overwrite)
     if resume:
         _check_resume_config(name, cfg, out)
@@ -251,7 +255,7 @@ def run_status(out) -> tuple[int, str]:
         try:
             with open(failed) as fh:
                 reason = json.load(fh)["reason"]
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             reason = "reason unreadable"
         return 1, (f"{out}: failed ({reason}); not resumed automatically — fix the cause, then rerun with "
                    "--resume by hand")
@@ -262,11 +266,39 @@ def run_status(out) -> tuple[int, str]:
             return 1, f"{out}: checkpoint damaged ({'; '.join(damaged)}); not resumable"
         with open(state) as fh:
             k = json.load(fh)["state"].get("iteration")
-        ckdir = os.path.dirname(state)
-        ranks = sorted(int(f.rsplit("-", 1)[1]) for f in os.listdir(ckdir) if f.startswith("stopped.rank-"))
-        how = f" (stopped by a signal on rank(s) {', '.join(map(str, ranks))})" if ranks else ""
-        return EXIT_INTERRUPTED, f"{out}: interrupted{how}, resumable from Newton iteration {k} (rerun with --resume)"
+        return EXIT_INTERRUPTED, (f"{out}: interrupted ({_how_it_stopped(os.path.dirname(state))}), resumable from "
+                                  f"Newton iteration {k} (rerun with --resume)")
     return 1, f"{out}: no results and no checkpoint"
+
+
+def _how_it_stopped(ckdir) -> str:
+    """Which ranks a signal stopped (each wrote ``stopped.rank-K``) and which ended without a record
+    (killed by SIGKILL, the out-of-memory killer or a node failure: nothing can run in them then)."""
+    stopped = sorted(int(f.rsplit("-", 1)[1]) for f in os.listdir(ckdir)
+                     if f.startswith("stopped.rank-") and f.rsplit("-", 1)[1].isdigit())
+    try:
+        with open(os.path.join(ckdir, RANKS)) as fh:
+            ranks = int(json.load(fh)["ranks"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        ranks = None
+    silent = [] if ranks is None else sorted(set(range(ranks)) - set(stopped))
+    said = []
+    if stopped:
+        said.append(f"stopped by a signal on rank(s) {', '.join(map(str, stopped))}")
+    if silent:
+        said.append(f"rank(s) {_ranges(silent)} of {ranks} ended without a record: killed (SIGKILL, out of memory "
+                    "or a node failure)")
+    return "; ".join(said) or "ended without a record"
+
+
+def _ranges(ks) -> str:
+    """[0, 1, 2, 5] -> "0-2, 5" (a 1000-rank job's list stays one line)."""
+    out, start = [], ks[0]
+    for a, b in zip(ks, ks[1:] + [None], strict=True):
+        if b != a + 1:
+            out.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b
+    return ", ".join(out)
 
 
 def _on_rank0(comm, fn):
@@ -304,10 +336,13 @@ def main(argv=None, *, case: str | None = None) -> int:
         out = args.out or os.path.join("results", name)
         init_petsc()  # petsc4py only (no Firedrake yet): for the options check
         existed = os.path.isdir(out)
+        limits = _limits(args)
+        per_node = resources.ranks_on_this_node(comm)  # collective: rank 0's node is the one measured
         _on_rank0(comm, lambda: _refuse_if_locked(out))
         clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=args.resume,
                                                   overwrite=args.overwrite, ranks=comm.size,
-                                                  allow_code=args.allow_code_options))
+                                                  allow_code=args.allow_code_options, limits=limits,
+                                                  ranks_per_node=per_node))
         held = []  # rank 0's lock stays on rank 0 (an open file descriptor cannot be broadcast)
         _on_rank0(comm, lambda: held.append(_lock(out)))
         lock = held[0] if held else None
@@ -318,7 +353,7 @@ def main(argv=None, *, case: str | None = None) -> int:
         with exit_on_signals((signal.SIGTERM, signal.SIGINT)) as on_signal:
             try:
                 run(name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
-                    sigterm_after=args.sigterm_after, checked=True)
+                    sigterm_after=args.sigterm_after, checked=True, limits=limits)
             except (ConfigError, Interrupted, disk.DiskFull):
                 raise
             except Exception as e:  # what `pdeinv status` reports, so a job script does not resubmit it
@@ -347,6 +382,21 @@ def main(argv=None, *, case: str | None = None) -> int:
         if lock is not None:
             lock.release()
     return 0
+
+
+def _limits(args) -> resources.Limits:
+    """``--max-memory`` (default: the node's available memory) and ``--max-hours`` as Limits."""
+    from pdeinv.cases.config import ConfigError
+
+    if not args.max_hours > 0:
+        raise ConfigError(f"--max-hours {args.max_hours!r}: expected a positive number of hours")
+    if args.max_memory is None:
+        return resources.Limits(resources.available_memory(), args.max_hours)
+    try:
+        memory = resources.parse_memory(args.max_memory)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return resources.Limits(memory or None, args.max_hours)
 
 
 def _record_quietly(out, reason):
@@ -483,6 +533,7 @@ class _Run:
     arrays: tuple = ()  # (observed, predicted) data arrays, every experiment on every rank
     mesh_hash: str = ""  # SHA-256 of checkpoint/mesh.h5 (rank 0), recorded in every state.json
     sizes: object = None  # disk.Sizes: what the free-space checks estimate from
+    limits: object = None  # resources.Limits: what the size of a mesh read from a file is checked against
 
     @property
     def ckdir(self) -> str:
@@ -503,14 +554,15 @@ class _Run:
 
 def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = False, clear: bool | None = None,
         overwrite: bool = False, stop_after: int | None = None, sigterm_after: int | None = None,
-        exit_message=None, checked: bool = False) -> dict:
+        exit_message=None, checked: bool = False, limits: resources.Limits | None = None) -> dict:
     """Run case ``name`` with configuration ``cfg`` into directory ``out``; returns the summary.
 
     ``resume`` continues from the checkpoint in ``out``; ``overwrite`` replaces an earlier run there.
     ``stop_after=K`` sends this process SIGUSR1 after iteration K (the stop-after-iteration path: raises
     :class:`Interrupted` once the checkpoint is written); ``sigterm_after=K`` sends SIGTERM (the immediate
     path of :func:`main`).  ``exit_message``: the handle of :func:`~pdeinv.cases.signals.exit_on_signals`
-    whose message is kept up to date.  Unless ``checked``, runs :func:`preflight` first.
+    whose message is kept up to date.  Unless ``checked``, runs :func:`preflight` first.  ``limits``:
+    what the run may use (:mod:`pdeinv.cases.resources`; default: no memory limit, 168 h per forward solve).
     """
     from pdeinv._petsc import init_petsc
 
@@ -523,8 +575,9 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
     comm = fd.COMM_WORLD  # a case run owns the whole MPI job
     if not checked:
         clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=resume, overwrite=overwrite,
-                                                  ranks=comm.size))
-    r = _Run(name, cfg, out, module, comm, RankZeroLog(comm, quiet=quiet, announce_phases=True), resume)
+                                                  ranks=comm.size, limits=limits))
+    r = _Run(name, cfg, out, module, comm, RankZeroLog(comm, quiet=quiet, announce_phases=True), resume,
+             limits=limits or resources.Limits(None))
     _start(r, exit_message)
     _setup_phase(r, clear)
     _data_phase(r)
@@ -548,6 +601,9 @@ def _start(r: _Run, exit_message) -> None:
     r.t_start = time.perf_counter()
     r.log.info(f"pdeinv case '{r.name}' on {r.comm.size} rank(s) -> {r.out}"
                + (f" ({_members(r.cfg)} ensemble members x {r.space.size} rank(s))" if r.ensemble is not None else ""))
+    size = r.module.size(r.cfg)
+    if size is not None:
+        r.log.info(resources.describe(size, r.comm.size))
     if exit_message is not None:
         exit_message.set_message(_signal_message(r.comm, "stopped by a signal before the first checkpoint: nothing "
                                                          "to resume; rerun without --resume"))
@@ -560,13 +616,15 @@ def _setup_phase(r: _Run, clear) -> None:
     a fresh run that fails here (a sensor outside the mesh, ...) puts the earlier run back."""
     import firedrake as fd
 
+    from pdeinv.cases.output import atomic_json
+
     aside, prepared = None, False
     try:
         with r.log.phase("setup"):
             if r.resume:
                 mesh_name = _clean_for_resume(r)
             else:
-                mesh = r.module.make_mesh(r.cfg, r.space, **r.mesh_kw)
+                mesh = _make_mesh(r)
                 mesh_name = mesh.name
                 disk.ensure_space(r.out, disk.estimate(disk.Sizes.of(mesh, None), disk.Write.MESH), r.comm)
                 # a mesh from a file is known only now: the last check that needs no solve, before writing
@@ -575,6 +633,8 @@ def _setup_phase(r: _Run, clear) -> None:
                 aside = _prepare_fresh(r.out, clear, r.comm, name=r.name, cfg=r.cfg, mesh_name=mesh_name)
                 prepared = True
                 _save_mesh(r, mesh)
+            # the ranks of this run: `pdeinv status` names those that ended without a record (SIGKILL, OOM)
+            atomic_json(os.path.join(r.ckdir, RANKS), {"ranks": r.comm.size}, r.comm)
             # Fresh or resumed, the run works on the mesh as loaded from the checkpoint, so that both see
             # the same distribution and dof numbering and a resumed run repeats the uninterrupted one.
             # (Every ensemble member loads the same saved partition.)
@@ -594,6 +654,24 @@ def _setup_phase(r: _Run, clear) -> None:
     r.channels = obs.channels if r.ensemble is None else r.ensemble.ensemble_comm.allreduce(obs.channels)
     r.log.info(f"  state dofs {r.model.state_space.dim()}, parameter dofs {r.V.dim()}, "
                f"{obs.n_points} points x {r.channels} channels")
+
+
+def _make_mesh(r: _Run):
+    """The case's mesh, with a progress line before (a large mesh takes minutes) and after; a mesh read
+    from a file, whose size preflight could not know, is checked against the limits now."""
+    import firedrake as fd
+
+    size = r.module.size(r.cfg)
+    r.log.info("  building the mesh" + (f" ({size.cells} cells)" if size is not None else " (from a file)"))
+    with r.log.phase("mesh"):
+        mesh = r.module.make_mesh(r.cfg, r.space, **r.mesh_kw)
+        cells = r.space.allreduce(mesh.cell_set.size)
+    if size is None:
+        size = r.module.size(r.cfg, vertices=fd.FunctionSpace(mesh, "CG", 1).dim())
+        r.log.info(resources.describe(size, r.comm.size))
+        resources.check(size, r.limits, ranks=r.comm.size, ranks_per_node=resources.ranks_on_this_node(r.comm))
+    r.log.info(f"  mesh: {cells} cells")
+    return mesh
 
 
 def _clean_for_resume(r: _Run) -> str:
@@ -730,6 +808,8 @@ def _laplace_phase(r: _Run) -> None:
     from pdeinv.posterior import LaplaceApproximation
 
     lc = r.cfg["laplace"]
+    r.log.info(f"  Laplace approximation: rank {lc['rank']} + {lc['oversampling']} randomized eigensolver, "
+               f"prior variance ({lc['prior_variance']}), {lc['posterior_samples']} posterior sample(s)")
     with r.log.phase("laplace"):
         r.la = la = LaplaceApproximation(r.problem, r.result.m, rank=lc["rank"], oversampling=lc["oversampling"])
         method = lc["prior_variance"]
@@ -755,6 +835,7 @@ def _output_phase(r: _Run) -> None:
 
     out = r.out
     disk.ensure_space(out, disk.estimate(r.sizes, disk.Write.OUTPUTS, fields=len(r.fields) + len(r.samples)), r.comm)
+    r.log.info(f"  writing {len(r.fields) + len(r.samples)} fields (ParaView, HDF5) and 4 plots to {out}")
     with r.log.phase("output"):
         if r.writer:
             output.write_fields(out, r.mesh, r.fields, r.samples)
@@ -838,4 +919,16 @@ def _summary(r: _Run) -> dict:
         "prior_variance_trace": float(fd.assemble(r.pv * fd.dx)),
         "posterior_variance_trace": float(fd.assemble(r.var * fd.dx)),
         "timings": dict(r.log.timings), "resumed": bool(r.resume),
+        "memory": _memory_record(r),
     }
+
+
+def _memory_record(r: _Run) -> dict:
+    """Peak resident memory of the run (summed over ranks: ``ru_maxrss`` of each, including what was
+    resumed from) next to preflight's estimate, so the estimate can be checked on the user's machine."""
+    import resource
+
+    peak = r.comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # kB on Linux
+    size = r.module.size(r.cfg) or r.module.size(r.cfg, vertices=r.V.dim())
+    return {"peak_mb": round(peak / resources.MB, 1),
+            "estimated_mb": round(resources.memory_bytes(size, r.comm.size) / resources.MB, 1)}

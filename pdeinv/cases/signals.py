@@ -29,12 +29,14 @@ import ctypes
 import hashlib
 import os
 import shlex
+import shutil
 import signal
+import stat
 import subprocess
 import sysconfig
 import tempfile
 
-__all__ = ["EXIT_INTERRUPTED", "exit_on_signals", "StopRequest"]
+__all__ = ["EXIT_INTERRUPTED", "exit_on_signals", "StopRequest", "handler_cache_path"]
 
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: run again (with --resume)
 
@@ -112,27 +114,64 @@ def _cache_dir() -> str:
     return os.path.join(base, "pdeinv")
 
 
-def _library():
-    """The compiled handler (built once per machine type, atomically), or None if no compiler works."""
+def handler_cache_path() -> str:
+    """Where the compiled signal handler is cached (``$XDG_CACHE_HOME/pdeinv``, default ``~/.cache``),
+    one file per handler source and machine type."""
     digest = hashlib.sha256((_SOURCE + os.uname().machine).encode()).hexdigest()[:16]
-    path = os.path.join(_cache_dir(), f"exit_on_signal-{digest}.so")
-    if not os.path.exists(path):
-        cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
-                src = os.path.join(tmp, "h.c")
-                with open(src, "w") as fh:
-                    fh.write(_SOURCE)
-                lib = os.path.join(tmp, "h.so")
-                subprocess.run(cc + ["-shared", "-fPIC", "-O1", src, "-o", lib], check=True,
-                               capture_output=True, timeout=60)
-                os.replace(lib, path)  # ranks that build at once each rename a complete file
-        except (OSError, subprocess.SubprocessError):
-            return None
+    return os.path.join(_cache_dir(), f"exit_on_signal-{digest}.so")
+
+
+def _private(path: str) -> bool:
+    """Whether ``path`` (not a symbolic link) belongs to this user and nobody else may write it."""
     try:
-        lib = ctypes.CDLL(path)
+        st = os.lstat(path)
     except OSError:
+        return False
+    return not stat.S_ISLNK(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
+def _compile(path: str) -> bool:
+    """Compile the handler into ``path`` (atomically: ranks that build at once each rename a complete
+    file); False if no compiler works."""
+    cc = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")
+    try:
+        with tempfile.TemporaryDirectory(dir=os.path.dirname(path)) as tmp:
+            src = os.path.join(tmp, "h.c")
+            with open(src, "w") as fh:
+                fh.write(_SOURCE)
+            lib = os.path.join(tmp, "h.so")
+            subprocess.run(cc + ["-shared", "-fPIC", "-O1", src, "-o", lib], check=True,
+                           capture_output=True, timeout=60)
+            os.replace(lib, path)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
+def _library():
+    """The compiled handler (built once per machine type), or None if no compiler works.
+
+    A shared library is code: the cached one is loaded only when it and its directories belong to this
+    user and no one else can write them; otherwise it is built afresh in a private temporary directory."""
+    path = handler_cache_path()
+    cache = os.path.dirname(path)
+    try:
+        os.makedirs(cache, mode=0o700, exist_ok=True)
+    except OSError:
+        pass
+    trusted = _private(cache) and _private(os.path.dirname(cache))
+    private = None
+    if not (trusted and (os.path.exists(path) or _compile(path)) and _private(path)):
+        private = tempfile.mkdtemp(prefix="pdeinv-signals-")  # mode 0700
+        path = os.path.join(private, "exit_on_signal.so")
+    try:
+        lib = ctypes.CDLL(path) if private is None or _compile(path) else None
+    except OSError:
+        lib = None
+    finally:
+        if private is not None:  # loaded (or not): the mapping outlives the file
+            shutil.rmtree(private, ignore_errors=True)
+    if lib is None:
         return None
     lib.pdeinv_install.argtypes = [ctypes.c_int, ctypes.c_int]
     lib.pdeinv_set_message.argtypes = [ctypes.c_char_p]

@@ -17,7 +17,7 @@ import numpy as np
 
 from pdeinv.cases.common import solver_parameters, unit_square_mesh
 
-__all__ = ["DEFAULTS", "validate", "make_mesh", "build", "make_noise", "n_experiments"]
+__all__ = ["DEFAULTS", "validate", "size", "make_mesh", "build", "make_noise", "n_experiments"]
 
 SYMMETRIC = False  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
@@ -76,6 +76,17 @@ def _detectors_off_vertices(cfg):
     return False, (f"model.detectors_per_side = {k} puts detectors on vertices of the mesh.n = {n} mesh (at "
                    f"{', '.join(f'{x:g}' for x in on)} along each side), where the transported field is two-valued; "
                    f"choose another value, e.g. {fix}")
+
+
+def size(cfg):
+    """The run's :class:`~pdeinv.cases.resources.Size`: a DG(p) state per direction on the 2 n^2 cells,
+    a P1 parameter."""
+    from pdeinv.cases.resources import Size, square_vertices
+
+    n, p, lc = cfg["mesh"]["n"], cfg["model"]["degree"], cfg["laplace"]
+    cells = 2 * n * n
+    return Size(cells=cells, state_dofs=cells * (p + 1) * (p + 2) // 2, parameter_dofs=square_vertices(n),
+                solves=cfg["model"]["directions"], rank_vectors=lc["rank"] + lc["oversampling"])
 
 
 def make_mesh(cfg, comm, *, distribution_parameters=None):
