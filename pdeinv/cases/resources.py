@@ -4,18 +4,20 @@ A configuration names its size (``mesh.n``, ``model.steps``, the directions, the
 turns it into a :class:`Size` (global counts), and :func:`check` refuses it in preflight when the
 estimated peak memory of one node exceeds ``--max-memory`` (default: what the node has available,
 cgroup limits included, as a batch job sees it) or one forward solve is estimated above ``--max-hours``.
-Both estimates are deliberately simple upper bounds calibrated on this code's cases (serial, direct
-solvers, ``benchmarks/resources.py``):
+Both estimates are deliberately simple upper bounds calibrated on this code's cases (direct solvers):
 
 .. math::
 
-    M \approx 350\,\mathrm{MB}\cdot r + s\,n_u\,(2.5\,\mathrm{KB} + 100\,\mathrm{B}\cdot n_t)
+    M \approx r\,\bigl(b_r + s\,n_u\,(2.5\,\mathrm{KB} + 100\,\mathrm{B}\cdot n_t)\bigr)
         + n_m\,(8\,\mathrm{KB} + 32\,\mathrm{B}\cdot k),
     \qquad T_\mathrm{forward} \approx s\,n_u\,(12 + 0.5\,n_t)\,\mu\mathrm{s}\,/\,r,
 
-with :math:`r` ranks, :math:`s` state solves per forward (tomography's directions), :math:`n_u` state
-dofs of one solve, :math:`n_t` time steps (states kept for the adjoint), :math:`n_m` parameter dofs and
-:math:`k` the Laplace rank plus oversampling.  They exist to stop a mistyped ``mesh.n = 4000`` or
+with :math:`r` ranks (:math:`b_1` = 350 MB serially, :math:`b_r` = 600 MB per rank in parallel; the
+state part counts on every rank, as the default direct solver factors redundantly), :math:`s` state
+solves per forward (tomography's directions), :math:`n_u` state dofs of one solve, :math:`n_t` time steps
+(states kept for the adjoint), :math:`n_m` parameter dofs and :math:`k` the Laplace rank plus
+oversampling.  Measured (``benchmarks/resources.py``): estimate / peak 1.21–1.84 serially (heat, tomography,
+Poisson up to 88 000 state dofs), 1.1–1.4 on 2 ranks.  They exist to stop a mistyped ``mesh.n = 4000`` or
 ``model.steps = 10**21`` before it fills a node or runs forever, not to plan a job to the minute.
 """
 
@@ -28,7 +30,8 @@ __all__ = ["Size", "Limits", "square_vertices", "memory_bytes", "forward_seconds
 
 MB = 1024 ** 2
 GB = 1024 ** 3
-_BASE = 350 * MB            # Python + PETSc + Firedrake + the compiled kernels, per rank
+_BASE = 350 * MB            # Python + PETSc + Firedrake + the compiled kernels, serial
+_BASE_PARALLEL = 600 * MB   # the same per rank of a parallel run (MPI buffers, MUMPS, halo copies)
 _PER_STATE_DOF = 2560       # a state dof of one solve: the mesh, the assembled operator and its factors
 _PER_STATE_DOF_STEP = 100   # each time step's state kept on the tape for the adjoint
 _PER_PARAMETER_DOF = 8192   # the prior's operators, the optimizer's and Laplace's parameter vectors, outputs
@@ -70,10 +73,13 @@ def square_vertices(n: int) -> int:
 
 
 def memory_bytes(size: Size, ranks: int = 1) -> int:
-    """Estimated peak memory of the whole run on ``ranks`` ranks (bytes)."""
+    """Estimated peak memory of the whole run on ``ranks`` ranks (bytes).  In parallel the state part
+    counts once per rank: the default direct solver factors the whole operator redundantly on every rank."""
     state = size.solves * size.state_dofs * (_PER_STATE_DOF + _PER_STATE_DOF_STEP * size.steps)
     parameter = size.parameter_dofs * (_PER_PARAMETER_DOF + _PER_RANK_VECTOR * size.rank_vectors)
-    return _BASE * ranks + state + parameter
+    if ranks == 1:
+        return _BASE + state + parameter
+    return (_BASE_PARALLEL + state) * ranks + parameter
 
 
 def forward_seconds(size: Size, ranks: int = 1) -> float:
