@@ -17,6 +17,7 @@ some of the Cofunction arithmetic pdeinv does).  So:
 from __future__ import annotations
 
 import functools
+import weakref
 from contextlib import contextmanager
 
 from pdeinv._interrupt import interrupts_deferred
@@ -55,6 +56,9 @@ def no_annotations():
         yield
 
 
+_WRAPPED: weakref.WeakSet = weakref.WeakSet()  # the wrappers made here (a subclass is not wrapped twice)
+
+
 def unannotated(func):
     """Decorator: run ``func`` with annotation off, restoring the caller's annotation state after."""
 
@@ -65,7 +69,7 @@ def unannotated(func):
         with interrupts_deferred(), stop_annotating():  # Ctrl-C waits for the call: see pdeinv._interrupt
             return func(*args, **kwargs)
 
-    wrapper.__pdeinv_unannotated__ = True
+    _WRAPPED.add(wrapper)
     return wrapper
 
 
@@ -76,6 +80,6 @@ def unannotated_methods(cls, *, skip=()):
     for name, attr in list(vars(cls).items()):
         public = (not name.startswith("_") or name in ("__init__", "__call__")) and name not in skip
         if public and callable(attr) and not isinstance(attr, (type, staticmethod, classmethod, property)) \
-                and not getattr(attr, "__pdeinv_unannotated__", False):
+                and attr not in _WRAPPED:
             setattr(cls, name, unannotated(attr))
     return cls

@@ -42,8 +42,7 @@ class Checkpointing:
     directory: str | None = None
 
     def __post_init__(self):
-        for key in ("snapshots_in_ram", "snapshots_on_disk"):
-            val = getattr(self, key)
+        for key, val in (("snapshots_in_ram", self.snapshots_in_ram), ("snapshots_on_disk", self.snapshots_on_disk)):
             if not isinstance(val, (int, np.integer)) or isinstance(val, bool) or val < 0:
                 raise ValueError(f"Checkpointing: {key} must be a non-negative integer, got {val!r}")
         if self.snapshots_in_ram + self.snapshots_on_disk < 1:

@@ -29,6 +29,7 @@ import numpy as np
 
 from pdeinv._tape import unannotated_methods
 from pdeinv.linalg.arrays import axpy
+from pdeinv.maps import MisfitTerm
 
 __all__ = ["make_ensemble", "experiments_of", "EnsembleMisfit", "ENSEMBLE_DISTRIBUTION", "gather_channels",
            "sample_ensemble"]
@@ -110,22 +111,8 @@ def sample_ensemble(ensemble, noise, pred, *, seed: int, name: str = "data"):
     return obs.from_array(draw[:, start:start + mine.shape[1]], name=name)
 
 
-class _Counts:
-    """``map.counts`` of an ensemble misfit: this member's experiments' counts, summed."""
-
-    def __init__(self, misfits):
-        self._maps = [getattr(f, "map", None) for f in misfits]
-
-    @property
-    def counts(self) -> Counter:
-        total = Counter()
-        for mp in self._maps:
-            total.update(getattr(mp, "counts", {}))
-        return total
-
-
 @unannotated_methods
-class EnsembleMisfit:
+class EnsembleMisfit(MisfitTerm):
     """:math:`\\Phi(m) = \\sum_e \\Phi_e(m)` over the experiments of every ensemble member.
 
     Parameters
@@ -153,8 +140,24 @@ class EnsembleMisfit:
         self._check_same_partition(ensemble, space)
         self.ensemble = ensemble
         self.misfits = misfits
-        self.parameter_space = space
-        self.map = _Counts(misfits)
+        self._space = space
+
+    @property
+    def parameter_space(self):
+        return self._space
+
+    @property
+    def second_derivatives(self) -> bool:
+        """Whether every experiment of this member provides a full Hessian (the same model on every member)."""
+        return all(f.second_derivatives for f in self.misfits)
+
+    @property
+    def counts(self) -> Counter:
+        """This member's experiments' work counters, summed."""
+        total = Counter()
+        for f in self.misfits:
+            total.update(f.counts)
+        return total
 
     @staticmethod
     def _check_same_partition(ensemble, space):

@@ -27,7 +27,7 @@ from pdeinv._tape import unannotated_methods
 from pdeinv.errors import ForwardSolveError  # re-exported: pdeinv.maps.ForwardSolveError
 from pdeinv.linalg.arrays import axpy, local_values
 
-__all__ = ["ParameterToObservable", "Misfit", "check_function", "ForwardSolveError", "check_finite"]
+__all__ = ["ParameterToObservable", "MisfitTerm", "Misfit", "check_function", "ForwardSolveError", "check_finite"]
 
 
 
@@ -268,8 +268,58 @@ def _same_values(a, b) -> bool:
     return a.function_space().mesh().comm.allreduce(local, op=MPI.LAND)
 
 
+class MisfitTerm(ABC):
+    r"""The data term :math:`\Phi(m)` of a cost, as the solvers see it: value, gradient (a Cofunction),
+    Gauss–Newton and full Hessian actions, and the forward map's work counters.
+
+    :class:`Misfit` (one map, one noise model, one data set) and
+    :class:`~pdeinv.ensemble.EnsembleMisfit` (a sum over experiments) are the library's; a user's own
+    data term subclasses this and implements the abstract methods.
+    """
+
+    @property
+    @abstractmethod
+    def parameter_space(self):
+        """The space of :math:`m`."""
+
+    @abstractmethod
+    def __call__(self, m) -> float:
+        r""":math:`\Phi(m)`."""
+
+    @abstractmethod
+    def gradient(self, m):
+        r""":math:`\Phi'(m)` as a Cofunction."""
+
+    @abstractmethod
+    def gauss_newton_action(self, m, dm):
+        r""":math:`J^T W J\,\delta m` as a Cofunction."""
+
+    def hessian_action(self, m, dm):
+        """The full Hessian action (only where :attr:`second_derivatives`)."""
+        raise NotImplementedError(f"{type(self).__name__} provides no full Hessian (second_derivatives is False)")
+
+    def gauss_newton_action_block(self, m, dms):
+        """:meth:`gauss_newton_action` of a list of directions (one at a time unless a subclass blocks them)."""
+        return [self.gauss_newton_action(m, dm) for dm in dms]
+
+    @property
+    def second_derivatives(self) -> bool:
+        """Whether :meth:`hessian_action` is available."""
+        return False
+
+    @property
+    def counts(self) -> Counter:
+        """Work counters of the forward solves behind the term (empty if it has none)."""
+        return Counter()
+
+    @property
+    def scale(self) -> float:
+        r"""The factor :math:`c` of a scaled term :math:`c\,\Phi` (1 for a plain misfit)."""
+        return 1.0
+
+
 @unannotated_methods
-class Misfit:
+class Misfit(MisfitTerm):
     r"""Data misfit :math:`\Phi(m) = \phi(F(m); d)` of a map, a noise model and observed data.
 
     Parameters
@@ -295,6 +345,14 @@ class Misfit:
     @property
     def parameter_space(self):
         return self.map.parameter_space
+
+    @property
+    def second_derivatives(self) -> bool:
+        return self.map.second_derivatives
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(self.map.counts)
 
     def __call__(self, m) -> float:
         """:math:`\\Phi(m)`."""

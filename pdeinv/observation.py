@@ -32,8 +32,10 @@ __all__ = ["Observation", "ObservedPart", "PointObservation", "FieldObservation"
 
 def mesh_of(V):
     """The mesh of a space; for a mixed space on one mesh, that mesh (not Firedrake's MeshSequence)."""
+    from ufl.domain import MeshSequence
+
     mesh = V.mesh()
-    return mesh.unique() if hasattr(mesh, "unique") else mesh
+    return mesh.unique() if isinstance(mesh, MeshSequence) else mesh
 
 
 class ObservationPointsOutsideMesh(ValueError):

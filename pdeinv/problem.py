@@ -51,6 +51,14 @@ class InverseProblem:
     """
 
     def __init__(self, misfit, prior):
+        from pdeinv.maps import MisfitTerm
+        from pdeinv.prior.base import Regularizer
+
+        if not isinstance(misfit, MisfitTerm):
+            raise TypeError(f"InverseProblem: misfit must be a pdeinv.maps.MisfitTerm (a Misfit, an EnsembleMisfit or "
+                            f"a subclass of your own), got {type(misfit).__name__}")
+        if not isinstance(prior, Regularizer):
+            raise TypeError(f"InverseProblem: prior must be a pdeinv.prior.Regularizer, got {type(prior).__name__}")
         if prior.space != misfit.parameter_space:
             raise ValueError("InverseProblem: the prior and the misfit live on different parameter spaces")
         self.misfit = misfit
@@ -65,12 +73,9 @@ class InverseProblem:
 
     @property
     def full_hessian_available(self) -> bool:
-        """Whether the map provides second derivatives (:attr:`pdeinv.maps.ParameterToObservable.second_derivatives`);
-        a misfit of another kind (an ensemble of experiments) is taken to have them when its map does."""
-        from pdeinv.maps import ParameterToObservable
-
-        fmap = getattr(self.misfit, "map", None)
-        return isinstance(fmap, ParameterToObservable) and fmap.second_derivatives
+        """Whether the misfit provides second derivatives (:attr:`pdeinv.maps.MisfitTerm.second_derivatives`:
+        its map's, :attr:`pdeinv.maps.ParameterToObservable.second_derivatives`)."""
+        return self.misfit.second_derivatives
 
     def resolve(self, hessian) -> Hessian:
         """:class:`Hessian` ``hessian`` (or its string) with AUTO decided for this problem."""
@@ -82,7 +87,7 @@ class InverseProblem:
     @property
     def counts(self) -> dict:
         """The forward map's work counters (forward solves, JVPs, VJPs, linear solves)."""
-        return dict(getattr(self.misfit.map, "counts", {}))
+        return dict(self.misfit.counts)
 
     def __call__(self, m) -> float:
         """:math:`\\mathcal J(m)` (so a problem with a smooth regularizer can be the smooth part of FISTA)."""
@@ -102,8 +107,7 @@ class InverseProblem:
     def hessian_action_block(self, m, dms, *, misfit_only: bool = False):
         """Gauss–Newton :meth:`hessian_action` of a list of directions (the misfit part blocked: one pass of
         the forward/adjoint solves for all of them where the model supports it)."""
-        block = getattr(self.misfit, "gauss_newton_action_block", None)  # a user's misfit may not have one
-        hs = block(m, dms) if block is not None else [self.misfit.gauss_newton_action(m, dm) for dm in dms]
+        hs = self.misfit.gauss_newton_action_block(m, dms)
         if not misfit_only:
             for h, dm in zip(hs, dms, strict=True):
                 h += self.prior.hessian_action(m, dm)

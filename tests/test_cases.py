@@ -323,3 +323,32 @@ def shared_dir_simple(name):
     path = tempfile.mkdtemp(prefix=f"pdeinv-{name}-") if comm.rank == 0 else None
     shared_dir_simple.last = path = comm.bcast(path, root=0)
     return path
+
+
+def test_every_case_declares_the_case_interface():
+    """The runner talks to a case only through pdeinv.cases.common.Case: every case module's CASE is one,
+    and a case that leaves out what the runner's phases need cannot be made."""
+    from pdeinv.cases.common import DriverCase, PhasedCase, load_case
+    from pdeinv.cases.runner import CASES
+
+    for name in CASES:
+        case = load_case(name)
+        assert isinstance(case, (PhasedCase, DriverCase)) and case.name == name, name
+        cfg = load_config(case.defaults, None, [])
+        case.validate(cfg)
+        assert case.size(cfg).state_dofs > 0
+
+    class NoBuild(PhasedCase):
+        name, defaults = "nobuild", {}
+
+        def validate(self, cfg):
+            pass
+
+        def size(self, cfg, vertices=None):
+            return None
+
+        def make_mesh(self, cfg, comm, **kw):
+            return None
+
+    with pytest.raises(TypeError, match="build"):
+        NoBuild()

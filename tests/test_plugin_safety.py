@@ -220,3 +220,43 @@ def test_petsc_errors_that_are_not_solver_failures_are_not_rejected_trials():
     assert _is_solver_failure(wrapped)
     wrapped.__context__ = KeyboardInterrupt()
     assert not _is_solver_failure(wrapped)
+
+
+def test_the_solvers_take_declared_types_only():
+    """InverseProblem, LaplaceApproximation and fista name the type they expected instead of failing deep
+    inside on a missing attribute (no duck-typed protocols: pdeinv.maps.MisfitTerm, pdeinv.prior.Regularizer)."""
+    import firedrake as fd
+
+    from pdeinv.maps import MisfitTerm
+    from pdeinv.optimize.proximal import fista
+    from pdeinv.posterior import LaplaceApproximation
+    from pdeinv.prior import L1, BiLaplacianPrior
+    from pdeinv.problem import InverseProblem
+
+    V = fd.FunctionSpace(fd.UnitSquareMesh(4, 4), "CG", 1)
+    prior = BiLaplacianPrior.from_correlation(V, correlation_length=0.3, variance=1.0)
+
+    class Quadratic(MisfitTerm):  # a user's own data term: Φ(m) = ½‖m‖² (mass-weighted)
+        parameter_space = V
+
+        def __call__(self, m):
+            return 0.5 * fd.assemble(m * m * fd.dx)
+
+        def gradient(self, m):
+            return fd.assemble(fd.inner(m, fd.TestFunction(V)) * fd.dx)
+
+        def gauss_newton_action(self, m, dm):
+            return self.gradient(dm)
+
+    problem = InverseProblem(Quadratic(), prior)
+    m = fd.Function(V).assign(1.0)
+    assert abs(problem.cost(m).misfit - 0.5) < 1e-12 and not problem.full_hessian_available
+    assert problem.counts == {} and len(problem.hessian_action_block(m, [m, m])) == 2
+    with pytest.raises(TypeError, match="MisfitTerm"):
+        InverseProblem(object(), prior)
+    with pytest.raises(TypeError, match="Regularizer"):
+        InverseProblem(Quadratic(), object())
+    with pytest.raises(TypeError, match="InverseProblem"):
+        LaplaceApproximation(object(), m, rank=2)
+    with pytest.raises(TypeError, match="MisfitTerm or InverseProblem"):
+        fista(lambda m: 0.0, L1(V, alpha=1.0), m)

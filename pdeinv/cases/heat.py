@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from pdeinv.cases.common import solver_parameters, unit_square_mesh
+from pdeinv.cases.common import PhasedCase, solver_parameters, unit_square_mesh
 
-__all__ = ["DEFAULTS", "validate", "size", "check_files", "parameter_dofs", "make_mesh", "build", "observed_data"]
+__all__ = ["CASE", "DEFAULTS", "validate", "size", "check_files", "parameter_dofs", "make_mesh", "build",
+           "observed_data"]
 
 SYMMETRIC = True  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
@@ -188,3 +189,35 @@ def observed_data(cfg, model):
     data = model.observation.from_array(obs.values, name="data")
     sigma = obs.sigma if obs.sigma is not None else cfg["data"]["noise_fraction"] * float(np.max(np.abs(obs.values)))
     return SimpleNamespace(data=data, noise=GaussianNoise(model.observation, sigma), source=obs.source)
+
+
+class HeatCase(PhasedCase):
+    """The heat case (this module's functions) as the runner sees it."""
+
+    name = "heat"
+    defaults = DEFAULTS
+    symmetric = SYMMETRIC
+
+    def validate(self, cfg):
+        validate(cfg)
+
+    def size(self, cfg, vertices=None):
+        return size(cfg, vertices)
+
+    def check_files(self, cfg):
+        check_files(cfg)
+
+    def parameter_dofs(self, cfg):
+        return parameter_dofs(cfg)
+
+    def make_mesh(self, cfg, comm, **kw):
+        return make_mesh(cfg, comm, **kw)
+
+    def build(self, cfg, mesh, **kw):
+        return build(cfg, mesh, **kw)
+
+    def observed_data(self, cfg, model):
+        return observed_data(cfg, model)
+
+
+CASE = HeatCase()

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["DEFAULTS", "validate", "size", "run_case"]
+from pdeinv.cases.common import DriverCase
+
+__all__ = ["CASE", "DEFAULTS", "validate", "size", "run_case"]
 
 DEFAULTS = {
     "mesh": {"n": 16},
@@ -429,3 +431,22 @@ def _plots(out, histories, choices, errors):
     fig.tight_layout()
     save_figure(fig, os.path.join(out, "choice_rules.png"))
     plt.close(fig)
+
+
+class LearnRegularizationCase(DriverCase):
+    """The bilevel-learning case (its own driver, :func:`run_case`) as the runner sees it."""
+
+    name = "learn_regularization"
+    defaults = DEFAULTS
+
+    def validate(self, cfg):
+        validate(cfg)
+
+    def size(self, cfg, vertices=None):
+        return size(cfg)
+
+    def run_case(self, cfg, out, *, quiet=False):
+        return run_case(cfg, out, quiet=quiet)
+
+
+CASE = LearnRegularizationCase()

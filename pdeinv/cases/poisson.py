@@ -13,9 +13,9 @@ import math
 
 import numpy as np
 
-from pdeinv.cases.common import solver_parameters, unit_square_mesh
+from pdeinv.cases.common import PhasedCase, solver_parameters, unit_square_mesh
 
-__all__ = ["DEFAULTS", "validate", "size", "make_mesh", "build", "anisotropy_tensor"]
+__all__ = ["CASE", "DEFAULTS", "validate", "size", "make_mesh", "build", "anisotropy_tensor"]
 
 SYMMETRIC = True  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
@@ -86,3 +86,29 @@ def build(cfg, mesh):
     # the same truth on any number of ranks (a partition-independent white noise)
     truth = prior.sample(seed=p["truth_seed"], name="truth", reproducible=True)
     return model, prior, truth, points
+
+
+class PoissonCase(PhasedCase):
+    """The Poisson case (this module's functions) as the runner sees it."""
+
+    name = "poisson"
+    defaults = DEFAULTS
+    symmetric = SYMMETRIC
+
+    def validate(self, cfg):
+        validate(cfg)
+
+    def size(self, cfg, vertices=None):
+        return size(cfg)
+
+    def parameter_dofs(self, cfg):
+        return size(cfg).parameter_dofs
+
+    def make_mesh(self, cfg, comm, **kw):
+        return make_mesh(cfg, comm, **kw)
+
+    def build(self, cfg, mesh, **kw):
+        return build(cfg, mesh, **kw)
+
+
+CASE = PoissonCase()

@@ -23,7 +23,7 @@ removes only the entries its manifest records (never the user's files beside the
 directory below), and only after the new run's setup succeeded: until then the earlier entries are moved
 aside, and a setup that fails puts them back.
 
-Ensembles: a case whose module defines ``n_experiments(cfg)`` takes ``parallel.ensemble = P``: the
+Ensembles: a case whose ``n_experiments(cfg)`` exceeds 1 takes ``parallel.ensemble = P``: the
 experiments are split over P ``firedrake.Ensemble`` members (``COMM_WORLD.size / P`` ranks each), the
 misfit summed in :class:`pdeinv.ensemble.EnsembleMisfit`; the optimizer and the Laplace approximation
 run on every member alike, and member 0 alone writes the checkpoint and the results.
@@ -39,7 +39,6 @@ again with ``--resume``).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import shutil
@@ -50,6 +49,7 @@ import time
 from dataclasses import dataclass, field
 
 from pdeinv.cases import checkpoint_files, disk, resources, results_dir
+from pdeinv.cases.common import DriverCase, PhasedCase, load_case
 from pdeinv.cases.results_dir import MARKER  # the manifest, written first into every results directory
 from pdeinv.cases.signals import EXIT_INTERRUPTED, StopRequest, exit_on_signals
 
@@ -182,7 +182,7 @@ def _check_checkpoint_files(out):
                           "with --overwrite)")
 
 
-def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: int = 1,
+def preflight(name, case, cfg, out, *, resume=False, overwrite=False, ranks: int = 1,
               allow_code: bool = False, limits: resources.Limits | None = None, ranks_per_node: int = 1) -> bool:
     """Every check that needs no mesh and no solve: the results directory, ``--resume`` against the
     checkpoint, PETSc options, data files, sizes (memory and time estimates against ``limits``, see
@@ -196,7 +196,7 @@ def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: i
     if ranks % members:
         raise ConfigError(f"parallel.ensemble = {members} members cannot share {ranks} MPI rank(s) equally; run on a "
                           f"multiple of {members} ranks (members x ranks per member)")
-    size = module.size(cfg)
+    size = case.size(cfg)
     if size is not None:  # before the results directory: a refused size touches nothing
         resources.check(size, limits or resources.Limits(None), ranks=ranks, ranks_per_node=ranks_per_node)
     clear = _check_output(out, resume=resume, overwrite=overwrite)
@@ -207,7 +207,7 @@ def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: i
     if isinstance(solver, str):
         from pdeinv.cases.common import solver_parameters
 
-        solver = solver_parameters(solver, symmetric=getattr(module, "SYMMETRIC", True))
+        solver = solver_parameters(solver, symmetric=case.symmetric)
     if solver:
         try:
             unused = unused_solver_options(solver, name="model.solver", allow_code=allow_code)
@@ -216,9 +216,8 @@ def preflight(name, module, cfg, out, *, resume=False, overwrite=False, ranks: i
         if unused:
             raise ConfigError(f"model.solver: unknown PETSc option(s) {unused} (not read by a KSP/PC; options "
                               "are written without the leading '-', e.g. ksp_type = \"cg\")")
-    if hasattr(module, "check_files"):
-        module.check_files(cfg)  # data files: read and checked now, not after setup
-    dofs = module.parameter_dofs(cfg) if hasattr(module, "parameter_dofs") else None
+    case.check_files(cfg)  # data files: read and checked now, not after setup
+    dofs = case.parameter_dofs(cfg)
     if dofs is not None and "laplace" in cfg:
         _check_rank(cfg, dofs)
     return clear
@@ -330,39 +329,27 @@ def main(argv=None, *, case: str | None = None) -> int:
     lock = None
     try:
         name = case or _case_name_from_file(args.config)
-        module = importlib.import_module(f"pdeinv.cases.{name}")
-        cfg = load_config(module.DEFAULTS, args.config, args.set)
-        module.validate(cfg)
+        case_ = load_case(name)
+        cfg = load_config(case_.defaults, args.config, args.set)
+        case_.validate(cfg)
         out = args.out or os.path.join("results", name)
         init_petsc()  # petsc4py only (no Firedrake yet): for the options check
         existed = os.path.isdir(out)
         limits = _limits(args)
         per_node = resources.ranks_on_this_node(comm)  # collective: rank 0's node is the one measured
         _on_rank0(comm, lambda: _refuse_if_locked(out))
-        clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=args.resume,
+        clear = _on_rank0(comm, lambda: preflight(name, case_, cfg, out, resume=args.resume,
                                                   overwrite=args.overwrite, ranks=comm.size,
                                                   allow_code=args.allow_code_options, limits=limits,
                                                   ranks_per_node=per_node))
         held = []  # rank 0's lock stays on rank 0 (an open file descriptor cannot be broadcast)
         _on_rank0(comm, lambda: held.append(_lock(out)))
         lock = held[0] if held else None
-        if hasattr(module, "run_case"):  # a case with its own driver (bilevel learning)
-            _run_own_driver(module, cfg, out, clear, comm, quiet=args.quiet)
+        if isinstance(case_, DriverCase):  # a case with its own driver (bilevel learning)
+            _run_own_driver(case_, cfg, out, clear, comm, quiet=args.quiet)
             return 0
 
-        with exit_on_signals((signal.SIGTERM, signal.SIGINT)) as on_signal:
-            try:
-                run(name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
-                    sigterm_after=args.sigterm_after, checked=True, limits=limits)
-            except (ConfigError, Interrupted, disk.DiskFull):
-                raise
-            except Exception as e:  # what `pdeinv status` reports, so a job script does not resubmit it
-                if not disk.is_no_space(e):
-                    if comm.rank == 0:
-                        results_dir.record_failure(out, f"{type(e).__name__}: {e}")
-                    raise
-                _write_failed_on_this_rank(comm, out, e)  # ends every rank
-                return disk.EXIT_NO_SPACE
+        return _run_under_signals(name, cfg, out, clear, args, limits, comm)
     except (ConfigError, disk.DiskFull) as e:
         if comm.rank == 0:
             full = isinstance(e, disk.DiskFull)
@@ -381,6 +368,27 @@ def main(argv=None, *, case: str | None = None) -> int:
     finally:
         if lock is not None:
             lock.release()
+
+
+def _run_under_signals(name, cfg, out, clear, args, limits, comm) -> int:
+    """:func:`run` with SIGTERM/SIGINT ending every rank at once (exit 75); a failure other than a
+    configuration error, a stop or a full disk is recorded for `pdeinv status` (so a job script does not
+    resubmit it) and re-raised; a full disk met while writing ends every rank with exit 74."""
+    from pdeinv.cases.config import ConfigError
+
+    with exit_on_signals((signal.SIGTERM, signal.SIGINT)) as on_signal:
+        try:
+            run(name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
+                sigterm_after=args.sigterm_after, checked=True, limits=limits)
+        except (ConfigError, Interrupted, disk.DiskFull):
+            raise
+        except Exception as e:
+            if not disk.is_no_space(e):
+                if comm.rank == 0:
+                    results_dir.record_failure(out, f"{type(e).__name__}: {e}")
+                raise
+            _write_failed_on_this_rank(comm, out, e)  # ends every rank
+            return disk.EXIT_NO_SPACE
     return 0
 
 
@@ -419,13 +427,13 @@ def _write_failed_on_this_rank(comm, out, exc):
         comm.Abort(disk.EXIT_NO_SPACE)
 
 
-def _run_own_driver(module, cfg, out, clear, comm, *, quiet):
+def _run_own_driver(case, cfg, out, clear, comm, *, quiet):
     """A case with its own ``run_case``: the same results-directory rules (earlier entries set aside until it
     succeeds, its new entries recorded in the manifest)."""
     aside = _prepare_fresh(out, clear, comm)
     before = _contents(out)
     try:
-        module.run_case(cfg, out, quiet=quiet)
+        case.run_case(cfg, out, quiet=quiet)
     except BaseException:
         _setup_failed(out, aside, comm)
         raise
@@ -501,7 +509,7 @@ class _Run:
     name: str
     cfg: dict
     out: str
-    module: object
+    case: PhasedCase
     comm: object
     log: object
     resume: bool
@@ -571,12 +579,12 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
 
     from pdeinv.log import RankZeroLog
 
-    module = importlib.import_module(f"pdeinv.cases.{name}")
+    case = load_case(name)
     comm = fd.COMM_WORLD  # a case run owns the whole MPI job
     if not checked:
-        clear = _on_rank0(comm, lambda: preflight(name, module, cfg, out, resume=resume, overwrite=overwrite,
+        clear = _on_rank0(comm, lambda: preflight(name, case, cfg, out, resume=resume, overwrite=overwrite,
                                                   ranks=comm.size, limits=limits))
-    r = _Run(name, cfg, out, module, comm, RankZeroLog(comm, quiet=quiet, announce_phases=True), resume,
+    r = _Run(name, cfg, out, case, comm, RankZeroLog(comm, quiet=quiet, announce_phases=True), resume,
              limits=limits or resources.Limits(None))
     _start(r, exit_message)
     _setup_phase(r, clear)
@@ -597,11 +605,11 @@ def _start(r: _Run, exit_message) -> None:
         r.ensemble = make_ensemble(r.comm, _members(r.cfg))
         r.space, r.writer = r.ensemble.comm, r.ensemble.ensemble_comm.rank == 0
         r.mesh_kw = {"distribution_parameters": ENSEMBLE_DISTRIBUTION}
-        r.experiments = experiments_of(r.module.n_experiments(r.cfg), r.ensemble)
+        r.experiments = experiments_of(r.case.n_experiments(r.cfg), r.ensemble)
     r.t_start = time.perf_counter()
     r.log.info(f"pdeinv case '{r.name}' on {r.comm.size} rank(s) -> {r.out}"
                + (f" ({_members(r.cfg)} ensemble members x {r.space.size} rank(s))" if r.ensemble is not None else ""))
-    size = r.module.size(r.cfg)
+    size = r.case.size(r.cfg)
     if size is not None:
         r.log.info(resources.describe(size, r.comm.size))
     if exit_message is not None:
@@ -628,7 +636,7 @@ def _setup_phase(r: _Run, clear) -> None:
                 mesh_name = mesh.name
                 disk.ensure_space(r.out, disk.estimate(disk.Sizes.of(mesh, None), disk.Write.MESH), r.comm)
                 # a mesh from a file is known only now: the last check that needs no solve, before writing
-                if getattr(r.module, "parameter_dofs", lambda c: None)(r.cfg) is None:
+                if r.case.parameter_dofs(r.cfg) is None:
                     _check_rank(r.cfg, fd.FunctionSpace(mesh, "CG", 1).dim())
                 aside = _prepare_fresh(r.out, clear, r.comm, name=r.name, cfg=r.cfg, mesh_name=mesh_name)
                 prepared = True
@@ -641,7 +649,7 @@ def _setup_phase(r: _Run, clear) -> None:
             with fd.CheckpointFile(r.mesh_file, "r", comm=r.space) as ck:
                 r.mesh = ck.load_mesh(mesh_name)
             kw = {} if r.ensemble is None else {"experiments": r.experiments}
-            r.model, r.prior, r.truth, r.points = r.module.build(r.cfg, r.mesh, **kw)
+            r.model, r.prior, r.truth, r.points = r.case.build(r.cfg, r.mesh, **kw)
             r.V = r.model.parameter_space
             r.sizes = disk.Sizes.of(r.mesh, r.V)
     except BaseException:
@@ -661,13 +669,13 @@ def _make_mesh(r: _Run):
     from a file, whose size preflight could not know, is checked against the limits now."""
     import firedrake as fd
 
-    size = r.module.size(r.cfg)
+    size = r.case.size(r.cfg)
     r.log.info("  building the mesh" + (f" ({size.cells} cells)" if size is not None else " (from a file)"))
     with r.log.phase("mesh"):
-        mesh = r.module.make_mesh(r.cfg, r.space, **r.mesh_kw)
+        mesh = r.case.make_mesh(r.cfg, r.space, **r.mesh_kw)
         cells = r.space.allreduce(mesh.cell_set.size)
     if size is None:
-        size = r.module.size(r.cfg, vertices=fd.FunctionSpace(mesh, "CG", 1).dim())
+        size = r.case.size(r.cfg, vertices=fd.FunctionSpace(mesh, "CG", 1).dim())
         r.log.info(resources.describe(size, r.comm.size))
         resources.check(size, r.limits, ranks=r.comm.size, ranks_per_node=resources.ranks_on_this_node(r.comm))
     r.log.info(f"  mesh: {cells} cells")
@@ -703,20 +711,15 @@ def _save_mesh(r: _Run, mesh) -> None:
 def _data_phase(r: _Run) -> None:
     """Observed data (from a file, or synthetic from the truth with the case's noise) and the problem."""
     from pdeinv.maps import Misfit
-    from pdeinv.noise import GaussianNoise
     from pdeinv.problem import InverseProblem
 
     with r.log.phase("data"):
-        r.observed = r.module.observed_data(r.cfg, r.model) if hasattr(r.module, "observed_data") else None
+        r.observed = r.case.observed_data(r.cfg, r.model)
         if r.observed is not None:  # data from a file: no truth, no noise-free data
             r.data, r.noise, r.clean = r.observed.data, r.observed.noise, None
         else:
             r.clean = r.model(r.truth)
-            if hasattr(r.module, "make_noise"):
-                kw = {} if r.ensemble is None else {"ensemble": r.ensemble}
-                r.noise = r.module.make_noise(r.cfg, r.model, r.clean, **kw)
-            else:
-                r.noise = GaussianNoise.relative(r.model.observation, r.clean, r.cfg["data"]["noise_fraction"])
+            r.noise = r.case.make_noise(r.cfg, r.model, r.clean, ensemble=r.ensemble)
             if r.ensemble is None:
                 r.data = r.noise.sample(r.clean, seed=r.cfg["data"]["seed"])
             else:  # the draw of one member holding every experiment
@@ -929,6 +932,6 @@ def _memory_record(r: _Run) -> dict:
     import resource
 
     peak = r.comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # kB on Linux
-    size = r.module.size(r.cfg) or r.module.size(r.cfg, vertices=r.V.dim())
+    size = r.case.size(r.cfg) or r.case.size(r.cfg, vertices=r.V.dim())
     return {"peak_mb": round(peak / resources.MB, 1),
             "estimated_mb": round(resources.memory_bytes(size, r.comm.size) / resources.MB, 1)}

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from pdeinv.cases.common import solver_parameters, unit_square_mesh
+from pdeinv.cases.common import PhasedCase, solver_parameters, unit_square_mesh
 
-__all__ = ["DEFAULTS", "validate", "size", "make_mesh", "build", "make_noise", "n_experiments"]
+__all__ = ["CASE", "DEFAULTS", "validate", "size", "make_mesh", "build", "make_noise", "n_experiments"]
 
 SYMMETRIC = False  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
@@ -139,3 +139,35 @@ def make_noise(cfg, model, clean, ensemble=None):
     from mpi4py import MPI
 
     return GaussianNoise(model.observation, ensemble.ensemble_comm.allreduce(noise.sigma, op=MPI.MAX))
+
+
+class TomographyCase(PhasedCase):
+    """The tomography case (this module's functions) as the runner sees it."""
+
+    name = "tomography"
+    defaults = DEFAULTS
+    symmetric = SYMMETRIC
+
+    def validate(self, cfg):
+        validate(cfg)
+
+    def size(self, cfg, vertices=None):
+        return size(cfg)
+
+    def parameter_dofs(self, cfg):
+        return size(cfg).parameter_dofs
+
+    def make_mesh(self, cfg, comm, **kw):
+        return make_mesh(cfg, comm, **kw)
+
+    def build(self, cfg, mesh, **kw):
+        return build(cfg, mesh, **kw)
+
+    def n_experiments(self, cfg):
+        return n_experiments(cfg)
+
+    def make_noise(self, cfg, model, clean, ensemble=None):
+        return make_noise(cfg, model, clean, ensemble)
+
+
+CASE = TomographyCase()

@@ -28,10 +28,10 @@ def derive(form, coefficient, argument=None):
 def is_zero(form) -> bool:
     """Whether ``form`` is identically zero after expanding derivatives (e.g. the derivative of a
     residual with respect to something it does not depend on)."""
-    from ufl.form import ZeroBaseForm
+    from ufl.form import Form, ZeroBaseForm
 
     f = expand(form)
-    return isinstance(f, ZeroBaseForm) or (hasattr(f, "empty") and f.empty())
+    return isinstance(f, ZeroBaseForm) or (isinstance(f, Form) and f.empty())
 
 
 def depends_on(form, *things) -> bool:
@@ -156,7 +156,7 @@ def check_bcs(bcs, state_space, name: str):
         if not isinstance(bc, fd.DirichletBC):
             raise TypeError(f"{name}: bcs must be firedrake.DirichletBC objects, got {type(bc).__name__}")
         V = bc.function_space()
-        while getattr(V, "parent", None) is not None:  # a condition on a component or sub-space
+        while V.parent is not None:  # a condition on a component or sub-space
             V = V.parent
         if V != state_space:
             raise ValueError(f"{name}: a boundary condition lives on {_space_name(V)}, not on the state space "

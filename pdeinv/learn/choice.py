@@ -211,7 +211,7 @@ def gcv(hyper, theta0, *, index: int = 0, grid, probes: int = 8, seed: int = 11,
     for t in g:
         m = solve(t)
         problem = hyper.problem(solve.theta(t))
-        factor = getattr(problem.misfit, "factor", 1.0)  # a noise-level term scales the misfit
+        factor = problem.misfit.scale  # a noise-level term scales the misfit
         P = problem.preconditioner
         est = []
         for z in Z:

@@ -44,6 +44,7 @@ import numpy as np
 
 from pdeinv._tape import unannotated_methods
 from pdeinv.linalg.arrays import axpy, scale
+from pdeinv.maps import MisfitTerm
 from pdeinv.prior.base import GaussianPlus, GaussianPrior, Regularizer
 
 __all__ = ["HyperTerm", "Weight", "regularization_weight", "prior_variance", "noise_level", "MaternParameters",
@@ -104,7 +105,7 @@ class _ScaledGaussian(GaussianPrior):
 
 
 @unannotated_methods
-class _ScaledMisfit:
+class _ScaledMisfit(MisfitTerm):
     """:math:`c\\,\\Phi` with the Misfit interface (noise standard deviations scaled by :math:`c^{-1/2}`)."""
 
     def __init__(self, base, factor):
@@ -114,6 +115,18 @@ class _ScaledMisfit:
     @property
     def parameter_space(self):
         return self.base.parameter_space
+
+    @property
+    def scale(self) -> float:
+        return self.factor
+
+    @property
+    def second_derivatives(self) -> bool:
+        return self.base.second_derivatives
+
+    @property
+    def counts(self):
+        return self.base.counts
 
     def __call__(self, m):
         return self.factor * self.base(m)

@@ -84,7 +84,7 @@ class UnrolledSolver(ABC):
 
     iterations: int
     space = None
-    forward_map = None
+    counted = None  # what the PDE solves are counted on (anything with ``counts``: a map, misfit or problem)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -144,7 +144,7 @@ class GradientDescent(UnrolledSolver):
         if not callable(preconditioner):
             raise TypeError("GradientDescent: preconditioner must be callable (Cofunction -> Function)")
         self.hyper, self.step, self.iterations, self.P = hyper, float(step), int(iterations), preconditioner
-        self.space, self.forward_map = hyper.parameter_space, hyper.map
+        self.space, self.counted = hyper.parameter_space, hyper.map
 
     def check_theta(self, theta):
         return self.hyper.check_theta(theta)
@@ -210,7 +210,10 @@ class ProximalGradient(UnrolledSolver):
             raise ValueError(f"ProximalGradient: iterations must be a positive integer, got {iterations!r}")
         self.smooth, self.l1, self.iterations = smooth, l1, int(iterations)
         self.space = l1.space
-        self.forward_map = getattr(getattr(smooth, "misfit", smooth), "map", None)
+        from pdeinv.optimize.proximal import check_smooth
+
+        check_smooth(smooth, "ProximalGradient")
+        self.counted = smooth
         self.w = np.array(l1.weights.dat.data_ro)
         self.beta = fista_momentum(self.iterations) if accelerated else np.zeros(self.iterations)
         self.names = tuple(f"log_step_{k}" for k in range(self.iterations)) + tuple(
@@ -293,7 +296,7 @@ def reverse_through(solver: UnrolledSolver, loss, theta, m0=None, *, checkpointi
         raise TypeError(f"reverse_through: checkpointing must be a pdeinv Checkpointing, "
                         f"got {type(checkpointing).__name__}")
     T = K if truncate is None else int(truncate)
-    counter = SolveCounter(solver.forward_map) if solver.forward_map is not None else None
+    counter = SolveCounter(solver.counted) if solver.counted is not None else None
     state = solver.start(m0)
     for k in range(K - T):  # the untraced head of a truncated unrolling
         state = solver.advance(k, state, theta)

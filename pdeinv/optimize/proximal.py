@@ -28,7 +28,7 @@ from pdeinv.optimize.result import OptimizationResult
 from pdeinv.problem import CostTerms
 from pdeinv.verify import dual_pairing
 
-__all__ = ["FISTAOptions", "fista"]
+__all__ = ["FISTAOptions", "fista", "check_smooth"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,15 @@ class FISTAOptions:
             raise ValueError("FISTAOptions: initial_lipschitz must be > 0 and backtrack_factor > 1")
 
 
+def check_smooth(smooth, who: str) -> None:
+    """TypeError unless ``smooth`` is a data term or a problem (what a proximal method's smooth part is)."""
+    from pdeinv.maps import MisfitTerm
+    from pdeinv.problem import InverseProblem
+
+    if not isinstance(smooth, (MisfitTerm, InverseProblem)):
+        raise TypeError(f"{who}: smooth must be a pdeinv MisfitTerm or InverseProblem, got {type(smooth).__name__}")
+
+
 @unannotated
 def fista(smooth, nonsmooth, m0, *, options: FISTAOptions | None = None, callback=None,
           log=None) -> OptimizationResult:
@@ -69,6 +78,7 @@ def fista(smooth, nonsmooth, m0, *, options: FISTAOptions | None = None, callbac
 
     from pdeinv.log import RankZeroLog
 
+    check_smooth(smooth, "fista")
     opts = options or FISTAOptions()
     V = nonsmooth.space
     nonsmooth._check(m0, "m0")
@@ -114,7 +124,7 @@ def fista(smooth, nonsmooth, m0, *, options: FISTAOptions | None = None, callbac
             reason, converged = "step tolerance", True
             break
     f_final, g_final = smooth(m), nonsmooth(m)
-    counts = dict(getattr(getattr(smooth, "map", None), "counts", {}))
+    counts = dict(smooth.counts)
     log.info(f"fista: {reason} after {k} iterations, cost {f_final + g_final:.6e}")
     return OptimizationResult(m=m, cost=CostTerms(f_final + g_final, f_final, g_final), converged=converged,
                               reason=reason, iterations=k, cg_iterations=0, gradient_norm=float("nan"),

@@ -100,7 +100,11 @@ class LaplaceApproximation:
                  power_iterations: int = 0, seed: int = 0):
         from pdeinv.maps import check_function
         from pdeinv.prior.base import GaussianPlus, GaussianPrior
+        from pdeinv.problem import InverseProblem
 
+        if not isinstance(problem, InverseProblem):
+            raise TypeError(f"LaplaceApproximation: problem must be a pdeinv InverseProblem, "
+                            f"got {type(problem).__name__}")
         if isinstance(problem.prior, GaussianPlus):
             prior, extras = problem.prior.gaussian, problem.prior  # extra terms join the misfit Hessian
         elif isinstance(problem.prior, GaussianPrior):
@@ -129,9 +133,8 @@ class LaplaceApproximation:
             return problem.hessian_action_block(self.mean, vs, misfit_only=True)
 
         self._apply_A = apply_A
-        blocked = extras is None and hasattr(problem, "hessian_action_block")
-        blocks = {"apply_A_block": apply_A_block if blocked else None,
-                  "apply_Binv_block": getattr(self.prior, "covariance_action_block", None)}
+        blocks = {"apply_A_block": apply_A_block if extras is None else None,
+                  "apply_Binv_block": self.prior.covariance_action_block}
         if method == "double_pass":
             self.eig = double_pass(apply_A, self.prior.precision_action, self.prior.covariance_action, self.space,
                                    k=rank, p=oversampling, power_iterations=power_iterations, seed=seed, **blocks)

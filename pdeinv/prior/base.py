@@ -87,6 +87,10 @@ class GaussianPrior(Regularizer):
     @abstractmethod
     def covariance_action(self, c): ...
 
+    def covariance_action_block(self, cs):
+        """:meth:`covariance_action` of a list of Cofunctions (one at a time unless a subclass blocks them)."""
+        return [self.covariance_action(c) for c in cs]
+
     @abstractmethod
     def sample_centered(self, *, seed: int): ...
 
