@@ -77,7 +77,7 @@ def build(args):
         mesh = fd.UnitSquareMesh(n, n)
         rng = np.random.default_rng(1)
         pts = 0.1 + 0.8 * rng.random((args.points, 2))
-        model = HeatModel(mesh, parameter=args.parameter or "initial_condition", end_time=args.end_time,
+        model = HeatModel(mesh, unknown=args.parameter or "initial_condition", end_time=args.end_time,
                           steps=args.steps, theta=1.0, observation_points=pts,
                           initial_condition=fd.Constant(0.0), source=fd.Constant(0.0),
                           solver_parameters=solver_parameters(args, True, mesh))
@@ -91,7 +91,7 @@ def build(args):
             angles = angles[list(experiments_of(args.directions, ensemble))]
         model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)],
                                detectors=boundary_detectors(max(1, args.points // 4)),
-                               parameter=args.parameter or "log_absorption",
+                               unknown=args.parameter or "log_absorption",
                                solver_parameters=solver_parameters(args, False, mesh))
         size = {"directions": args.directions}
     else:

@@ -45,7 +45,7 @@ def run(kind, par, n, steps, reps, old_heat, old_poisson):
     pts = 0.1 + 0.8 * rng.random((50, 2))
     if kind == "heat":
         def mk(cls):
-            return cls(mesh, parameter=par, end_time=0.1, steps=steps, observation_points=pts,
+            return cls(mesh, unknown=par, end_time=0.1, steps=steps, observation_points=pts,
                        initial_condition=fd.Constant(0.0), source=fd.Constant(0.0))
 
         models = {"old": mk(old_heat.HeatModel), "new": mk(HeatModel)}

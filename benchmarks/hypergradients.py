@@ -61,7 +61,7 @@ def build(model_name, n):
     if model_name == "heat":
         from pdeinv.forward.heat import HeatModel
 
-        model = HeatModel(mesh, parameter="initial_condition", end_time=0.05, steps=50,
+        model = HeatModel(mesh, unknown="initial_condition", end_time=0.05, steps=50,
                           observation_points=0.1 + 0.8 * rng.random((30, 2)),
                           observation_times=[0.01, 0.02, 0.03, 0.04, 0.05])
         expr = fd.exp(-30 * ((x - 0.4) ** 2 + (y - 0.6) ** 2))
@@ -70,7 +70,7 @@ def build(model_name, n):
 
         angles = np.linspace(0, np.pi, 8, endpoint=False) + 0.1
         model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)],
-                               detectors=boundary_detectors(12), parameter="source")
+                               detectors=boundary_detectors(12), unknown="source")
         expr = fd.exp(-20 * ((x - 0.5) ** 2 + (y - 0.4) ** 2)) + 0.5 * fd.exp(-40 * ((x - 0.3) ** 2 + (y - 0.7) ** 2))
     truth = fd.Function(model.parameter_space, name="truth").interpolate(expr)
     clean = model(truth)

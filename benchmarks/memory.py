@@ -47,7 +47,7 @@ def main():
     pts = 0.1 + 0.8 * np.random.default_rng(1).random((50, 2))
     ck = None if args.no_checkpointing else Checkpointing(snapshots_in_ram=args.snapshots)
     dt = 1e-5
-    model = HeatModel(mesh, parameter="log_conductivity", end_time=dt * args.steps, steps=args.steps,
+    model = HeatModel(mesh, unknown="log_conductivity", end_time=dt * args.steps, steps=args.steps,
                       observation_points=pts, observation_times=[dt * args.steps],
                       initial_condition=fd.sin(fd.pi * fd.SpatialCoordinate(mesh)[0]), checkpointing=ck)
     x, y = fd.SpatialCoordinate(mesh)

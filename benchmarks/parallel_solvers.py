@@ -52,7 +52,7 @@ CONFIGS = {
 
 
 def measure(name, args, mesh, pts):
-    model = HeatModel(mesh, parameter="initial_condition", end_time=args.end_time, steps=args.steps, theta=1.0,
+    model = HeatModel(mesh, unknown="initial_condition", end_time=args.end_time, steps=args.steps, theta=1.0,
                       observation_points=pts, solver_parameters=CONFIGS[name])
     x, y = fd.SpatialCoordinate(mesh)
     m = fd.Function(model.parameter_space).interpolate(fd.sin(fd.pi * x) * fd.sin(fd.pi * y))

@@ -27,7 +27,7 @@ def build(name, n):
         truth = np.log(2.0) * fd.sin(2 * fd.pi * x) * fd.cos(fd.pi * y) + 0.5 * x
         prior = BiLaplacianPrior(model.parameter_space, gamma=0.1, delta=0.5)
     elif name == "heat":
-        model = HeatModel(mesh, parameter="initial_condition", end_time=0.05, steps=50,
+        model = HeatModel(mesh, unknown="initial_condition", end_time=0.05, steps=50,
                           observation_points=0.1 + 0.8 * rng.random((30, 2)),
                           observation_times=[0.01, 0.02, 0.03, 0.04, 0.05])
         truth = fd.exp(-30 * ((x - 0.4) ** 2 + (y - 0.6) ** 2))
@@ -35,7 +35,7 @@ def build(name, n):
     else:
         angles = np.linspace(0, np.pi, 8, endpoint=False) + 0.1
         model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)],
-                               detectors=boundary_detectors(12), parameter="log_absorption")
+                               detectors=boundary_detectors(12), unknown="log_absorption")
         truth = 0.5 * fd.exp(-20 * ((x - 0.5) ** 2 + (y - 0.4) ** 2))
         prior = BiLaplacianPrior.from_correlation(model.parameter_space, correlation_length=0.2, variance=0.5)
     clean = model(fd.Function(model.parameter_space).interpolate(truth))

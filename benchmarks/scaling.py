@@ -80,7 +80,7 @@ def measure(args):
         world.barrier()  # --independent: the ranks start each operation together
 
     for name, params in solvers.items():
-        model = HeatModel(mesh, parameter="initial_condition", end_time=args.end_time, steps=args.steps, theta=1.0,
+        model = HeatModel(mesh, unknown="initial_condition", end_time=args.end_time, steps=args.steps, theta=1.0,
                           observation_points=pts, initial_condition=fd.Constant(0.0), source=fd.Constant(0.0),
                           solver_parameters=params)
         m = fd.Function(model.parameter_space).interpolate(fd.sin(fd.pi * x) * fd.sin(fd.pi * y))

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 import numbers
+from enum import Enum
 
-__all__ = ["real_number", "describe_space", "describe_mismatch", "require_scalar_space", "require_field_space"]
+__all__ = ["real_number", "Choice", "choice", "renamed_choice", "describe_space", "describe_mismatch",
+           "require_scalar_space", "require_field_space"]
 
 
 def real_number(owner: str, name: str, value, *, minimum: float | None = 0.0, strict: bool = True) -> float:
@@ -19,6 +21,43 @@ def real_number(owner: str, name: str, value, *, minimum: float | None = 0.0, st
     if minimum is not None and (v <= minimum if strict else v < minimum):
         raise ValueError(f"{owner}: {name} must be {'>' if strict else '>='} {minimum:g}, got {value!r}")
     return v
+
+
+class Choice(str, Enum):
+    """An option family: members compare equal to their strings, print as them (``f"{x}"`` is the
+    value, as Python 3.11's StrEnum; pdeinv supports 3.10) and are what :func:`choice` returns."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec) -> str:
+        return format(self.value, spec)
+
+
+def choice(enum_type, value, owner: str, name: str):
+    """``value`` (a member of the str-valued ``enum_type`` or its string) as the member; one ValueError
+    listing the choices otherwise (Firedrake's pattern: enums inside, strings accepted at the boundary)."""
+    try:
+        return enum_type(value)
+    except ValueError:
+        names = " or ".join(repr(m.value) for m in enum_type)
+        raise ValueError(f"{owner}: {name} must be {names}, got {value!r}") from None
+
+
+def renamed_choice(enum_type, value, old_value, owner: str, name: str, old_name: str):
+    """:func:`choice` of a required keyword ``name`` that used to be called ``old_name`` (still accepted,
+    with a DeprecationWarning)."""
+    import warnings
+
+    if old_value is not None:
+        if value is not None:
+            raise TypeError(f"{owner}: give {name}= only ({old_name}= is its former name)")
+        warnings.warn(f"{owner}: {old_name}= is now called {name}= ({old_name} names the Function m)",
+                      DeprecationWarning, stacklevel=3)
+        value = old_value
+    if value is None:
+        raise TypeError(f"{owner}: {name} is required: one of {', '.join(repr(m.value) for m in enum_type)}")
+    return choice(enum_type, value, owner, name)
 
 
 def describe_space(V) -> str:

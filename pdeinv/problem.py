@@ -13,14 +13,14 @@ generalized eigenproblem needs).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
+from pdeinv._checks import Choice
 from pdeinv._tape import unannotated_methods
 
 __all__ = ["InverseProblem", "CostTerms", "Hessian"]
 
 
-class Hessian(str, Enum):
+class Hessian(Choice):
     """Which Hessian a solver uses: the full one (with the map's second-order term), Gauss–Newton, or AUTO
     (the full Hessian where the map has second derivatives, else Gauss–Newton).  Strings are accepted:
     ``Hessian("full")``."""

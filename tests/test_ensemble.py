@@ -139,7 +139,7 @@ def test_sample_ensemble_draws_what_one_member_would(law):
 
     def model_of(directions):
         return TransportModel(mesh, directions=np.c_[np.cos(directions), np.sin(directions)],
-                              detectors=boundary_detectors(4), parameter="log_absorption")
+                              detectors=boundary_detectors(4), unknown="log_absorption")
 
     def noise_of(model):
         return {"gaussian": lambda o: GaussianNoise(o, 0.01), "poisson": lambda o: PoissonNoise(o, 1e3),

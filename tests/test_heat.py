@@ -17,7 +17,7 @@ POINTS = np.array([[0.2, 0.3], [0.5, 0.5], [0.7, 0.8], [0.4, 0.6], [0.85, 0.15]]
 def decay_error(n, steps, theta, degree, T=0.05, kappa=1.0):
     """L2 error at T of the decaying mode u0 = sin(pi x) sin(pi y), u = exp(-2 pi^2 kappa t) u0."""
     mesh = fd.UnitSquareMesh(n, n)
-    model = HeatModel(mesh, parameter="initial_condition", end_time=T, steps=steps, theta=theta,
+    model = HeatModel(mesh, unknown="initial_condition", end_time=T, steps=steps, theta=theta,
                       degree=degree, conductivity=kappa, observation_points=POINTS, observation_times=[T])
     x, y = fd.SpatialCoordinate(mesh)
     u0 = fd.sin(fd.pi * x) * fd.sin(fd.pi * y)
@@ -52,7 +52,7 @@ def test_time_convergence_backward_euler_1_crank_nicolson_2(theta, order):
 @pytest.mark.parametrize("theta", [1.0, 0.5])
 def test_derivatives(parameter, theta):
     mesh = fd.UnitSquareMesh(6, 6)
-    model = HeatModel(mesh, parameter=parameter, end_time=0.1, steps=8, theta=theta,
+    model = HeatModel(mesh, unknown=parameter, end_time=0.1, steps=8, theta=theta,
                       observation_points=POINTS, observation_times=[0.025, 0.05, 0.1],
                       initial_condition=fd.Constant(0.5), source=1.0,
                       boundary=[Robin(1, 2.0, 0.3), Neumann(2, 0.5), Dirichlet((3, 4), 0.2)])
@@ -66,7 +66,7 @@ def test_derivatives(parameter, theta):
 def test_3d_log_conductivity_derivatives():
     mesh = fd.UnitCubeMesh(3, 3, 3)
     pts = np.array([[0.3, 0.4, 0.5], [0.6, 0.5, 0.4]])
-    model = HeatModel(mesh, parameter="log_conductivity", end_time=0.1, steps=4,
+    model = HeatModel(mesh, unknown="log_conductivity", end_time=0.1, steps=4,
                       observation_points=pts, initial_condition=fd.Constant(1.0), source=1.0)
     x = fd.SpatialCoordinate(mesh)
     m_true = fd.Function(model.parameter_space).interpolate(0.2 * x[0] * x[2])
@@ -75,7 +75,7 @@ def test_3d_log_conductivity_derivatives():
 
 def test_solver_built_once_for_linear_parameters():
     mesh = fd.UnitSquareMesh(4, 4)
-    model = HeatModel(mesh, parameter="initial_condition", end_time=0.1, steps=5, observation_points=POINTS)
+    model = HeatModel(mesh, unknown="initial_condition", end_time=0.1, steps=5, observation_points=POINTS)
     V = model.parameter_space
     m = fd.Function(V).assign(1.0)
     dm = fd.Function(V).assign(0.5)
@@ -90,7 +90,7 @@ def test_solver_built_once_for_linear_parameters():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"parameter": "kappa"}, "parameter must be one of"),
+    ({"unknown": "kappa"}, "unknown must be 'initial_condition' or 'source' or 'log_conductivity'"),
     ({"steps": 0}, "steps must be a positive integer"),
     ({"theta": 0.2}, "theta must be in"),
     ({"observation_times": [0.033]}, "not a time step"),
@@ -98,7 +98,24 @@ def test_solver_built_once_for_linear_parameters():
 ])
 def test_bad_input_gives_one_clear_error(kwargs, match):
     mesh = fd.UnitSquareMesh(4, 4)
-    args = {"parameter": "initial_condition", "end_time": 0.1, "steps": 5, "observation_points": POINTS}
+    args = {"unknown": "initial_condition", "end_time": 0.1, "steps": 5, "observation_points": POINTS}
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         HeatModel(mesh, **args)
+
+
+def test_the_former_keyword_parameter_still_works_with_a_warning():
+    """``HeatModel(parameter=...)`` (its name before ``unknown=``) builds the same model, with a
+    DeprecationWarning; both at once, or neither, is a TypeError."""
+    from pdeinv.forward.heat import HeatUnknown
+
+    mesh = fd.UnitSquareMesh(4, 4)
+    kw = {"end_time": 0.1, "steps": 2, "observation_points": POINTS}
+    with pytest.warns(DeprecationWarning, match="now called unknown="):
+        old = HeatModel(mesh, parameter="log_conductivity", **kw)
+    assert old.unknown is HeatUnknown.LOG_CONDUCTIVITY
+    assert HeatModel(mesh, unknown=HeatUnknown.LOG_CONDUCTIVITY, **kw).unknown == "log_conductivity"
+    with pytest.raises(TypeError, match="unknown= only"):
+        HeatModel(mesh, unknown="source", parameter="source", **kw)
+    with pytest.raises(TypeError, match="unknown is required"):
+        HeatModel(mesh, **kw)

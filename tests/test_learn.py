@@ -242,7 +242,7 @@ def test_default_hessian_follows_what_the_map_supports():
     from pdeinv.forward.heat import HeatModel
 
     mesh = fd.UnitSquareMesh(4, 4)
-    model = HeatModel(mesh, parameter="log_conductivity", end_time=0.02, steps=2, observation_points=grid_points(3))
+    model = HeatModel(mesh, unknown="log_conductivity", end_time=0.02, steps=2, observation_points=grid_points(3))
     assert not model.second_derivatives
     Vm = model.parameter_space
     x, y = fd.SpatialCoordinate(mesh)

@@ -18,7 +18,7 @@ OBS = np.array([[0.2, 0.3], [0.5, 0.5], [0.7, 0.8], [0.4, 0.6], [0.85, 0.15], [0
 
 def linear_heat_problem(n=4):
     mesh = fd.UnitSquareMesh(n, n)
-    model = HeatModel(mesh, parameter="initial_condition", end_time=0.02, steps=4, observation_points=OBS,
+    model = HeatModel(mesh, unknown="initial_condition", end_time=0.02, steps=4, observation_points=OBS,
                       observation_times=[0.01, 0.02])
     x, y = fd.SpatialCoordinate(mesh)
     truth = fd.Function(model.parameter_space).interpolate(fd.sin(fd.pi * x) * fd.sin(fd.pi * y))
@@ -186,7 +186,7 @@ def test_full_newton_after_gauss_newton_steps():
 
 def test_full_newton_not_available_is_a_clear_error():
     mesh = fd.UnitSquareMesh(4, 4)
-    model = HeatModel(mesh, parameter="log_conductivity", end_time=0.1, steps=2, observation_points=OBS)
+    model = HeatModel(mesh, unknown="log_conductivity", end_time=0.1, steps=2, observation_points=OBS)
     V = model.parameter_space
     with pytest.raises(NotImplementedError, match="use the Gauss-Newton Hessian"):
         model.second_order_vjp(fd.Function(V), fd.Cofunction(model.data_space.dual()), fd.Function(V))

@@ -153,7 +153,7 @@ def test_taped_map_equals_generic_and_pyadjoint():
 # ------------------------------------------------------------------------------- time stepping
 def heat_user_model(mesh, parameter, *, steps=6, theta=0.5, checkpointing=None):
     """The heat equation written by a user, as HeatModel discretises it (same observation object)."""
-    ref = HeatModel(mesh, parameter=parameter, end_time=0.1, steps=steps, observation_points=POINTS, theta=theta,
+    ref = HeatModel(mesh, unknown=parameter, end_time=0.1, steps=steps, observation_points=POINTS, theta=theta,
                     source=1.0)
     V = ref.state_space
     u, uo, v = fd.Function(V), fd.Function(V), fd.TestFunction(V)

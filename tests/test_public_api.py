@@ -72,7 +72,7 @@ def test_laplace_precision_inverts_covariance_and_report():
 def test_transport_states_are_the_directions_fields():
     mesh = fd.UnitSquareMesh(9, 9)
     model = TransportModel(mesh, directions=[[1, 0], [0, 1], [1, 1]], detectors=boundary_detectors(4),
-                           parameter="log_absorption")
+                           unknown="log_absorption")
     x, y = fd.SpatialCoordinate(mesh)
     m = fd.Function(model.parameter_space).interpolate(0.3 * x * y)
     states = model.states(m)

@@ -30,11 +30,11 @@ REFERENCE = {
 def _model(name):
     mesh = fd.UnitSquareMesh(6, 6)
     if name.startswith("heat"):
-        return HeatModel(mesh, parameter=name.split("-")[1], end_time=0.1, steps=5, observation_points=POINTS,
+        return HeatModel(mesh, unknown=name.split("-")[1], end_time=0.1, steps=5, observation_points=POINTS,
                          initial_condition=fd.Constant(0.5), source=1.0)
     if name.startswith("transport"):
         return TransportModel(mesh, directions=[[1, 0], [1, 1], [0, -1]], detectors=boundary_detectors(4),
-                              parameter=name.split("-")[1])
+                              unknown=name.split("-")[1])
     return PoissonModel(mesh, observation_points=POINTS)
 
 

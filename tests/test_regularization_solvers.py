@@ -63,7 +63,7 @@ def sparse_source_problem():
     mesh = fd.UnitSquareMesh(20, 20)
     g = np.linspace(0.1, 0.9, 6)
     pts = np.array([[a, b] for a in g for b in g])
-    model = HeatModel(mesh, parameter="source", end_time=0.1, steps=10, observation_points=pts,
+    model = HeatModel(mesh, unknown="source", end_time=0.1, steps=10, observation_points=pts,
                       observation_times=[0.05, 0.1])
     V = model.parameter_space
     x, y = fd.SpatialCoordinate(mesh)

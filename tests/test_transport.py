@@ -35,7 +35,7 @@ def beer_lambert_error(n, mu=1.5, degree=1):
     """Max over outflow detectors of |psi_k - exp(-mu L_k)|, per direction; and the mask."""
     mesh = fd.UnitSquareMesh(n, n)
     det = boundary_detectors(5)
-    model = TransportModel(mesh, directions=BL_DIRECTIONS, detectors=det, parameter="log_absorption",
+    model = TransportModel(mesh, directions=BL_DIRECTIONS, detectors=det, unknown="log_absorption",
                            degree=degree, inflow=1.0)
     m = fd.Function(model.parameter_space).assign(math.log(mu))
     sino = model.observation.to_array(model(m))
@@ -68,7 +68,7 @@ def test_beer_lambert_along_every_direction():
 def test_derivatives(parameter, noise_model):
     mesh = fd.UnitSquareMesh(6, 6)
     model = TransportModel(mesh, directions=DIRECTIONS, detectors=boundary_detectors(4),
-                           parameter=parameter, source=0.5, absorption=1.0)
+                           unknown=parameter, source=0.5, absorption=1.0)
     x, y = fd.SpatialCoordinate(mesh)
     m_true = fd.Function(model.parameter_space).interpolate(0.3 + 0.3 * fd.sin(fd.pi * x) * y)
     noise = {"gaussian": lambda o: GaussianNoise(o, 0.01),
@@ -79,7 +79,7 @@ def test_derivatives(parameter, noise_model):
 
 def test_source_operator_factorised_once_per_direction():
     mesh = fd.UnitSquareMesh(5, 5)
-    model = TransportModel(mesh, directions=DIRECTIONS, detectors=boundary_detectors(2), parameter="source")
+    model = TransportModel(mesh, directions=DIRECTIONS, detectors=boundary_detectors(2), unknown="source")
     m = fd.Function(model.parameter_space).assign(1.0)
     model(m)
     m.assign(2.0)
@@ -91,12 +91,12 @@ def test_source_operator_factorised_once_per_direction():
 def test_detectors_on_vertices_rejected():
     mesh = fd.UnitSquareMesh(6, 6)  # vertices at k/6: boundary_detectors(3) puts detectors at 1/6, 1/2, 5/6
     with pytest.raises(ValueError, match="detector\\(s\\) lie on mesh vertices"):
-        TransportModel(mesh, directions=DIRECTIONS, detectors=boundary_detectors(3), parameter="source")
+        TransportModel(mesh, directions=DIRECTIONS, detectors=boundary_detectors(3), unknown="source")
 
 
 def test_bad_directions():
     mesh = fd.UnitSquareMesh(4, 4)
     with pytest.raises(ValueError, match="directions must have shape"):
-        TransportModel(mesh, directions=[1.0, 0.0], detectors=boundary_detectors(2), parameter="source")
+        TransportModel(mesh, directions=[1.0, 0.0], detectors=boundary_detectors(2), unknown="source")
     with pytest.raises(ValueError, match="non-zero"):
-        TransportModel(mesh, directions=[[0.0, 0.0]], detectors=boundary_detectors(2), parameter="source")
+        TransportModel(mesh, directions=[[0.0, 0.0]], detectors=boundary_detectors(2), unknown="source")

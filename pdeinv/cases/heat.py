@@ -161,7 +161,7 @@ def build(cfg, mesh):
     else:
         points, times = obs.points, obs.times.tolist()
     try:
-        model = HeatModel(mesh, parameter="initial_condition", end_time=mc["end_time"], steps=mc["steps"],
+        model = HeatModel(mesh, unknown="initial_condition", end_time=mc["end_time"], steps=mc["steps"],
                           theta=mc["theta"], conductivity=mc["conductivity"], observation_points=points,
                           observation_times=times,
                           solver_parameters=solver_parameters(mc["solver"], symmetric=SYMMETRIC))

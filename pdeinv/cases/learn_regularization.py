@@ -187,7 +187,7 @@ def _setup_and_data(c: _Case) -> None:
         rng = np.random.default_rng(cfg["data"]["sensor_seed"])
         c.points = 0.1 + 0.8 * rng.random((cfg["data"]["sensors"], 2))
         mc = cfg["model"]
-        c.model = HeatModel(c.mesh, parameter="initial_condition", end_time=mc["end_time"], steps=mc["steps"],
+        c.model = HeatModel(c.mesh, unknown="initial_condition", end_time=mc["end_time"], steps=mc["steps"],
                             observation_points=c.points, observation_times=mc["observation_times"])
         c.V = c.model.parameter_space
         train = _truths(c.V, cfg, cfg["train"]["pairs"], cfg["truths"]["seed"])

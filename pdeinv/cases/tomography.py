@@ -111,7 +111,7 @@ def build(cfg, mesh, experiments=None):
         angles = angles[list(experiments)]
     detectors = boundary_detectors(mc["detectors_per_side"])
     model = TransportModel(mesh, directions=np.c_[np.cos(angles), np.sin(angles)], detectors=detectors,
-                           parameter="log_absorption", degree=mc["degree"], inflow=1.0,
+                           unknown="log_absorption", degree=mc["degree"], inflow=1.0,
                            solver_parameters=solver_parameters(mc["solver"], symmetric=SYMMETRIC))
     V = model.parameter_space
     x, y = fd.SpatialCoordinate(mesh)

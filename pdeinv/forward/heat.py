@@ -17,7 +17,7 @@ Discretisation
     :math:`M` the mass matrix, :math:`K` the stiffness matrix of :math:`\kappa` (plus the Robin
     term), :math:`\ell` the load of :math:`f` and of the boundary data (constant in time).
 
-Parameter (``parameter=``)
+Parameter (``unknown=``, a :class:`HeatUnknown`)
     ``"initial_condition"``: :math:`m = u_0`;  ``"source"``: :math:`m = f`;
     ``"log_conductivity"``: :math:`\kappa = e^m`.
 
@@ -65,13 +65,23 @@ import math
 
 import numpy as np
 
+from pdeinv._checks import Choice, renamed_choice
 from pdeinv.forward.boundary import Dirichlet, as_coefficient, split_boundary_conditions
 from pdeinv.forward.timestepping import TimeSteppingModel, observation_steps
 from pdeinv.observation import PointObservation
 
-__all__ = ["HeatModel", "HEAT_PARAMETERS"]
+__all__ = ["HeatModel", "HeatUnknown", "HEAT_PARAMETERS"]
 
-HEAT_PARAMETERS = ("initial_condition", "source", "log_conductivity")
+
+class HeatUnknown(Choice):
+    """What the parameter :math:`m` of a :class:`HeatModel` is (strings accepted)."""
+
+    INITIAL_CONDITION = "initial_condition"
+    SOURCE = "source"
+    LOG_CONDUCTIVITY = "log_conductivity"
+
+
+HEAT_PARAMETERS = tuple(u.value for u in HeatUnknown)
 
 
 class HeatModel(TimeSteppingModel):
@@ -81,7 +91,8 @@ class HeatModel(TimeSteppingModel):
     ----------
     mesh : firedrake.MeshGeometry
         2D or 3D mesh.
-    parameter : {"initial_condition", "source", "log_conductivity"}
+    unknown : HeatUnknown or {"initial_condition", "source", "log_conductivity"}
+        What :math:`m` is (formerly ``parameter=``, still accepted with a DeprecationWarning).
     end_time : float
         :math:`T > 0`.
     steps : int
@@ -106,21 +117,20 @@ class HeatModel(TimeSteppingModel):
         Bounded memory for the log-conductivity derivatives.
     """
 
-    def __init__(self, mesh, *, parameter: str, end_time: float, steps: int, observation_points,
+    def __init__(self, mesh, *, unknown: HeatUnknown | None = None, end_time: float, steps: int, observation_points,
                  observation_times=None, theta: float = 1.0, degree: int = 1, parameter_space=None,
                  conductivity=1.0, source=0.0, initial_condition=0.0,
-                 boundary=None, solver_parameters=None, checkpointing=None):
+                 boundary=None, solver_parameters=None, checkpointing=None, parameter=None):
         import firedrake as fd
 
-        if parameter not in HEAT_PARAMETERS:
-            raise ValueError(f"HeatModel: parameter must be one of {HEAT_PARAMETERS}, got {parameter!r}")
+        unknown = renamed_choice(HeatUnknown, unknown, parameter, "HeatModel", "unknown", "parameter")
         if not (end_time > 0 and math.isfinite(end_time)):
             raise ValueError(f"HeatModel: end_time must be positive, got {end_time}")
         if not (isinstance(steps, (int, np.integer)) and steps >= 1):
             raise ValueError(f"HeatModel: steps must be a positive integer, got {steps!r}")
         if not (0.5 <= theta <= 1.0):
             raise ValueError(f"HeatModel: theta must be in [0.5, 1] (unconditionally stable), got {theta}")
-        self.parameter = parameter
+        self.unknown = unknown
         self.end_time = float(end_time)
         self.theta = float(theta)
         dt = self.end_time / int(steps)
@@ -128,8 +138,8 @@ class HeatModel(TimeSteppingModel):
         Vm = V if parameter_space is None else parameter_space
         if Vm.mesh() is not mesh:
             raise ValueError("HeatModel: parameter_space must be on the model's mesh")
-        if parameter == "initial_condition" and Vm != V:
-            raise ValueError("HeatModel: for parameter='initial_condition' the parameter space must be "
+        if unknown is HeatUnknown.INITIAL_CONDITION and Vm != V:
+            raise ValueError("HeatModel: for unknown='initial_condition' the parameter space must be "
                              f"the state space {V}")
         n_obs = len(observation_steps(observation_times, dt=dt, steps=int(steps), name="HeatModel"))
         observation = PointObservation(V, observation_points, channels=n_obs)
@@ -137,8 +147,8 @@ class HeatModel(TimeSteppingModel):
         # --- the step residual: (u - u_old)/dt + K(theta u + (1 - theta) u_old) - f = 0 ------------------
         u, u_old, v = fd.Function(V, name="u"), fd.Function(V, name="u_old"), fd.TestFunction(V)
         m = fd.Function(Vm, name="m")
-        kappa = fd.exp(m) if parameter == "log_conductivity" else as_coefficient(conductivity)
-        f = m if parameter == "source" else as_coefficient(source)
+        kappa = fd.exp(m) if unknown is HeatUnknown.LOG_CONDUCTIVITY else as_coefficient(conductivity)
+        f = m if unknown is HeatUnknown.SOURCE else as_coefficient(source)
         bcs, a_bdy, L_bdy = split_boundary_conditions(V, (Dirichlet("on_boundary", 0.0),) if boundary is None
                                                       else boundary)
         th = fd.Constant(self.theta)
@@ -148,13 +158,13 @@ class HeatModel(TimeSteppingModel):
             F = F + fd.replace(fd.action(a_bdy, u), {u: w})
         if L_bdy is not None:
             F = F - L_bdy
-        ic = "parameter" if parameter == "initial_condition" else initial_condition
+        ic = "parameter" if unknown is HeatUnknown.INITIAL_CONDITION else initial_condition
         super().__init__(F, u, u_old, m, steps=int(steps), dt=dt, observation=observation,
                          observation_times=observation_times, initial_condition=ic, bcs=bcs,
                          solver_parameters=solver_parameters, checkpointing=checkpointing)
         # Log-conductivity, P1 state on an affine mesh: grad w and grad lambda are constant per cell
         # (module docstring), so the adjoint's parameter term accumulates in DG0.
-        self._grad_accumulate = (parameter == "log_conductivity" and degree == 1
+        self._grad_accumulate = (unknown is HeatUnknown.LOG_CONDUCTIVITY and degree == 1
                                  and mesh.coordinates.function_space().ufl_element().degree() == 1)
         if self._grad_accumulate:
             Q = fd.VectorFunctionSpace(mesh, "DG", 0)

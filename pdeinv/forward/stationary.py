@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import itertools
 
+from pdeinv._checks import Choice, choice
 from pdeinv.forward._forms import (
     at_zero,
     check_bcs,
@@ -50,7 +51,14 @@ from pdeinv.linalg.arrays import local_values
 from pdeinv.linalg.operator import DirichletOperator, default_solver_parameters, petsc_nullspace
 from pdeinv.maps import ParameterToObservable
 
-__all__ = ["StationaryModel", "default_newton_parameters"]
+__all__ = ["StationaryModel", "InitialGuess", "default_newton_parameters"]
+
+
+class InitialGuess(Choice):
+    """Where Newton starts a nonlinear solve: the previous solution, or the fixed initial state."""
+
+    PREVIOUS = "previous"
+    FIXED = "fixed"
 
 _prefix = itertools.count()
 
@@ -78,8 +86,7 @@ def _check_inputs(name, residual, state, parameter, observation, bcs, initial_gu
     if observation.channels != 1:
         raise ValueError(f"{name}: a steady model has one observation channel, the observation has "
                          f"{observation.channels}")
-    if initial_guess not in ("previous", "fixed"):
-        raise ValueError(f"{name}: initial_guess must be 'previous' or 'fixed', got {initial_guess!r}")
+    choice(InitialGuess, initial_guess, name, "initial_guess")
     bcs = check_bcs(bcs, state.function_space(), name)
     check_state_space(state.function_space(), name)
     return v, bcs
@@ -110,7 +117,7 @@ class StationaryModel(ParameterToObservable):
     linear_solver_parameters : dict, optional
         PETSc options of the tangent/adjoint solves with :math:`A` (default: direct — Cholesky when
         :math:`A` is symmetric, else LU; MUMPS in parallel).
-    initial_guess : {"previous", "fixed"}
+    initial_guess : InitialGuess or {"previous", "fixed"}
         Newton starts from the previous solution (fast inside an optimizer), or always from the
         value ``state`` held at construction (results independent of the evaluation history).
     nullspace, transpose_nullspace : firedrake.VectorSpaceBasis or MixedVectorSpaceBasis, optional
@@ -129,8 +136,8 @@ class StationaryModel(ParameterToObservable):
     """
 
     def __init__(self, residual, state, parameter, *, observation, bcs=(), solver_parameters=None,
-                 linear_solver_parameters=None, initial_guess: str = "previous", nullspace=None,
-                 transpose_nullspace=None):
+                 linear_solver_parameters=None, initial_guess: InitialGuess = InitialGuess.PREVIOUS,
+                 nullspace=None, transpose_nullspace=None):
         name = "StationaryModel"
         v, bcs = _check_inputs(name, residual, state, parameter, observation, bcs, initial_guess)
         super().__init__(parameter.function_space(), observation)
@@ -141,7 +148,7 @@ class StationaryModel(ParameterToObservable):
         self._u, self._m, self._v = state, parameter, v
         self._bcs = bcs
         self._hbcs = homogeneous_bcs(bcs)
-        self._initial_guess = initial_guess
+        self._initial_guess = choice(InitialGuess, initial_guess, name, "initial_guess")
         self._u_start = state.copy(deepcopy=True)
         self._linear_params = linear_solver_parameters
         self._derive_forms(name)
@@ -235,7 +242,7 @@ class StationaryModel(ParameterToObservable):
                 self._A.solve(b, x)
             self._jacobian_current = True
         else:
-            if self._initial_guess == "fixed":
+            if self._initial_guess is InitialGuess.FIXED:
                 self._u.assign(self._u_start)
             try:
                 self._nonlinear.solve()

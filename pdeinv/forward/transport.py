@@ -17,7 +17,8 @@ Discretisation: upwind discontinuous Galerkin of degree :math:`p`; for test func
     \qquad
     \ell_k(v) = \int_\Omega q v\,dx - \int_{\partial\Omega} (\omega_k\cdot n)^- g v\,ds .
 
-Parameter: ``"log_absorption"`` (:math:`\mu = e^m`, positive by construction) or ``"source"``
+Parameter (``unknown=``, a :class:`TransportUnknown`): ``"log_absorption"`` (:math:`\mu = e^m`, positive by
+construction) or ``"source"``
 (:math:`q = m`, emission tomography).
 
 Data: :math:`\psi_k` at detector points on the boundary, for every direction: a sinogram of shape
@@ -44,14 +45,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from pdeinv._checks import Choice, renamed_choice
 from pdeinv.forward.boundary import as_coefficient
 from pdeinv.linalg.operator import DirichletOperator
 from pdeinv.maps import ParameterToObservable
 from pdeinv.observation import PointObservation
 
-__all__ = ["TransportModel", "TRANSPORT_PARAMETERS", "boundary_detectors", "outflow_mask"]
+__all__ = ["TransportModel", "TransportUnknown", "TRANSPORT_PARAMETERS", "boundary_detectors", "outflow_mask"]
 
-TRANSPORT_PARAMETERS = ("log_absorption", "source")
+class TransportUnknown(Choice):
+    """What the parameter :math:`m` of a :class:`TransportModel` is (strings accepted)."""
+
+    LOG_ABSORPTION = "log_absorption"
+    SOURCE = "source"
+
+
+TRANSPORT_PARAMETERS = tuple(u.value for u in TransportUnknown)
 
 
 def boundary_detectors(n_per_side: int):
@@ -120,7 +129,8 @@ class TransportModel(ParameterToObservable):
         Directions :math:`\\omega_k` (normalised internally).
     detectors : array_like, shape (P, gdim)
         Points on the boundary.
-    parameter : {"log_absorption", "source"}
+    unknown : TransportUnknown or {"log_absorption", "source"}
+        What :math:`m` is (formerly ``parameter=``, still accepted with a DeprecationWarning).
     degree : int
         DG degree of :math:`\\psi` (default 1).
     parameter_space : firedrake.FunctionSpace, optional
@@ -131,16 +141,15 @@ class TransportModel(ParameterToObservable):
         PETSc options (default: sparse LU in serial, MUMPS in parallel).
     """
 
-    def __init__(self, mesh, *, directions, detectors, parameter: str, degree: int = 1,
-                 parameter_space=None, absorption=1.0, source=0.0, inflow=1.0, solver_parameters=None):
+    def __init__(self, mesh, *, directions, detectors, unknown: TransportUnknown | None = None, degree: int = 1,
+                 parameter_space=None, absorption=1.0, source=0.0, inflow=1.0, solver_parameters=None,
+                 parameter=None):
         import firedrake as fd
 
-        if parameter not in TRANSPORT_PARAMETERS:
-            raise ValueError(f"TransportModel: parameter must be one of {TRANSPORT_PARAMETERS}, "
-                             f"got {parameter!r}")
+        unknown = renamed_choice(TransportUnknown, unknown, parameter, "TransportModel", "unknown", "parameter")
         gdim = mesh.geometric_dimension
         self.directions = _unit_directions(directions, gdim)
-        self.parameter = parameter
+        self.unknown = unknown
         V = fd.FunctionSpace(mesh, "DG", degree)
         Vm = fd.FunctionSpace(mesh, "CG", 1) if parameter_space is None else parameter_space
         if Vm.mesh() is not mesh:
@@ -154,11 +163,11 @@ class TransportModel(ParameterToObservable):
             mask = None  # PointObservation reports the shape error
         observation = PointObservation(V, detectors, channels=len(self.directions), mask=mask)
         super().__init__(Vm, observation)
-        self.is_linear = parameter == "source"  # F'' = 0: full Newton = Gauss-Newton
+        self.is_linear = unknown is TransportUnknown.SOURCE  # F'' = 0: full Newton = Gauss-Newton
 
         self._m = fd.Function(Vm, name="m")
-        mu = fd.exp(self._m) if parameter == "log_absorption" else absorption
-        q = self._m if parameter == "source" else as_coefficient(source)
+        mu = fd.exp(self._m) if unknown is TransportUnknown.LOG_ABSORPTION else absorption
+        q = self._m if unknown is TransportUnknown.SOURCE else as_coefficient(source)
         psi, v = fd.TrialFunction(V), fd.TestFunction(V)
         n = fd.FacetNormal(mesh)
         self._ops, self._loads = [], []
@@ -178,7 +187,7 @@ class TransportModel(ParameterToObservable):
         self._dm = fd.Function(Vm)
         chi = fd.TestFunction(Vm)
         self._psi = fd.Function(V)  # the state the derivative forms refer to
-        if parameter == "log_absorption":
+        if unknown is TransportUnknown.LOG_ABSORPTION:
             self._tangent_form = -fd.exp(self._m) * self._dm * self._psi * v * fd.dx
             self._adjoint_form = -fd.exp(self._m) * chi * self._psi * self._lam * fd.dx
         else:
@@ -203,9 +212,9 @@ class TransportModel(ParameterToObservable):
         if first:
             self._assembled_loads = [fd.Cofunction(self.state_space.dual()) for _ in self._loads]
         for k, (op, L) in enumerate(zip(self._ops, self._loads, strict=True)):
-            if self.parameter == "log_absorption":
+            if self.unknown is TransportUnknown.LOG_ABSORPTION:
                 op.reassemble()  # the operator depends on mu = e^m
-            if self.parameter == "source" or first:
+            if self.unknown is TransportUnknown.SOURCE or first:
                 fd.assemble(L, tensor=self._assembled_loads[k])
             with self._assembled_loads[k].dat.vec_ro as load, self._rhs.dat.vec as rhs, \
                     self._states[k].dat.vec_wo as x:

@@ -22,10 +22,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pdeinv._checks import Choice, choice
 from pdeinv._tape import unannotated
-from pdeinv.learn.hypergradient import HypergradientOptions
+from pdeinv.learn.hypergradient import HypergradientMethod, HypergradientOptions
 
-__all__ = ["TrainingPair", "LearningOptions", "LearningResult", "learn_hyperparameters", "learn_unrolled", "mean_loss"]
+__all__ = ["TrainingPair", "LearningOptions", "OuterOptimizer", "LearningResult", "learn_hyperparameters",
+           "learn_unrolled", "mean_loss"]
+
+
+class OuterOptimizer(Choice):
+    """The optimizer of the hyperparameters: bounded L-BFGS (SciPy) or Adam (strings accepted)."""
+
+    LBFGS = "lbfgs"
+    ADAM = "adam"
 
 
 @dataclass(frozen=True)
@@ -42,8 +51,8 @@ class LearningOptions:
 
     Attributes
     ----------
-    method : {"implicit", "jfb"}
-    optimizer : {"lbfgs", "adam"}
+    method : HypergradientMethod or {"implicit", "jfb"}
+    optimizer : OuterOptimizer or {"lbfgs", "adam"}
     max_iterations : int
         Outer iterations.
     gradient_tol : float
@@ -55,8 +64,8 @@ class LearningOptions:
     hypergradient : HypergradientOptions
     """
 
-    method: str = "implicit"
-    optimizer: str = "lbfgs"
+    method: HypergradientMethod = HypergradientMethod.IMPLICIT
+    optimizer: OuterOptimizer = OuterOptimizer.LBFGS
     max_iterations: int = 20
     gradient_tol: float = 1e-6
     learning_rate: float = 0.1
@@ -64,10 +73,8 @@ class LearningOptions:
     hypergradient: HypergradientOptions = field(default_factory=HypergradientOptions)
 
     def __post_init__(self):
-        if self.method not in ("implicit", "jfb"):
-            raise ValueError(f"LearningOptions: method must be 'implicit' or 'jfb', got {self.method!r}")
-        if self.optimizer not in ("lbfgs", "adam"):
-            raise ValueError(f"LearningOptions: optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
+        object.__setattr__(self, "method", choice(HypergradientMethod, self.method, "LearningOptions", "method"))
+        object.__setattr__(self, "optimizer", choice(OuterOptimizer, self.optimizer, "LearningOptions", "optimizer"))
         if not (isinstance(self.max_iterations, int) and self.max_iterations >= 1):
             raise ValueError(f"LearningOptions: max_iterations must be a positive integer, got {self.max_iterations!r}")
         if not (self.gradient_tol > 0 and self.learning_rate > 0):
@@ -183,7 +190,7 @@ def learn_hyperparameters(hyper, pairs, theta0, *, options: LearningOptions | No
             callback(entry)
         return value, grad
 
-    if opts.optimizer == "lbfgs":
+    if opts.optimizer is OuterOptimizer.LBFGS:
         res = minimize(evaluate, theta0, jac=True, method="L-BFGS-B", bounds=opts.bounds,
                        options={"maxiter": opts.max_iterations, "gtol": opts.gradient_tol})
         iterations, converged, reason = int(res.nit), bool(res.success), str(res.message)

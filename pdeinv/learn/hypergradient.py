@@ -35,14 +35,28 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pdeinv._checks import Choice, choice
 from pdeinv._tape import unannotated
 from pdeinv.learn.result import HypergradientResult, SolveCounter
 from pdeinv.optimize.newton_cg import NewtonCGOptions
 from pdeinv.problem import Hessian
 
-__all__ = ["HypergradientOptions", "HypergradientResult", "hypergradient", "solve_inner", "SolveCounter", "cosine"]
+__all__ = ["HypergradientOptions", "HypergradientResult", "HypergradientMethod", "JFBPreconditioner", "hypergradient",
+           "solve_inner", "SolveCounter", "cosine"]
 
-_METHODS = ("implicit", "jfb")
+
+class HypergradientMethod(Choice):
+    """Exact implicit differentiation, or Jacobian-free backpropagation (strings accepted)."""
+
+    IMPLICIT = "implicit"
+    JFB = "jfb"
+
+
+class JFBPreconditioner(Choice):
+    """:math:`P` of JFB: the problem's (prior covariance) or the :math:`L^2` Riesz map."""
+
+    PRIOR = "prior"
+    IDENTITY = "identity"
 
 
 @dataclass(frozen=True)
@@ -61,7 +75,7 @@ class HypergradientOptions:
         TapedMap and maps linear in m have them, TimeSteppingModel not), ``GAUSS_NEWTON`` (exact for maps
         linear in m, an approximation otherwise), or ``AUTO`` (default): the full Hessian where the map has
         it, else Gauss–Newton; :attr:`HypergradientResult.hessian` says which ran.
-    jfb_preconditioner : {"prior", "identity"}
+    jfb_preconditioner : JFBPreconditioner or {"prior", "identity"}
         :math:`P` of JFB: the problem's preconditioner (prior covariance) or the :math:`L^2` Riesz map.
     """
 
@@ -70,7 +84,7 @@ class HypergradientOptions:
     cg_rtol: float = 1e-10
     max_cg_iterations: int = 500
     hessian: Hessian = Hessian.AUTO
-    jfb_preconditioner: str = "prior"
+    jfb_preconditioner: JFBPreconditioner = JFBPreconditioner.PRIOR
 
     def __post_init__(self):
         if not isinstance(self.inner, NewtonCGOptions):
@@ -80,14 +94,9 @@ class HypergradientOptions:
         if not (isinstance(self.max_cg_iterations, int) and self.max_cg_iterations >= 1):
             raise ValueError(f"HypergradientOptions: max_cg_iterations must be a positive integer, "
                              f"got {self.max_cg_iterations!r}")
-        try:
-            object.__setattr__(self, "hessian", Hessian(self.hessian))
-        except ValueError:
-            raise ValueError(f"HypergradientOptions: hessian must be one of {[h.value for h in Hessian]}, "
-                             f"got {self.hessian!r}") from None
-        if self.jfb_preconditioner not in ("prior", "identity"):
-            raise ValueError(f"HypergradientOptions: jfb_preconditioner must be 'prior' or 'identity', "
-                             f"got {self.jfb_preconditioner!r}")
+        object.__setattr__(self, "hessian", choice(Hessian, self.hessian, "HypergradientOptions", "hessian"))
+        object.__setattr__(self, "jfb_preconditioner", choice(JFBPreconditioner, self.jfb_preconditioner,
+                                                              "HypergradientOptions", "jfb_preconditioner"))
 
 
 def solve_inner(hyper, theta, m0=None, *, options: NewtonCGOptions | None = None, log=None):
@@ -119,9 +128,11 @@ def hypergradient(hyper, loss, theta, *, method: str = "implicit", m0=None, m_st
         A converged :math:`m^*(\theta)`: skips the inner solve.
     options : HypergradientOptions, optional
     """
-    if method not in _METHODS:
+    try:
+        method = HypergradientMethod(method)
+    except ValueError:
         hint = "; through an unrolled solver use pdeinv.learn.reverse_through" if method == "unrolled" else ""
-        raise ValueError(f"hypergradient: method must be one of {_METHODS}, got {method!r}{hint}")
+        raise ValueError(f"hypergradient: method must be 'implicit' or 'jfb', got {method!r}{hint}") from None
     opts = options or HypergradientOptions()
     theta = hyper.check_theta(theta)
     counter = SolveCounter(hyper.map)
@@ -138,7 +149,7 @@ def hypergradient(hyper, loss, theta, *, method: str = "implicit", m0=None, m_st
 
     P = problem.preconditioner
     cg_its, actions, used = 0, 0, None
-    if method == "implicit":
+    if method is HypergradientMethod.IMPLICIT:
         used = problem.resolve(opts.hessian)
         full = used is Hessian.FULL
 
@@ -152,7 +163,7 @@ def hypergradient(hyper, loss, theta, *, method: str = "implicit", m0=None, m_st
                                   "minimiser, or use hessian='gauss_newton')")
         lam, cg_its, actions = cg.solution, cg.iterations, cg.iterations
     else:
-        lam = P(b) if opts.jfb_preconditioner == "prior" else b.riesz_representation("L2")
+        lam = P(b) if opts.jfb_preconditioner is JFBPreconditioner.PRIOR else b.riesz_representation("L2")
     grad = loss.partial_theta(m_star, theta) - hyper.mixed(m_star, theta, lam)
     seconds = time.perf_counter() - start
     if not np.all(np.isfinite(grad)):

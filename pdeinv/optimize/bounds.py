@@ -49,7 +49,7 @@ from mpi4py import MPI
 
 from pdeinv._tape import unannotated
 from pdeinv.linalg.arrays import local_values, set_local_values
-from pdeinv.optimize.newton_cg import NewtonCGOptions, conjugate_gradient, safe_cost
+from pdeinv.optimize.newton_cg import Globalization, NewtonCGOptions, conjugate_gradient, safe_cost
 from pdeinv.optimize.result import OptimizationResult
 from pdeinv.verify import dual_pairing
 
@@ -231,7 +231,8 @@ def projected_newton_cg(problem, m0, bounds: Bounds, *, options: NewtonCGOptions
     check_function(m0, problem.parameter_space, "projected_newton_cg: m0")
     if not isinstance(bounds, Bounds) or bounds.space != problem.parameter_space:
         raise ValueError("projected_newton_cg: bounds must be Bounds.on(the problem's parameter space, ...)")
-    if opts.globalization != "line_search" or opts.levenberg_marquardt or opts.full_newton_after is not None:
+    if opts.globalization is not Globalization.LINE_SEARCH or opts.levenberg_marquardt or \
+            opts.full_newton_after is not None:
         raise ValueError("projected_newton_cg: only the line-search Gauss–Newton options apply with bounds")
     log = log or RankZeroLog(bounds.comm, quiet=opts.quiet)
     m = m0.copy(deepcopy=True)

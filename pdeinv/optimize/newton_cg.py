@@ -31,12 +31,27 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from pdeinv._checks import Choice, choice
 from pdeinv._tape import unannotated
 from pdeinv.linalg.arrays import axpy
 from pdeinv.optimize.result import OptimizationResult
 from pdeinv.verify import dual_pairing
 
-__all__ = ["NewtonCGOptions", "newton_cg", "conjugate_gradient", "CGResult"]
+__all__ = ["NewtonCGOptions", "ForcingRule", "Globalization", "newton_cg", "conjugate_gradient", "CGResult"]
+
+
+class ForcingRule(Choice):
+    """How the CG tolerance :math:`\\eta_k` of Newton iteration k follows the gradient (strings accepted)."""
+
+    EISENSTAT_WALKER = "eisenstat_walker"
+    SQRT = "sqrt"
+
+
+class Globalization(Choice):
+    """Armijo line search on the Newton step, or a Steihaug trust region (strings accepted)."""
+
+    LINE_SEARCH = "line_search"
+    TRUST_REGION = "trust_region"
 
 
 @dataclass(frozen=True)
@@ -53,7 +68,7 @@ class NewtonCGOptions:
         Stop when the cost decreases by less than this fraction in one iteration.
     forcing : float or None
         Constant CG relative tolerance; ``None`` for an adaptive rule (``forcing_rule``).
-    forcing_rule : {"eisenstat_walker", "sqrt"}
+    forcing_rule : ForcingRule or {"eisenstat_walker", "sqrt"}
         ``"eisenstat_walker"`` (choice 1 of Eisenstat & Walker 1996, with their safeguard):
         :math:`\\eta_k = |\\,\\|g_k\\| - \\|g_{k-1} + H_{k-1}p_{k-1}\\|\\,| / \\|g_{k-1}\\|`, which measures
         how well the quadratic model predicted the new gradient — tight where the problem is nearly
@@ -65,7 +80,7 @@ class NewtonCGOptions:
     max_cg_iterations : int
     armijo_c1 : float
     max_backtracks : int
-    globalization : {"line_search", "trust_region"}
+    globalization : Globalization or {"line_search", "trust_region"}
         Armijo backtracking on the Newton step, or a Steihaug trust region in the
         :math:`P^{-1}`-norm (radius halved/doubled by the ratio of actual to predicted decrease).
     initial_radius : float or None
@@ -87,24 +102,22 @@ class NewtonCGOptions:
     gradient_atol: float = 1e-14
     stagnation_rtol: float = 1e-12
     forcing: float | None = None
-    forcing_rule: str = "sqrt"
+    forcing_rule: ForcingRule = ForcingRule.SQRT
     max_forcing: float = 0.5
     max_cg_iterations: int = 200
     armijo_c1: float = 1e-4
     max_backtracks: int = 15
-    globalization: str = "line_search"
+    globalization: Globalization = Globalization.LINE_SEARCH
     initial_radius: float | None = None
     levenberg_marquardt: float = 0.0
     full_newton_after: int | None = None
     quiet: bool = False
 
     def __post_init__(self):
-        if self.forcing_rule not in ("eisenstat_walker", "sqrt"):
-            raise ValueError(f"NewtonCGOptions: forcing_rule must be 'eisenstat_walker' or 'sqrt', "
-                             f"got {self.forcing_rule!r}")
-        if self.globalization not in ("line_search", "trust_region"):
-            raise ValueError(f"NewtonCGOptions: globalization must be 'line_search' or 'trust_region', "
-                             f"got {self.globalization!r}")
+        object.__setattr__(self, "forcing_rule", choice(ForcingRule, self.forcing_rule, "NewtonCGOptions",
+                                                        "forcing_rule"))
+        object.__setattr__(self, "globalization", choice(Globalization, self.globalization, "NewtonCGOptions",
+                                                         "globalization"))
         if self.levenberg_marquardt < 0 or (self.initial_radius is not None and self.initial_radius <= 0):
             raise ValueError("NewtonCGOptions: levenberg_marquardt must be >= 0 and initial_radius > 0")
         if self.max_iterations < 0 or self.max_cg_iterations < 1:
@@ -280,7 +293,7 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         gauss_newton = opts.full_newton_after is None or k <= opts.full_newton_after
         cg = conjugate_gradient(_hessian(problem, it.m, it.mu, gauss_newton), minus_g, P, rtol=eta,
                                 max_iterations=opts.max_cg_iterations, space=problem.parameter_space,
-                                radius=it.radius if opts.globalization == "trust_region" else None)
+                                radius=it.radius if opts.globalization is Globalization.TRUST_REGION else None)
         it.total_cg, it.prev = it.total_cg + cg.iterations, (it.gnorm, cg.residual_norm, eta)
         step, stop = _globalize(problem, it, cg, k, eta, minus_g, P, opts, log)
         if stop is not None:
@@ -366,7 +379,7 @@ def _forcing(opts, it) -> float:
     """The CG tolerance of this iteration (see :class:`NewtonCGOptions`)."""
     if opts.forcing is not None:
         return opts.forcing
-    if opts.forcing_rule == "sqrt" or it.prev is None:
+    if opts.forcing_rule is ForcingRule.SQRT or it.prev is None:
         return min(opts.max_forcing, math.sqrt(it.gnorm / it.gnorm0))
     prev_gnorm, prev_residual, prev_eta = it.prev  # Eisenstat-Walker choice 1 with safeguard
     eta = abs(it.gnorm - prev_residual) / prev_gnorm
@@ -391,7 +404,7 @@ def _hessian(problem, m, mu, gauss_newton):
 def _globalize(problem, it, cg, k, eta, minus_g, P, opts, log):
     """The globalization (hIPPYlib's split): ``((alpha, trial, cost), None)`` for an accepted step,
     ``(None, None)`` for a rejected trust-region step, ``(None, reason)`` to stop."""
-    if opts.globalization == "trust_region":
+    if opts.globalization is Globalization.TRUST_REGION:
         step = _trust_region_step(problem, it, cg, k, eta, log)
         if step is None and it.radius < 1e-14:
             return None, "trust region collapsed"
@@ -446,7 +459,7 @@ def _record(it, k, cg, alpha, eta, opts, log) -> dict:
     entry = {"iteration": k, "cost": c.total, "misfit": c.misfit, "regularization": c.regularization,
              "gradient_norm": it.gnorm, "cg_iterations": cg.iterations, "cg_reason": cg.reason,
              "step_length": alpha, "forcing": eta}
-    if opts.globalization == "trust_region":
+    if opts.globalization is Globalization.TRUST_REGION:
         entry["radius"] = it.radius
     if it.mu > 0:
         entry["damping"] = it.mu

@@ -44,11 +44,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pdeinv._checks import Choice, choice
 from pdeinv._tape import unannotated_methods
 from pdeinv.linalg.arrays import axpy, local_values, set_local_values
 from pdeinv.linalg.randomized import double_pass, residuals, single_pass
 
-__all__ = ["LaplaceApproximation", "BlockCovariance"]
+__all__ = ["LaplaceApproximation", "BlockCovariance", "EigenMethod", "VarianceMethod"]
+
+
+class EigenMethod(Choice):
+    """The randomized generalized eigensolver (Halko et al.; hIPPYlib's doublePassG / singlePassG)."""
+
+    DOUBLE_PASS = "double_pass"
+    SINGLE_PASS = "single_pass"
+
+
+class VarianceMethod(Choice):
+    """The pointwise prior variance: exact (one covariance action per dof) or sampled."""
+
+    EXACT = "exact"
+    SAMPLES = "samples"
 
 MAX_BLOCK_DOFS = 1000  # block_covariance costs one covariance action per dof of the block
 
@@ -89,14 +104,15 @@ class LaplaceApproximation:
         Number of eigenpairs :math:`k`.
     oversampling : int
         :math:`p`.
-    method : {"double_pass", "single_pass"}
+    method : EigenMethod or {"double_pass", "single_pass"}
     power_iterations : int
         Double pass only.
     seed : int
         Seed of the random block (partition independent).
     """
 
-    def __init__(self, problem, m_map, *, rank: int, oversampling: int = 20, method: str = "double_pass",
+    def __init__(self, problem, m_map, *, rank: int, oversampling: int = 20,
+                 method: EigenMethod = EigenMethod.DOUBLE_PASS,
                  power_iterations: int = 0, seed: int = 0):
         from pdeinv.maps import check_function
         from pdeinv.prior.base import GaussianPlus, GaussianPrior
@@ -111,9 +127,7 @@ class LaplaceApproximation:
             prior, extras = problem.prior, None
         else:
             raise TypeError("LaplaceApproximation: the problem's prior must be a GaussianPrior or GaussianPlus")
-        if method not in ("double_pass", "single_pass"):
-            raise ValueError(f"LaplaceApproximation: method must be 'double_pass' or 'single_pass', "
-                             f"got {method!r}")
+        method = choice(EigenMethod, method, "LaplaceApproximation", "method")
         check_function(m_map, problem.parameter_space, "LaplaceApproximation: m_map")
         self.problem, self.prior = problem, prior
         self.space = problem.parameter_space
@@ -135,7 +149,7 @@ class LaplaceApproximation:
         self._apply_A = apply_A
         blocks = {"apply_A_block": apply_A_block if extras is None else None,
                   "apply_Binv_block": self.prior.covariance_action_block}
-        if method == "double_pass":
+        if method is EigenMethod.DOUBLE_PASS:
             self.eig = double_pass(apply_A, self.prior.precision_action, self.prior.covariance_action, self.space,
                                    k=rank, p=oversampling, power_iterations=power_iterations, seed=seed, **blocks)
         else:
@@ -231,13 +245,15 @@ class LaplaceApproximation:
         return BlockCovariance(matrix, tuple(columns), matrix / np.outer(sd, sd))
 
     # -------------------------------------------------------------------------------- variance
-    def prior_variance(self, *, method: str = "samples", samples: int = 200, seed: int = 12345):
+    def prior_variance(self, *, method: VarianceMethod = VarianceMethod.SAMPLES, samples: int = 200,
+                       seed: int = 12345):
         """Pointwise (nodal) prior variance: ``"exact"`` (one covariance action per dof; small
         problems) or ``"samples"`` (unbiased estimate, relative error :math:`\\sqrt{2/N}` per dof)."""
         import firedrake as fd
 
+        method = choice(VarianceMethod, method, "prior_variance", "method")
         var = fd.Function(self.space, name="prior_variance")
-        if method == "exact":
+        if method is VarianceMethod.EXACT:
             e = fd.Cofunction(self.space.dual())
             n_local = len(local_values(var))  # dofs (every component), in the Vec layout
             start = self.space.mesh().comm.exscan(n_local) or 0
@@ -254,15 +270,13 @@ class LaplaceApproximation:
                 if 0 <= local < n_local:
                     diag[local] = local_values(col)[local]
             set_local_values(var, diag)
-        elif method == "samples":
+        else:
             if samples < 2:
                 raise ValueError("prior_variance: need at least 2 samples")
             acc = np.zeros_like(local_values(var))
             for j in range(samples):
                 acc += local_values(self.prior.sample_centered(seed=seed + j)) ** 2
             set_local_values(var, acc / samples)
-        else:
-            raise ValueError(f"prior_variance: method must be 'exact' or 'samples', got {method!r}")
         return var
 
     def pointwise_variance(self, *, prior_variance=None, **kwargs):

@@ -24,9 +24,17 @@ from __future__ import annotations
 
 import numpy as np
 
+from pdeinv._checks import Choice, choice
 from pdeinv.prior.base import Regularizer
 
-__all__ = ["TotalVariation", "L1"]
+__all__ = ["TotalVariation", "TVHessian", "L1"]
+
+
+class TVHessian(Choice):
+    """The Hessian of smoothed TV: lagged diffusivity (positive definite) or exact (strings accepted)."""
+
+    LAGGED = "lagged"
+    EXACT = "exact"
 
 
 class TotalVariation(Regularizer):
@@ -39,18 +47,17 @@ class TotalVariation(Regularizer):
         Weight (> 0).
     epsilon : float
         Smoothing (> 0); smaller is closer to TV and harder for Newton.
-    hessian : {"lagged", "exact"}
+    hessian : TVHessian or {"lagged", "exact"}
     """
 
-    def __init__(self, space, *, alpha: float, epsilon: float, hessian: str = "lagged"):
+    def __init__(self, space, *, alpha: float, epsilon: float, hessian: TVHessian = TVHessian.LAGGED):
         import firedrake as fd
 
         from pdeinv._checks import real_number
 
         alpha = real_number("TotalVariation", "alpha", alpha)
         epsilon = real_number("TotalVariation", "epsilon", epsilon)
-        if hessian not in ("lagged", "exact"):
-            raise ValueError(f"TotalVariation: hessian must be 'lagged' or 'exact', got {hessian!r}")
+        hessian = choice(TVHessian, hessian, "TotalVariation", "hessian")
         super().__init__(space)
         self.alpha, self.epsilon, self.hessian = float(alpha), float(epsilon), hessian
         self._m = fd.Function(space)
@@ -83,7 +90,7 @@ class TotalVariation(Regularizer):
         self._check(dm, "dm")
         self._m.assign(m)
         self._dm.assign(dm)
-        return fd.assemble(self._exact if self.hessian == "exact" else self._lagged)
+        return fd.assemble(self._exact if self.hessian is TVHessian.EXACT else self._lagged)
 
 
 class L1(Regularizer):

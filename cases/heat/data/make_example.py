@@ -50,7 +50,7 @@ def write_data(mesh_path, path):
     rng = np.random.default_rng(2026)
     points = np.c_[0.1 + 1.3 * rng.random(24), 0.1 + 0.8 * rng.random(24)]
     times = [0.0125, 0.025, 0.0375, 0.05]
-    model = HeatModel(mesh, parameter="initial_condition", end_time=0.05, steps=40, observation_points=points,
+    model = HeatModel(mesh, unknown="initial_condition", end_time=0.05, steps=40, observation_points=points,
                       observation_times=times)
     x, y = fd.SpatialCoordinate(mesh)
     truth = fd.Function(model.parameter_space).interpolate(
