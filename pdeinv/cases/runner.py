@@ -346,10 +346,12 @@ def main(argv=None, *, case: str | None = None) -> int:
         _on_rank0(comm, lambda: held.append(_lock(out)))
         lock = held[0] if held else None
         if isinstance(case_, DriverCase):  # a case with its own driver (bilevel learning)
-            _run_own_driver(case_, cfg, out, clear, comm, quiet=args.quiet)
-            return 0
-
-        return _run_under_signals(name, cfg, out, clear, args, limits, comm)
+            return _run_under_signals(lambda on_signal: _run_own_driver(case_, cfg, out, clear, comm,
+                                                                        quiet=args.quiet, exit_message=on_signal),
+                                      out, comm)
+        return _run_under_signals(lambda on_signal: run(
+            name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
+            sigterm_after=args.sigterm_after, checked=True, limits=limits), out, comm)
     except (ConfigError, disk.DiskFull) as e:
         if comm.rank == 0:
             full = isinstance(e, disk.DiskFull)
@@ -370,16 +372,15 @@ def main(argv=None, *, case: str | None = None) -> int:
             lock.release()
 
 
-def _run_under_signals(name, cfg, out, clear, args, limits, comm) -> int:
-    """:func:`run` with SIGTERM/SIGINT ending every rank at once (exit 75); a failure other than a
-    configuration error, a stop or a full disk is recorded for `pdeinv status` (so a job script does not
-    resubmit it) and re-raised; a full disk met while writing ends every rank with exit 74."""
+def _run_under_signals(go, out, comm) -> int:
+    """``go(on_signal)`` (a run) with SIGTERM/SIGINT ending every rank at once (exit 75); a failure other
+    than a configuration error, a stop or a full disk is recorded for `pdeinv status` (so a job script does
+    not resubmit it) and re-raised; a full disk met while writing ends every rank with exit 74."""
     from pdeinv.cases.config import ConfigError
 
     with exit_on_signals((signal.SIGTERM, signal.SIGINT)) as on_signal:
         try:
-            run(name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
-                sigterm_after=args.sigterm_after, checked=True, limits=limits)
+            go(on_signal)
         except (ConfigError, Interrupted, disk.DiskFull):
             raise
         except Exception as e:
@@ -427,9 +428,13 @@ def _write_failed_on_this_rank(comm, out, exc):
         comm.Abort(disk.EXIT_NO_SPACE)
 
 
-def _run_own_driver(case, cfg, out, clear, comm, *, quiet):
+def _run_own_driver(case, cfg, out, clear, comm, *, quiet, exit_message=None):
     """A case with its own ``run_case``: the same results-directory rules (earlier entries set aside until it
-    succeeds, its new entries recorded in the manifest)."""
+    succeeds, its new entries recorded in the manifest) and the same signal handling (a stop records itself
+    and ends every rank with exit 75; the driver has no checkpoint, so `pdeinv status` says it must be rerun)."""
+    if exit_message is not None:
+        exit_message.set_message(_signal_message(comm, "stopped by a signal: this case keeps no checkpoint; rerun it "
+                                                       "with --overwrite"))
     aside = _prepare_fresh(out, clear, comm)
     before = _contents(out)
     try:
