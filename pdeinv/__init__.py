@@ -3,8 +3,8 @@
 The data path, and where each step lives::
 
     parameter m (Function)
-      -> forward model u = S(m)                   pdeinv.forward      (later issues)
-      -> observation d = B(u)                     pdeinv.observation  (later issues)
+      -> forward model u = S(m)                   pdeinv.forward
+      -> observation d = B(u)                     pdeinv.observation
       -> misfit + prior                           pdeinv.noise, pdeinv.prior
       -> derivatives (JVP, VJP, GN Hessian)       pdeinv.maps, checked by pdeinv.verify
       -> optimizer -> m_MAP                       pdeinv.optimize

@@ -3,8 +3,6 @@
 ``pdeinv selfcheck``
     Check the installed stack (convergence of a Poisson solve, Taylor test of a pyadjoint gradient);
     works under ``mpiexec``. Exit status 0 when both pass, 1 otherwise.
-
-PETSc options are read from the ``PETSC_OPTIONS`` environment variable, not from the command line.
 ``pdeinv status DIR``
     Whether the run in results directory DIR is complete (exit 0), interrupted and resumable (75: rerun
     with ``--resume``), running (3: another process holds its lock), failed (1: the recorded reason) or
@@ -12,9 +10,12 @@ PETSc options are read from the ``PETSC_OPTIONS`` environment variable, not from
     on the MPI (Open MPI's returns 1), while the ranks themselves exit 75.
 ``pdeinv info``
     Versions of pdeinv and of the stack underneath.
-``pdeinv run CONFIG [--out DIR] [--set key=value ...] [--resume] [--quiet]``
-    Run a case from its config.toml (see cases/); exit status 0, 2 (configuration error) or 75
-    (stopped by SIGTERM after writing its checkpoint: rerun with --resume).
+``pdeinv run CONFIG [--out DIR] [--set key=value ...] [--resume] [--overwrite] [--quiet] [--max-memory SIZE]
+[--max-hours H] [--allow-code-options]``
+    Run a case from its config.toml (see cases/); exit status 0, 2 (configuration error, before anything is
+    written), 74 (no space left on the results directory's disk) or 75 (stopped by a signal after writing
+    its checkpoint: rerun with --resume).  PETSc options come from the configuration's ``model.solver``
+    (checked first) or the ``PETSC_OPTIONS`` environment variable, not from the command line.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ class ParameterToObservable(ABC):
     Attributes
     ----------
     parameter_space : firedrake.FunctionSpace
-    observation : pdeinv.observation.PointObservation
+    observation : pdeinv.observation.Observation
+        A PointObservation, FieldObservation or IntegralObservation.
     data_space : firedrake.FunctionSpace
         ``observation.space``.
     counts : collections.Counter

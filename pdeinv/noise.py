@@ -46,7 +46,7 @@ def _global_sum(comm, local: float) -> float:
 
 @unannotated_methods
 class NoiseModel(ABC):
-    """Base class; ``observation`` is the :class:`~pdeinv.observation.PointObservation` whose data
+    """Base class; ``observation`` is the :class:`~pdeinv.observation.Observation` whose data
     space the model lives on."""
 
     def __init_subclass__(cls, **kwargs):
@@ -158,7 +158,7 @@ class GaussianNoise(NoiseModel):
 
     Parameters
     ----------
-    observation : PointObservation
+    observation : pdeinv.observation.Observation
     sigma : float or array of shape (N, channels)
         Standard deviations, positive.
     """
@@ -203,7 +203,7 @@ class LaplaceNoise(NoiseModel):
 
     Parameters
     ----------
-    observation : PointObservation
+    observation : pdeinv.observation.Observation
     scale : float or array of shape (N, channels)
         Scale :math:`b_i > 0` (standard deviation :math:`\sqrt2\,b_i`).
     smoothing : float

@@ -1,4 +1,4 @@
-r"""Observation operators: point values of a state field, via Firedrake's VertexOnlyMesh.
+r"""Observation operators: point values (via Firedrake's VertexOnlyMesh), whole fields, and integrals of a state.
 
 An observation of a state :math:`u \in V` at points :math:`x_1, \dots, x_N` is the linear map
 :math:`B u = (u(x_1), \dots, u(x_N))`.  pdeinv represents observed data as a ``Function`` on a

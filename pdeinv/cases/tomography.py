@@ -2,8 +2,8 @@ r"""Tomography case: recover an absorption map from multi-direction transport da
 
 For K directions :math:`\omega_k`: :math:`\omega_k\cdot\nabla\psi_k + e^{m}\psi_k = 0`, :math:`\psi_k = 1`
 on the inflow boundary (upwind DG); detectors on the outflow boundary record :math:`\psi_k`.  Noise:
-Gaussian (``noise.model = "gaussian"``, σ a fraction of the largest datum) or Poisson counts
-(``"poisson"``, source intensity ``noise.intensity`` photons).  BiLaplacian prior on :math:`m = \log\mu`,
+Gaussian (``data.noise = "gaussian"``, σ a fraction ``data.noise_fraction`` of the largest datum) or
+Poisson counts (``"poisson"``, source intensity ``data.intensity`` photons).  BiLaplacian prior on :math:`m = \log\mu`,
 optionally plus smoothed total variation (``prior.tv_weight > 0``).
 
 The directions are independent experiments: ``parallel.ensemble = P`` splits them over P ensemble

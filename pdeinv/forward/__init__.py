@@ -1,8 +1,9 @@
 """Forward models wrapped as parameter-to-observable maps.
 
-The shipped models (hand-derived sweeps): :class:`HeatModel`, :class:`TransportModel`,
-:class:`PoissonModel`.  A user's own model, derivatives derived automatically
-(``docs/own-model.md``): :class:`StationaryModel` (a residual form), :class:`TimeSteppingModel`
+The shipped models: :class:`HeatModel` and :class:`PoissonModel` (declarations on the generic engines
+below) and :class:`TransportModel` (hand-written sweeps, one factorisation per direction).  A user's
+own model, derivatives derived automatically (``docs/own-model.md``): :class:`StationaryModel` (a
+residual form), :class:`TimeSteppingModel`
 (a one-step residual, optional :class:`Checkpointing`) and :class:`TapedMap` (any Firedrake callable,
 pyadjoint on a private tape).  Importing this package does not import Firedrake.
 """

@@ -1,4 +1,4 @@
-r"""The heat equation as a parameter-to-observable map, with hand-written tangent and adjoint sweeps.
+r"""The heat equation as a parameter-to-observable map, declared on the generic time-stepping engine.
 
 Model
     :math:`\partial_t u - \nabla\cdot(\kappa\nabla u) = f` in :math:`\Omega\times(0,T]`,

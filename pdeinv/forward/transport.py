@@ -34,9 +34,10 @@ and reused for the tangent and, transposed, the adjoint solves.
 Why these sweeps are written here and not declared on
 :class:`~pdeinv.forward.stationary.StationaryModel`: the model is :math:`K` independent steady
 problems sharing one parameter, observed in :math:`K` channels of one sinogram with a detector mask.
-A ``StationaryModel`` is one residual and one channel; :math:`K` of them would need a sum of maps
-over experiments, which is the ensemble layer (experiments distributed over
-``firedrake.Ensemble`` members, reduced in one place) planned with the parallel-performance work.
+A ``StationaryModel`` is one residual and one channel; :math:`K` of them would be a sum of misfits
+over experiments — :class:`pdeinv.ensemble.EnsembleMisfit`, which the tomography case uses to split
+the directions over ``firedrake.Ensemble`` members — but one map keeps the K factorisations, the mask
+and the sinogram's channels together on one communicator.
 The derivative formulas above are the ones UFL derives from :math:`a_k`, checked by the same Taylor
 and dot tests.
 """

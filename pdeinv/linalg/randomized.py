@@ -14,9 +14,9 @@ Double pass (``double_pass``), :math:`2(k+p)` actions of :math:`A` (+ :math:`q(k
 3. :math:`T = Q^T A Q` (second pass), :math:`T = V\Lambda V^T`, :math:`U = QV`.
 
 Single pass (``single_pass``), :math:`k+p` actions: the same :math:`Q`, and :math:`T` from
-:math:`Q^T Y \approx T\,(Q^T B\Omega)` in the least-squares sense (symmetrised); it needs
-:math:`B\Omega` (prior precision actions, no PDE solves) and is less accurate for slowly decaying
-spectra.
+:math:`Q^T Y \approx T\,(Q^T B\Omega)` in the least-squares sense (symmetrised); :math:`Q^T B\Omega`
+is paired from :math:`BQ` (which the orthonormalisation gives), so no action of :math:`B` is needed.
+Less accurate for slowly decaying spectra.
 
 ``residuals`` (a-posteriori check): :math:`\|Au_i - \lambda_i Bu_i\|_{B^{-1}}` for each pair, at
 :math:`k` more actions of :math:`A`.
@@ -124,8 +124,8 @@ def double_pass(apply_A: Callable, apply_B: Callable, apply_Binv: Callable, spac
 def single_pass(apply_A: Callable, apply_B: Callable, apply_Binv: Callable, space, *, k: int, p: int = 20,
                 seed: int = 0, apply_A_block: Callable | None = None,
                 apply_Binv_block: Callable | None = None) -> EigenResult:
-    """Leading ``k`` eigenpairs from one pass: :math:`k+p` actions of :math:`A`; ``apply_B``
-    (Function -> Cofunction) gives :math:`B\\Omega`."""
+    """Leading ``k`` eigenpairs from one pass: :math:`k+p` actions of :math:`A` and of :math:`B^{-1}`;
+    ``apply_B`` is not called (kept for the signature shared with :func:`double_pass`)."""
     _check(k, p)
     omega = random_multifunction(space, k + p, seed=seed)
     Y = _blocked(apply_A, apply_A_block)(omega.functions)

@@ -15,7 +15,8 @@ the identity — hence iteration counts that do not grow with the mesh), stopped
 
     \|r\|_P \le \eta_k \|g_k\|_P,\qquad \eta_k = \min\big(\eta_{\max}, \sqrt{\|g_k\|_P/\|g_0\|_P}\big)
 
-(Eisenstat–Walker), or at negative curvature (then the CG iterate so far, or the preconditioned
+(hIPPYlib's rule, the default; ``forcing_rule = "eisenstat_walker"`` is Eisenstat and Walker's choice 1),
+or at negative curvature (then the CG iterate so far, or the preconditioned
 steepest-descent direction at the first CG step, is used).  The step length satisfies the Armijo
 condition :math:`\mathcal J(m_k + \alpha p) \le \mathcal J(m_k) + c_1\alpha\langle g_k, p\rangle`
 by halving.  Everything is matrix-free: one Hessian action costs one JVP and one VJP.
@@ -56,24 +57,24 @@ class Globalization(Choice):
 
 @dataclass(frozen=True)
 class NewtonCGOptions:
-    r"""Options of :func:`newton_cg` (all keyword-only in use).
+    r"""Options of :func:`newton_cg`.
 
     Attributes
     ----------
     max_iterations : int
         Newton iterations at most.
     gradient_rtol, gradient_atol : float
-        Stop when :math:`\\|g\\|_P \\le \\max(\\text{atol}, \\text{rtol}\\,\\|g_0\\|_P)`.
+        Stop when :math:`\|g\|_P \le \max(\text{atol}, \text{rtol}\,\|g_0\|_P)`.
     stagnation_rtol : float
         Stop when the cost decreases by less than this fraction in one iteration.
     forcing : float or None
         Constant CG relative tolerance; ``None`` for an adaptive rule (``forcing_rule``).
     forcing_rule : ForcingRule or {"eisenstat_walker", "sqrt"}
         ``"eisenstat_walker"`` (choice 1 of Eisenstat & Walker 1996, with their safeguard):
-        :math:`\\eta_k = |\\,\\|g_k\\| - \\|g_{k-1} + H_{k-1}p_{k-1}\\|\\,| / \\|g_{k-1}\\|`, which measures
+        :math:`\eta_k = |\,\|g_k\| - \|g_{k-1} + H_{k-1}p_{k-1}\|\,| / \|g_{k-1}\|`, which measures
         how well the quadratic model predicted the new gradient — tight where the problem is nearly
         linear (a linear problem converges in two steps), loose where it is not.  ``"sqrt"``:
-        :math:`\\eta_k = \\sqrt{\\|g_k\\|/\\|g_0\\|}` (hIPPYlib's choice; the default: on the Poisson
+        :math:`\eta_k = \sqrt{\|g_k\|/\|g_0\|}` (hIPPYlib's choice; the default: on the Poisson
         benchmark both need ~85 CG iterations, on the linear heat problem choice 1 needs 4 Newton but
         ~160 CG iterations against 6 and ~110 for "sqrt").
     max_forcing : float

@@ -26,8 +26,8 @@ class AutoregressivePrior(GaussianPrior):
     sigma : float
         Marginal standard deviation.
     order : int
-        Number of diffusion steps :math:`m` (Firedrake requires m > d; even orders give an exact
-        square root for sampling). Default 4.
+        Number of diffusion steps :math:`m`; Firedrake requires it to be even (then half the steps
+        are an exact square root for sampling). Default 4.
     mean : Function or expression, optional
     **kwargs
         Passed to ``AutoregressiveCovariance`` (``solver_parameters``, ``bcs``, ``form``...).
