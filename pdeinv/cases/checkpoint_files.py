@@ -97,12 +97,44 @@ def _non_finite(path) -> str | None:
     return found[0] if found else None
 
 
+PHASES = "phases.json"  # the checkpoint of a case with its own driver: its completed phases' results
+
+
+def record_file(out: str) -> str | None:
+    """The file that makes ``out/checkpoint`` resumable: ``state.json`` (the runner's phases) or
+    ``phases.json`` (a case with its own driver); None when neither is there."""
+    for name in ("state.json", PHASES):
+        path = os.path.join(out, "checkpoint", name)
+        if os.path.exists(path):
+            return path
+    return None
+
+
+def _phase_problems(ckdir) -> list[str]:
+    """Why a driver case's ``phases.json`` cannot be resumed (empty: it can)."""
+    import math
+
+    record, why = _read_json(os.path.join(ckdir, PHASES))
+    if why:
+        return [why]
+    phases = record.get("phases")
+    if record.get("format") != 1 or not isinstance(phases, dict):
+        return [f"{PHASES} is not of format 1 with a table of phases"]
+    for name, entry in phases.items():
+        theta = entry.get("theta") if isinstance(entry, dict) else None
+        if not isinstance(theta, list) or not all(isinstance(t, (int, float)) and math.isfinite(t) for t in theta):
+            return [f"{PHASES}: phase {name!r} holds no finite theta"]
+    return []
+
+
 def problems(out: str) -> list[str]:
     """Why the checkpoint in ``out`` cannot be resumed (empty list: it can).  Reads every file whole once."""
     ckdir = os.path.join(out, "checkpoint")
     found = []
     _, why = _read_json(os.path.join(ckdir, "config.json"))
     found += [why] if why else []
+    if record_file(out) == os.path.join(ckdir, PHASES):
+        return found + _phase_problems(ckdir)
     state, why = _read_json(os.path.join(ckdir, "state.json"))
     if why:
         return found + [why]

@@ -70,8 +70,10 @@ class DriverCase(Case):
     """A case with its own driver (bilevel learning), run inside the runner's results-directory rules."""
 
     @abc.abstractmethod
-    def run_case(self, cfg, out, *, quiet=False):
-        """Run the case into ``out``; returns its summary."""
+    def run_case(self, cfg, out, *, quiet=False, resume=False, sigterm_after=None):
+        """Run the case into ``out``; returns its summary.  ``resume``: continue from the phases saved in
+        ``out/checkpoint`` (see :func:`pdeinv.cases.checkpoint_files.problems`); ``sigterm_after=K``: send
+        this process SIGTERM once K phases are saved (the batch-job path, for tests)."""
 
 
 def load_case(name: str) -> Case:

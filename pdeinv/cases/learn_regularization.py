@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pdeinv.cases.checkpoint_files import PHASES  # out/checkpoint/phases.json: the learned phases
 from pdeinv.cases.common import DriverCase
 
 __all__ = ["CASE", "DEFAULTS", "validate", "size", "run_case"]
@@ -133,22 +134,31 @@ class _Case:
     choices: dict = field(default_factory=dict)
     reconstructions: dict = field(default_factory=dict)
     lista: dict = field(default_factory=dict)
+    saved: dict = field(default_factory=dict)  # the completed learning phases (checkpoint/phases.json)
+    sigterm_after: int | None = None  # test hook: SIGTERM to this process after that many saved phases
 
 
-def run_case(cfg, out, *, quiet=False, log=None):
-    """Run the case into ``out``; returns the summary dict."""
+
+def run_case(cfg, out, *, quiet=False, log=None, resume=False, sigterm_after=None):
+    """Run the case into ``out``; returns the summary dict.  Each learning phase's result is saved to
+    ``out/checkpoint/phases.json`` as it completes; ``resume`` takes the saved ones instead of learning
+    them again (everything else is recomputed: it is deterministic and cheap next to the learning)."""
     import firedrake as fd
 
     from pdeinv.linalg.spectral import conditioning_report
     from pdeinv.log import RankZeroLog
 
     comm = fd.COMM_WORLD
-    c = _Case(cfg, out, comm, log or RankZeroLog(comm, quiet=quiet, announce_phases=True))
+    c = _Case(cfg, out, comm, log or RankZeroLog(comm, quiet=quiet, announce_phases=True),
+              sigterm_after=sigterm_after)
     if comm.rank == 0:
-        os.makedirs(out, exist_ok=True)
+        os.makedirs(os.path.join(out, "checkpoint"), exist_ok=True)
     comm.barrier()
+    if resume:
+        c.saved = _read_phases(out, cfg)
     t_start = time.perf_counter()
-    c.log.info(f"pdeinv case 'learn_regularization' on {comm.size} rank(s) -> {out}")
+    c.log.info(f"pdeinv case 'learn_regularization' on {comm.size} rank(s) -> {out}"
+               + (f" (resumed: {', '.join(c.saved) or 'no phase'} from the checkpoint)" if resume else ""))
     _setup_and_data(c)
     _learn(c)
     K = cfg["lista"]["iterations"]
@@ -225,9 +235,9 @@ def _learn(c: _Case) -> None:
     lopts = LearningOptions(method=cfg["learn"]["method"], max_iterations=cfg["learn"]["max_iterations"],
                             bounds=((-10.0, 10.0),), hypergradient=hopts)
     with c.log.phase("learn_variance"):
-        res = learn_hyperparameters(c.variance_family, c.train_pairs, np.zeros(1), options=lopts, log=c.log)
-        c.learned["learned_variance"] = (c.variance_family, res.theta)
-        c.histories["learned_variance"] = res
+        _learned(c, "learned_variance", c.variance_family,
+                 lambda: learn_hyperparameters(c.variance_family, c.train_pairs, np.zeros(1), options=lopts,
+                                               log=c.log))
     if not cfg["learn"]["matern"]:
         return
     with c.log.phase("learn_matern"):
@@ -241,13 +251,46 @@ def _learn(c: _Case) -> None:
             theta0 += [-8.0] * (k * k)
             bounds += [(-15.0, 5.0)] * (k * k)
         family = HyperProblem(c.variance_family.misfit, *terms)
-        res = learn_hyperparameters(family, c.train_pairs, np.array(theta0),
-                                    options=LearningOptions(method=lopts.method, max_iterations=lopts.max_iterations,
-                                                            bounds=tuple(bounds), hypergradient=hopts),
-                                    log=c.log)
-        name = "learned_matern" + ("_field" if k > 0 else "")
-        c.learned[name] = (family, res.theta)
-        c.histories[name] = res
+        options = LearningOptions(method=lopts.method, max_iterations=lopts.max_iterations, bounds=tuple(bounds),
+                                  hypergradient=hopts)
+        _learned(c, "learned_matern" + ("_field" if k > 0 else ""), family,
+                 lambda: learn_hyperparameters(family, c.train_pairs, np.array(theta0), options=options, log=c.log))
+
+
+def _learned(c: _Case, name: str, family, learn) -> None:
+    """The result of learning phase ``name``: from the checkpoint when it was saved there, else ``learn()``
+    and saved (every rank agrees: the file is written by rank 0 between barriers)."""
+    from pdeinv.cases.config import config_hash
+    from pdeinv.cases.output import atomic_json
+    from pdeinv.learn.bilevel import LearningResult
+
+    record = c.saved.get(name)
+    if record is not None:
+        res = LearningResult(theta=np.array(record["theta"]), loss=record["loss"], history=tuple(record["history"]),
+                             iterations=record["iterations"], evaluations=record["evaluations"],
+                             converged=record["converged"], reason=record["reason"], reconstructions=[])
+        c.log.info(f"{name}: taken from the checkpoint (theta = {np.array2string(res.theta, precision=4)})")
+    else:
+        res = learn()
+        c.saved[name] = {"theta": res.theta.tolist(), "loss": float(res.loss), "history": list(res.history),
+                         "iterations": int(res.iterations), "evaluations": int(res.evaluations),
+                         "converged": bool(res.converged), "reason": str(res.reason)}
+        atomic_json(os.path.join(c.out, "checkpoint", PHASES),
+                    {"format": 1, "config_hash": config_hash(c.cfg), "phases": c.saved}, c.comm)
+        if c.sigterm_after is not None and len(c.saved) == c.sigterm_after:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)  # the batch-job path, tested: the phase is on disk
+    c.learned[name] = (family, res.theta)
+    c.histories[name] = res
+
+
+def _read_phases(out, cfg) -> dict:
+    """The saved learning phases of the run in ``out`` (preflight has checked the file and the config)."""
+    import json
+
+    with open(os.path.join(out, "checkpoint", PHASES)) as fh:
+        return dict(json.load(fh)["phases"])
 
 
 def _test_priors(c: _Case, cases: dict, *, report: bool = True) -> None:
@@ -445,8 +488,8 @@ class LearnRegularizationCase(DriverCase):
     def size(self, cfg, vertices=None):
         return size(cfg)
 
-    def run_case(self, cfg, out, *, quiet=False):
-        return run_case(cfg, out, quiet=quiet)
+    def run_case(self, cfg, out, *, quiet=False, resume=False, sigterm_after=None):
+        return run_case(cfg, out, quiet=quiet, resume=resume, sigterm_after=sigterm_after)
 
 
 CASE = LearnRegularizationCase()

@@ -91,7 +91,8 @@ def _parser(prog, case=None):
     p.add_argument("--max-hours", type=float, default=168.0, metavar="H",
                    help="refuse a configuration whose one forward solve is estimated above H hours (default 168)")
     p.add_argument("--sigterm-after", type=int, metavar="K",
-                   help="send this process SIGTERM after Newton iteration K's checkpoint (tests the batch-job path)")
+                   help="send this process SIGTERM after checkpoint K (Newton iteration K, or phase K of a case with "
+                        "its own driver): tests the batch-job path")
     return p
 
 
@@ -123,8 +124,8 @@ def _check_output(out, *, resume, overwrite) -> bool:
     if os.path.exists(out) and not os.path.isdir(out):
         raise ConfigError(f"--out {out}: exists and is not a directory")
     if resume:
-        state = os.path.join(out, "checkpoint", "state.json")
-        if not os.path.exists(state):
+        if checkpoint_files.record_file(out) is None:
+            state = os.path.join(out, "checkpoint", "state.json")
             raise ConfigError(f"--resume: no checkpoint in {out} ({state} missing); run without --resume to start")
         if not os.access(out, os.W_OK | os.X_OK):
             raise ConfigError(f"--out {out}: not writable")
@@ -258,15 +259,17 @@ def run_status(out) -> tuple[int, str]:
             reason = "reason unreadable"
         return 1, (f"{out}: failed ({reason}); not resumed automatically — fix the cause, then rerun with "
                    "--resume by hand")
-    state = os.path.join(out, "checkpoint", "state.json")
-    if os.path.exists(state):
+    record = checkpoint_files.record_file(out)
+    if record is not None:
         damaged = checkpoint_files.problems(out)
         if damaged:
             return 1, f"{out}: checkpoint damaged ({'; '.join(damaged)}); not resumable"
-        with open(state) as fh:
-            k = json.load(fh)["state"].get("iteration")
-        return EXIT_INTERRUPTED, (f"{out}: interrupted ({_how_it_stopped(os.path.dirname(state))}), resumable from "
-                                  f"Newton iteration {k} (rerun with --resume)")
+        with open(record) as fh:
+            saved = json.load(fh)
+        where = (f"from Newton iteration {saved['state'].get('iteration')}" if "state" in saved else
+                 f"after its completed phases ({', '.join(saved['phases']) or 'none yet'})")
+        return EXIT_INTERRUPTED, (f"{out}: interrupted ({_how_it_stopped(os.path.dirname(record))}), resumable "
+                                  f"{where} (rerun with --resume)")
     return 1, f"{out}: no results and no checkpoint"
 
 
@@ -346,9 +349,8 @@ def main(argv=None, *, case: str | None = None) -> int:
         _on_rank0(comm, lambda: held.append(_lock(out)))
         lock = held[0] if held else None
         if isinstance(case_, DriverCase):  # a case with its own driver (bilevel learning)
-            return _run_under_signals(lambda on_signal: _run_own_driver(case_, cfg, out, clear, comm,
-                                                                        quiet=args.quiet, exit_message=on_signal),
-                                      out, comm)
+            return _run_under_signals(lambda on_signal: _run_own_driver(
+                case_, cfg, out, clear, comm, args, exit_message=on_signal), out, comm)
         return _run_under_signals(lambda on_signal: run(
             name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
             sigterm_after=args.sigterm_after, checked=True, limits=limits), out, comm)
@@ -428,19 +430,28 @@ def _write_failed_on_this_rank(comm, out, exc):
         comm.Abort(disk.EXIT_NO_SPACE)
 
 
-def _run_own_driver(case, cfg, out, clear, comm, *, quiet, exit_message=None):
+def _run_own_driver(case, cfg, out, clear, comm, args, *, exit_message=None):
     """A case with its own ``run_case``: the same results-directory rules (earlier entries set aside until it
-    succeeds, its new entries recorded in the manifest) and the same signal handling (a stop records itself
-    and ends every rank with exit 75; the driver has no checkpoint, so `pdeinv status` says it must be rerun)."""
+    succeeds, its new entries recorded in the manifest, the configuration in ``checkpoint/config.json``),
+    the same signal handling (each rank records its stop, exit 75) and ``--resume`` from the phases it
+    checkpointed (``checkpoint/phases.json``)."""
+    ckdir = os.path.join(out, "checkpoint")
     if exit_message is not None:
-        exit_message.set_message(_signal_message(comm, "stopped by a signal: this case keeps no checkpoint; rerun it "
-                                                       "with --overwrite"))
-    aside = _prepare_fresh(out, clear, comm)
+        exit_message.set_message(_signal_message(comm, "stopped by a signal: the phases completed so far are in the "
+                                                       "checkpoint; rerun with --resume"))
+        exit_message.set_report(os.path.abspath(os.path.join(ckdir, f"stopped.rank-{comm.rank}")))
+    aside = None
+    if args.resume:
+        _remove_leftovers(out, comm)
+    else:
+        aside = _prepare_fresh(out, clear, comm, name=case.name, cfg=cfg)
+    _write_ranks(ckdir, comm)
     before = _contents(out)
     try:
-        case.run_case(cfg, out, quiet=quiet)
+        case.run_case(cfg, out, quiet=args.quiet, resume=args.resume, sigterm_after=args.sigterm_after)
     except BaseException:
-        _setup_failed(out, aside, comm)
+        if not args.resume and not os.path.exists(os.path.join(ckdir, checkpoint_files.PHASES)):
+            _setup_failed(out, aside, comm)  # nothing learned yet: the earlier run comes back
         raise
     if comm.rank == 0:
         results_dir.discard(aside)
@@ -629,7 +640,6 @@ def _setup_phase(r: _Run, clear) -> None:
     a fresh run that fails here (a sensor outside the mesh, ...) puts the earlier run back."""
     import firedrake as fd
 
-    from pdeinv.cases.output import atomic_json
 
     aside, prepared = None, False
     try:
@@ -646,8 +656,7 @@ def _setup_phase(r: _Run, clear) -> None:
                 aside = _prepare_fresh(r.out, clear, r.comm, name=r.name, cfg=r.cfg, mesh_name=mesh_name)
                 prepared = True
                 _save_mesh(r, mesh)
-            # the ranks of this run: `pdeinv status` names those that ended without a record (SIGKILL, OOM)
-            atomic_json(os.path.join(r.ckdir, RANKS), {"ranks": r.comm.size}, r.comm)
+            _write_ranks(r.ckdir, r.comm)
             # Fresh or resumed, the run works on the mesh as loaded from the checkpoint, so that both see
             # the same distribution and dof numbering and a resumed run repeats the uninterrupted one.
             # (Every ensemble member loads the same saved partition.)
@@ -691,13 +700,26 @@ def _clean_for_resume(r: _Run) -> str:
     """Remove the leftovers of a write that a signal cut short (the run's result is redone); the mesh name."""
     with open(os.path.join(r.ckdir, "config.json")) as fh:
         mesh_name = json.load(fh).get("mesh_name") or "mesh"
-    if r.comm.rank == 0:
-        for d in (r.out, r.ckdir):
+    _remove_leftovers(r.out, r.comm)
+    return mesh_name
+
+
+def _remove_leftovers(out, comm) -> None:
+    """Collective: the half-written files, the stop and failure records and the summary of the run being
+    resumed (its result is redone)."""
+    if comm.rank == 0:
+        for d in (out, os.path.join(out, "checkpoint")):
             for f in os.listdir(d):
                 if f.endswith(".tmp") or f in ("summary.json", results_dir.FAILED) or f.startswith("stopped.rank-"):
                     os.remove(os.path.join(d, f))
-    r.comm.barrier()
-    return mesh_name
+    comm.barrier()
+
+
+def _write_ranks(ckdir, comm) -> None:
+    """The ranks of this run (fresh or resumed): `pdeinv status` names those that ended without a record."""
+    from pdeinv.cases.output import atomic_json
+
+    atomic_json(os.path.join(ckdir, RANKS), {"ranks": comm.size}, comm)
 
 
 def _save_mesh(r: _Run, mesh) -> None:
