@@ -40,8 +40,8 @@ def choice(enum_type, value, owner: str, name: str):
     try:
         return enum_type(value)
     except ValueError:
-        names = " or ".join(repr(m.value) for m in enum_type)
-        raise ValueError(f"{owner}: {name} must be {names}, got {value!r}") from None
+        names = ", ".join(repr(m.value) for m in enum_type)
+        raise ValueError(f"{owner}: {name} must be one of {names}, got {value!r}") from None
 
 
 def renamed_choice(enum_type, value, old_value, owner: str, name: str, old_name: str):

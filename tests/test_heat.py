@@ -90,7 +90,7 @@ def test_solver_built_once_for_linear_parameters():
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    ({"unknown": "kappa"}, "unknown must be 'initial_condition' or 'source' or 'log_conductivity'"),
+    ({"unknown": "kappa"}, "unknown must be one of 'initial_condition', 'source', 'log_conductivity'"),
     ({"steps": 0}, "steps must be a positive integer"),
     ({"theta": 0.2}, "theta must be in"),
     ({"observation_times": [0.033]}, "not a time step"),

@@ -132,7 +132,7 @@ def hypergradient(hyper, loss, theta, *, method: str = "implicit", m0=None, m_st
         method = HypergradientMethod(method)
     except ValueError:
         hint = "; through an unrolled solver use pdeinv.learn.reverse_through" if method == "unrolled" else ""
-        raise ValueError(f"hypergradient: method must be 'implicit' or 'jfb', got {method!r}{hint}") from None
+        raise ValueError(f"hypergradient: method must be one of 'implicit', 'jfb', got {method!r}{hint}") from None
     opts = options or HypergradientOptions()
     theta = hyper.check_theta(theta)
     counter = SolveCounter(hyper.map)
