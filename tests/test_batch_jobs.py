@@ -178,6 +178,29 @@ def test_results_directory_may_not_hold_the_working_or_home_directory(tmp_path, 
     assert (work / "thesis.tex").read_text() == "precious"
 
 
+def test_a_run_that_loses_the_race_leaves_the_winners_directory(tmp_path, monkeypatch, capsys):
+    """The window between the lock check and the lock: another run makes the directory and takes its lock
+    just after this run looked.  This run must name the holder, and must not take the new directory (a
+    lock file and no marker) for a foreign one, nor remove it as one it made itself."""
+    from pdeinv.cases import results_dir, runner
+
+    out = tmp_path / "run"
+    other = results_dir.RunLock(str(out))
+
+    def the_other_run_starts(path):
+        os.mkdir(path)
+        other.acquire()
+
+    monkeypatch.setattr(runner, "_refuse_if_locked", the_other_run_starts)
+    try:
+        code = runner.main(["cases/heat/config.toml", "--quiet", "--out", str(out), *SETS])
+        assert code == EXIT_CONFIG
+        assert "another pdeinv run is using it (host" in capsys.readouterr().err
+        assert out.is_dir() and sorted(os.listdir(out)) == [results_dir.LOCK]
+    finally:
+        other.release()
+
+
 def test_one_run_per_results_directory(tmp_path):
     """Two runs started together on one directory: exactly one runs, the other exits 2 naming the holder;
     while a run is live, `pdeinv status` says running (3, not resumable) and --resume beside it is refused."""

@@ -139,7 +139,7 @@ def _check_output(out, *, resume, overwrite) -> bool:
         os.rmdir(tempfile.mkdtemp(prefix=".pdeinv-probe-", dir=probe))
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot create it ({probe}: {e.strerror})") from None
-    entries = _contents(out)
+    entries = [e for e in _contents(out) if e != results_dir.LOCK]  # a lock file alone: a start that died
     if not entries:
         return False
     if MARKER not in entries:
@@ -328,8 +328,7 @@ def main(argv=None, *, case: str | None = None) -> int:
 
     comm = MPI.COMM_WORLD  # a command-line run owns the whole MPI job
     args = _parser("pdeinv run" if case is None else f"cases/{case}/run.py", case).parse_args(argv)
-    existed, out = False, None
-    lock = None
+    out, lock, made = None, None, False
     try:
         name = case or _case_name_from_file(args.config)
         case_ = load_case(name)
@@ -337,7 +336,6 @@ def main(argv=None, *, case: str | None = None) -> int:
         case_.validate(cfg)
         out = args.out or os.path.join("results", name)
         init_petsc()  # petsc4py only (no Firedrake yet): for the options check
-        existed = os.path.isdir(out)
         limits = _limits(args)
         per_node = resources.ranks_on_this_node(comm)  # collective: rank 0's node is the one measured
         _on_rank0(comm, lambda: _refuse_if_locked(out))
@@ -347,7 +345,9 @@ def main(argv=None, *, case: str | None = None) -> int:
                                                   ranks_per_node=per_node))
         held = []  # rank 0's lock stays on rank 0 (an open file descriptor cannot be broadcast)
         _on_rank0(comm, lambda: held.append(_lock(out)))
-        lock = held[0] if held else None
+        lock, made = held[0] if held else (None, False)
+        # under the lock, the directory is looked at again: another run may have claimed it since preflight
+        clear = _on_rank0(comm, lambda: _check_output(out, resume=args.resume, overwrite=args.overwrite))
         if isinstance(case_, DriverCase):  # a case with its own driver (bilevel learning)
             return _run_under_signals(lambda on_signal: _run_own_driver(
                 case_, cfg, out, clear, comm, args, exit_message=on_signal), out, comm)
@@ -360,12 +360,11 @@ def main(argv=None, *, case: str | None = None) -> int:
             sys.stderr.write(f"pdeinv: {e}\n" if full else f"pdeinv: configuration error: {e}\n")
             if full:
                 _record_quietly(out, str(e))
+            if made and lock is not None and set(_contents(out)) <= {MARKER, results_dir.LOCK}:
+                shutil.rmtree(out, ignore_errors=True)  # a directory this run made, holds and left empty
             if lock is not None:
                 lock.release()
                 lock = None
-            if out is not None and not existed and os.path.isdir(out) and \
-                    set(_contents(out)) <= {MARKER, results_dir.LOCK}:
-                shutil.rmtree(out, ignore_errors=True)  # a directory this run made and left empty
         return disk.EXIT_NO_SPACE if isinstance(e, disk.DiskFull) else EXIT_CONFIG
     except Interrupted:
         return EXIT_INTERRUPTED
@@ -469,11 +468,17 @@ def _refuse_if_locked(out):
 
 
 def _lock(out):
-    """Rank 0: make ``out`` and take its run lock (held until the run ends)."""
-    os.makedirs(out, exist_ok=True)
+    """Rank 0: make ``out`` and take its run lock (held until the run ends).  Returns the lock and whether
+    this run made the directory (``mkdir`` is atomic: of two runs started together, one made it)."""
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    try:
+        os.mkdir(out)
+        made = True
+    except FileExistsError:
+        made = False
     lock = results_dir.RunLock(out)
     lock.acquire()
-    return lock
+    return lock, made
 
 
 def _prepare_fresh(out, clear, comm, *, name=None, cfg=None, mesh_name=None):
