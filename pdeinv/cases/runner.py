@@ -139,6 +139,14 @@ def _check_output(out, *, resume, overwrite) -> bool:
         os.rmdir(tempfile.mkdtemp(prefix=".pdeinv-probe-", dir=probe))
     except OSError as e:
         raise ConfigError(f"--out {out}: cannot create it ({probe}: {e.strerror})") from None
+    return _check_contents(out, overwrite=overwrite)
+
+
+def _check_contents(out, *, overwrite) -> bool:
+    """The fresh-run part of :func:`_check_output` that can change while a run waits: what ``out`` holds
+    (asked again under the run lock).  Returns whether the directory must be cleared first."""
+    from pdeinv.cases.config import ConfigError
+
     entries = [e for e in _contents(out) if e != results_dir.LOCK]  # a lock file alone: a start that died
     if not entries:
         return False
@@ -339,15 +347,14 @@ def main(argv=None, *, case: str | None = None) -> int:
         limits = _limits(args)
         per_node = resources.ranks_on_this_node(comm)  # collective: rank 0's node is the one measured
         _on_rank0(comm, lambda: _refuse_if_locked(out))
-        clear = _on_rank0(comm, lambda: preflight(name, case_, cfg, out, resume=args.resume,
-                                                  overwrite=args.overwrite, ranks=comm.size,
-                                                  allow_code=args.allow_code_options, limits=limits,
-                                                  ranks_per_node=per_node))
+        _on_rank0(comm, lambda: preflight(name, case_, cfg, out, resume=args.resume, overwrite=args.overwrite,
+                                          ranks=comm.size, allow_code=args.allow_code_options, limits=limits,
+                                          ranks_per_node=per_node))
         held = []  # rank 0's lock stays on rank 0 (an open file descriptor cannot be broadcast)
         _on_rank0(comm, lambda: held.append(_lock(out)))
         lock, made = held[0] if held else (None, False)
         # under the lock, the directory is looked at again: another run may have claimed it since preflight
-        clear = _on_rank0(comm, lambda: _check_output(out, resume=args.resume, overwrite=args.overwrite))
+        clear = False if args.resume else _on_rank0(comm, lambda: _check_contents(out, overwrite=args.overwrite))
         if isinstance(case_, DriverCase):  # a case with its own driver (bilevel learning)
             return _run_under_signals(lambda on_signal: _run_own_driver(
                 case_, cfg, out, clear, comm, args, exit_message=on_signal), out, comm)
