@@ -616,31 +616,34 @@ def test_rank_lists_stay_one_line():
 
 LEARN = [a for s in ["mesh.n=8", "model.steps=5", "data.sensors=10", "train.pairs=1", "test.pairs=1",
                      "learn.max_iterations=2", "classical.grid=[-2.0, 0.0, 2.0]", "classical.gcv_probes=1",
-                     "lista.iterations=0"] for a in ("--set", s)]
+                     "lista.iterations=2", "lista.max_iterations=2"] for a in ("--set", s)]
 
 
 def test_learn_regularization_resumes_from_its_checkpointed_phases(tmp_path):
-    """The case with its own driver gets the batch-job path too: SIGTERM after its first learning phase ->
-    exit 75, that phase in checkpoint/phases.json, `pdeinv status` resumable (75); a changed setting is
-    refused on --resume; --resume takes the saved phase and finishes with the uninterrupted run's summary
-    (serially bit for bit)."""
+    """The case with its own driver gets the batch-job path too: SIGTERM after its learning phases and its
+    LISTA training (three checkpointed phases) -> exit 75, those phases in checkpoint/phases.json, `pdeinv
+    status` resumable (75); a changed setting is refused on --resume; --resume takes the saved phases and
+    finishes with the uninterrupted run's summary (serially bit for bit)."""
     cfg = "cases/learn_regularization/config.toml"
     out, ref = tmp_path / "run", tmp_path / "ref"
-    p = pdeinv_run("--out", str(out), *LEARN, "--sigterm-after", "1", config=cfg)
+    p = pdeinv_run("--out", str(out), *LEARN, "--sigterm-after", "3", config=cfg)
     assert p.returncode == EXIT_INTERRUPTED, p.stderr[-2000:]
     saved = json.loads((out / "checkpoint" / "phases.json").read_text())["phases"]
-    assert list(saved) == ["learned_variance"]
+    assert list(saved) == ["learned_variance", "learned_matern", "lista_2"]
     status = subprocess.run(PDEINV + ["status", str(out)], capture_output=True, text=True)
-    assert status.returncode == EXIT_INTERRUPTED and "(learned_variance)" in status.stdout, status.stdout
+    assert status.returncode == EXIT_INTERRUPTED, status.stdout
+    assert "(learned_variance, learned_matern, lista_2)" in status.stdout, status.stdout
     assert_config_error(pdeinv_run("--out", str(out), "--resume", *LEARN, "--set", "data.seed=2", config=cfg),
                         "--resume: the configuration differs", "data.seed")
-    p = pdeinv_run("--out", str(out), "--resume", *LEARN, config=cfg)
+    p = subprocess.run(PDEINV + ["run", cfg, "--out", str(out), "--resume", *LEARN], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr[-2000:]
+    log = p.stdout + p.stderr  # not --quiet: the log says what was taken from the checkpoint
+    assert all(f"{name}: taken from the checkpoint" in log for name in saved), log[-3000:]
     p = pdeinv_run("--out", str(ref), *LEARN, config=cfg)
     assert p.returncode == 0, p.stderr[-2000:]
     resumed, uninterrupted = (json.loads((d / "summary.json").read_text()) for d in (out, ref))
     theta = resumed["learned"]["learned_variance"]["theta"]
     assert list(theta.values()) == saved["learned_variance"]["theta"]
-    for key in ("learned", "test_relative_errors", "test_relative_error_mean"):
+    for key in ("learned", "test_relative_errors", "test_relative_error_mean", "lista", "lista_loss_history"):
         assert resumed[key] == uninterrupted[key], key
     assert not [f for f in os.listdir(out / "checkpoint") if f.startswith("stopped")]

@@ -10,7 +10,7 @@ import pytest
 from mpi4py import MPI
 
 from pdeinv.cases.config import ConfigError, load_config
-from pdeinv.cases.heat import DEFAULTS, validate
+from pdeinv.cases.heat import CASE as HEAT
 from pdeinv.cases.runner import EXIT_CONFIG, EXIT_INTERRUPTED, Interrupted, run
 
 TINY = ["mesh.n=8", "model.steps=10", "model.observation_times=[0.02, 0.05]", "data.sensors=12",
@@ -20,8 +20,8 @@ OUTPUTS = ["summary.json", "results.h5", "truth.pvd", "map.pvd", "posterior_std.
 
 
 def tiny_config(*extra):
-    cfg = load_config(DEFAULTS, None, TINY + list(extra))
-    validate(cfg)
+    cfg = load_config(HEAT.defaults, None, TINY + list(extra))
+    HEAT.validate(cfg)
     return cfg
 
 
@@ -96,7 +96,7 @@ def test_command_line_exit_statuses(tmp_path):
 ])
 def test_config_errors_stop_before_any_solve(tmp_path, override, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
-        validate(load_config(DEFAULTS, None, [override]))
+        HEAT.validate(load_config(HEAT.defaults, None, [override]))
     out = tmp_path / "never"
     p = subprocess.run([sys.executable, "-m", "pdeinv", "run", "cases/heat/config.toml", "--set", override,
                         "--out", str(out)], capture_output=True, text=True)
@@ -110,9 +110,9 @@ def test_shipped_config_files_are_the_defaults(case):
     import importlib
 
     module = importlib.import_module(f"pdeinv.cases.{case}")
-    cfg = load_config(module.DEFAULTS, f"cases/{case}/config.toml")
-    module.validate(cfg)
-    assert cfg == module.DEFAULTS
+    cfg = load_config(module.CASE.defaults, f"cases/{case}/config.toml")
+    module.CASE.validate(cfg)
+    assert cfg == module.CASE.defaults
 
 
 TINY_CASES = {
@@ -131,8 +131,8 @@ def test_other_cases_end_to_end(tmp_path_factory, case, extra):
     import importlib
 
     module = importlib.import_module(f"pdeinv.cases.{case}")
-    cfg = load_config(module.DEFAULTS, None, TINY_CASES[case] + extra)
-    module.validate(cfg)
+    cfg = load_config(module.CASE.defaults, None, TINY_CASES[case] + extra)
+    module.CASE.validate(cfg)
     out = shared_dir(tmp_path_factory, case)
     summary = run(case, cfg, out, quiet=True)
     for f in OUTPUTS:
@@ -148,14 +148,14 @@ def test_tomography_detectors_on_vertices_is_a_config_error(n, k, bad):
     value that works; before, the model's ValueError surfaced as a traceback and MPI_Abort."""
     from pdeinv.cases import tomography as module
 
-    cfg = load_config(module.DEFAULTS, None, [f"mesh.n={n}", f"model.detectors_per_side={k}"])
+    cfg = load_config(module.CASE.defaults, None, [f"mesh.n={n}", f"model.detectors_per_side={k}"])
     if not bad:
-        module.validate(cfg)
+        module.CASE.validate(cfg)
         return
     with pytest.raises(ConfigError, match="puts detectors on vertices") as e:
-        module.validate(cfg)
+        module.CASE.validate(cfg)
     fix = int(str(e.value).rsplit("e.g. ", 1)[1])
-    module.validate(load_config(module.DEFAULTS, None, [f"mesh.n={n}", f"model.detectors_per_side={fix}"]))
+    module.CASE.validate(load_config(module.CASE.defaults, None, [f"mesh.n={n}", f"model.detectors_per_side={fix}"]))
 
 
 @pytest.mark.parallel(nprocs=[1, 2])
@@ -166,17 +166,17 @@ def test_tomography_ensemble_reproduces_one_member(tmp_path_factory):
     import firedrake as fd
     import numpy as np
 
-    from pdeinv.cases import tomography as module
     from pdeinv.cases.runner import preflight
+    from pdeinv.cases.tomography import CASE
 
     comm = MPI.COMM_WORLD
     if comm.size == 1:
-        cfg = load_config(module.DEFAULTS, None, TINY_CASES["tomography"] + ["parallel.ensemble=2"])
+        cfg = load_config(CASE.defaults, None, TINY_CASES["tomography"] + ["parallel.ensemble=2"])
         out = shared_dir(tmp_path_factory, "ens1") + "/never"
         with pytest.raises(ConfigError, match="cannot share 1 MPI rank"):
-            preflight("tomography", module, cfg, out, ranks=1)
+            preflight("tomography", CASE, cfg, out, ranks=1)
         with pytest.raises(ConfigError, match="parallel.ensemble must be between 1 and model.directions = 3"):
-            module.validate(load_config(module.DEFAULTS, None, TINY_CASES["tomography"] + ["parallel.ensemble=4"]))
+            CASE.validate(load_config(CASE.defaults, None, TINY_CASES["tomography"] + ["parallel.ensemble=4"]))
         assert not os.path.exists(out)
         return
     # The two runs differ only in round-off (reduction order), so their Newton paths part by round-off and
@@ -188,8 +188,8 @@ def test_tomography_ensemble_reproduces_one_member(tmp_path_factory):
     tight = ["optimizer.gradient_rtol=1e-12"]
     runs = {}
     for members in (1, 2):
-        cfg = load_config(module.DEFAULTS, None, TINY_CASES["tomography"] + tight + [f"parallel.ensemble={members}"])
-        module.validate(cfg)
+        cfg = load_config(CASE.defaults, None, TINY_CASES["tomography"] + tight + [f"parallel.ensemble={members}"])
+        CASE.validate(cfg)
         out = shared_dir(tmp_path_factory, f"ens{members}")
         runs[members] = (out, run("tomography", cfg, out, quiet=True))
     (out1, one), (out2, two) = runs[1], runs[2]
@@ -216,11 +216,11 @@ def test_learn_regularization_case_end_to_end(tmp_path_factory):
     the learned prior and of the three classical rules; learning lowers the training loss."""
     from pdeinv.cases import learn_regularization as module
 
-    cfg = load_config(module.DEFAULTS, None, [
+    cfg = load_config(module.CASE.defaults, None, [
         "mesh.n=8", "model.steps=5", "data.sensors=10", "train.pairs=1", "test.pairs=1", "learn.max_iterations=2",
         "learn.weight_field=2", "classical.grid=[-2.0, 0.0, 2.0]", "classical.gcv_probes=1", "lista.iterations=3",
         "lista.max_iterations=2"])
-    module.validate(cfg)
+    module.CASE.validate(cfg)
     out = shared_dir(tmp_path_factory, "learn")
     summary = module.run_case(cfg, out, quiet=True)
     for f in ("summary.json", "results.h5", "learning_history.png", "choice_rules.png", "reconstructions.png",
@@ -244,7 +244,7 @@ def test_learn_regularization_config_errors(override, message):
     from pdeinv.cases import learn_regularization as module
 
     with pytest.raises(ConfigError, match=message):
-        module.validate(load_config(module.DEFAULTS, None, [override]))
+        module.CASE.validate(load_config(module.CASE.defaults, None, [override]))
 
 
 # Keys whose every finite value of the right type is meaningful (a prior mean, an angle): a negative value
@@ -267,19 +267,19 @@ def test_every_key_is_checked(case):
 
     module = _cases()[case]
     checked = 0
-    for key, value in flatten(module.DEFAULTS).items():
+    for key, value in flatten(module.CASE.defaults).items():
         wrong = {bool: "1", int: "\"three\"", float: "\"x\"", str: "3", list: "3", dict: "3"}[type(value)]
         with pytest.raises(ConfigError, match=re.escape(key)):
-            module.validate(load_config(module.DEFAULTS, None, [f"{key}={wrong}"]))
+            module.CASE.validate(load_config(module.CASE.defaults, None, [f"{key}={wrong}"]))
         if isinstance(value, float):
             with pytest.raises(ConfigError, match=re.escape(key)):
-                module.validate(load_config(module.DEFAULTS, None, [f"{key}=inf"]))
+                module.CASE.validate(load_config(module.CASE.defaults, None, [f"{key}=inf"]))
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if key in ANY_VALUE:
-                module.validate(load_config(module.DEFAULTS, None, [f"{key}=-1"]))  # accepted
+                module.CASE.validate(load_config(module.CASE.defaults, None, [f"{key}=-1"]))  # accepted
             else:
                 with pytest.raises(ConfigError, match=re.escape(key.split(".")[-1])):
-                    module.validate(load_config(module.DEFAULTS, None, [f"{key}=-1"]))
+                    module.CASE.validate(load_config(module.CASE.defaults, None, [f"{key}=-1"]))
         checked += 1
     print(f"{case}: {checked} keys checked")
 
@@ -290,7 +290,7 @@ def test_solver_knob_direct_iterative_and_recorded():
     the iterative run reaches the direct run's MAP."""
     for bad, message in (("\"fast\"", "model.solver: expected one of 'direct', 'iterative'"),):
         with pytest.raises(ConfigError, match=re.escape(message)):
-            load_config(DEFAULTS, None, [f"model.solver={bad}"])
+            load_config(HEAT.defaults, None, [f"model.solver={bad}"])
     results = {}
     for setting in ("direct", "iterative"):
         out = shared_dir_simple(f"solver-{setting}")

@@ -91,8 +91,9 @@ def test_heat_case_on_observed_data(tmp_path_factory):
     from pdeinv.cases.runner import run
 
     comm = MPI.COMM_WORLD
-    cfg = load_config(heat.DEFAULTS, "cases/heat/observed.toml", ["laplace.rank=10", "laplace.posterior_samples=1"])
-    heat.validate(cfg)
+    cfg = load_config(heat.CASE.defaults, "cases/heat/observed.toml",
+                      ["laplace.rank=10", "laplace.posterior_samples=1"])
+    heat.CASE.validate(cfg)
     out = str(tmp_path_factory.mktemp("observed")) if comm.rank == 0 else None
     out = comm.bcast(out, root=0)
     summary = run("heat", cfg, os.path.join(out, "r"), quiet=True)

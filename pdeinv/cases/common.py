@@ -6,7 +6,7 @@ import abc
 import importlib
 from typing import ClassVar
 
-__all__ = ["Case", "PhasedCase", "DriverCase", "load_case", "unit_square_mesh", "require", "laplace_checks",
+__all__ = ["Case", "PhasedCase", "DriverCase", "load_case", "unit_square_mesh", "require",
            "solver_parameters", "ITERATIVE"]
 
 
@@ -99,27 +99,6 @@ def require(checks) -> None:
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-def laplace_checks(cfg):
-    """The checks of the [mesh], [optimizer] and [laplace] tables every case has."""
-    from pdeinv.optimize.newton_cg import Globalization
-    from pdeinv.posterior.laplace import VarianceMethod
-
-    lc, oc = cfg["laplace"], cfg["optimizer"]
-    return [
-        (0 < oc["gradient_rtol"] < 1, f"optimizer.gradient_rtol must be in (0, 1), got {oc['gradient_rtol']!r}"),
-        (oc["max_iterations"] >= 1, f"optimizer.max_iterations must be >= 1, got {oc['max_iterations']!r}"),
-        (oc["max_cg_iterations"] >= 1, f"optimizer.max_cg_iterations must be >= 1, got {oc['max_cg_iterations']!r}"),
-        (oc["globalization"] in [g.value for g in Globalization],
-         f"optimizer.globalization must be 'line_search' or 'trust_region', got {oc['globalization']!r}"),
-        (cfg["mesh"]["n"] >= 2, "mesh.n must be >= 2"),
-        (lc["rank"] >= 1 and lc["oversampling"] >= 0, "laplace.rank must be >= 1 and laplace.oversampling >= 0"),
-        (lc["prior_variance"] in ["auto"] + [v.value for v in VarianceMethod],
-         "laplace.prior_variance must be 'auto', 'exact' or 'samples'"),
-        (lc["variance_samples"] >= 2 and lc["posterior_samples"] >= 0,
-         "laplace.variance_samples must be >= 2 and laplace.posterior_samples >= 0"),
-    ]
 
 
 # model.solver = "iterative": Krylov with a preconditioner that suits the operator (relative tolerance far

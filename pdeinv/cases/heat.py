@@ -17,41 +17,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from pdeinv.cases.common import PhasedCase, solver_parameters, unit_square_mesh
+from pdeinv.cases.common import PhasedCase, require, solver_parameters, unit_square_mesh
+from pdeinv.cases.settings import (
+    BiLaplacianSettings,
+    LaplaceSettings,
+    MeshFileSettings,
+    OptimizerSettings,
+    shared_problems,
+)
 
-__all__ = ["CASE", "DEFAULTS", "validate", "size", "check_files", "parameter_dofs", "make_mesh", "build",
-           "observed_data"]
-
-SYMMETRIC = True  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
+__all__ = ["CASE", "HeatCase"]
 
 DEFAULTS = {
-    "mesh": {"n": 32, "file": "", "name": ""},
+    "mesh": MeshFileSettings(n=32).table(),
     "model": {"end_time": 0.05, "steps": 50, "theta": 1.0, "conductivity": 1.0,
               "observation_times": [0.01, 0.02, 0.03, 0.04, 0.05], "solver": {}},
     "data": {"sensors": 30, "noise_fraction": 0.01, "seed": 1, "sensor_seed": 0, "file": ""},
-    "prior": {"correlation_length": 0.25, "variance": 0.5, "mean": 0.0},
-    "optimizer": {"gradient_rtol": 1e-10, "max_iterations": 30, "max_cg_iterations": 400,
-                  "globalization": "line_search"},
-    "laplace": {"rank": 40, "oversampling": 10, "prior_variance": "auto", "variance_samples": 100,
-                "posterior_samples": 3},
+    "prior": BiLaplacianSettings(correlation_length=0.25, variance=0.5).table(),
+    "optimizer": OptimizerSettings(gradient_rtol=1e-10, max_iterations=30, max_cg_iterations=400).table(),
+    "laplace": LaplaceSettings(rank=40, oversampling=10).table(),
 }
-
-
-def validate(cfg) -> None:
-    from pdeinv.cases.common import laplace_checks, require
-
-    checks = [
-        (cfg["model"]["end_time"] > 0, "model.end_time must be > 0"),
-        (cfg["model"]["steps"] >= 1, "model.steps must be >= 1"),
-        (0.5 <= cfg["model"]["theta"] <= 1.0, "model.theta must be in [0.5, 1]"),
-        (cfg["model"]["conductivity"] > 0, "model.conductivity must be > 0"),
-        (cfg["data"]["sensors"] >= 1, "data.sensors must be >= 1"),
-        (cfg["data"]["noise_fraction"] > 0, "data.noise_fraction must be > 0"),
-        (cfg["prior"]["correlation_length"] > 0 and cfg["prior"]["variance"] > 0,
-         "prior.correlation_length and prior.variance must be > 0"),
-    ]
-    require(laplace_checks(cfg) + checks)
-    _check_times(cfg["model"]["observation_times"], cfg, "model.observation_times")
 
 
 def _check_times(times, cfg, where):
@@ -87,137 +72,124 @@ def _observed(cfg):
         raise ConfigError(f"data.file: {e}") from None
 
 
-def check_files(cfg) -> None:
-    """Read and check the data and mesh files (no Firedrake): before any solve."""
-    from pdeinv.cases.config import ConfigError
-    from pdeinv.data import DataFileError, check_mesh_file
-
-    obs = _observed(cfg)
-    if obs is not None:
-        if obs.times is None:
-            raise ConfigError(f"data.file: {obs.source} has no observation times (a 't' column or a 'times' "
-                              "array); the heat case observes time series")
-        _check_times(obs.times, cfg, f"data.file {obs.source} (times)")
-    if cfg["mesh"]["file"]:
-        try:
-            check_mesh_file(cfg["mesh"]["file"])
-        except DataFileError as e:
-            raise ConfigError(f"mesh.file: {e}") from None
-
-
-def parameter_dofs(cfg):
-    """P1 dofs (mesh vertices): of the generated mesh, or from a Gmsh file's header; None for a
-    checkpoint mesh (known once it is read)."""
-    path = cfg["mesh"]["file"]
-    if not path:
-        return (cfg["mesh"]["n"] + 1) ** 2
-    if path.lower().endswith(".msh"):
-        from pdeinv.cases.config import ConfigError
-        from pdeinv.data import DataFileError, msh_vertex_count
-
-        try:
-            return msh_vertex_count(path)
-        except DataFileError as e:
-            raise ConfigError(f"mesh.file: {e}") from None
-    return None
-
-
-def size(cfg, vertices=None):
-    """The run's :class:`~pdeinv.cases.resources.Size` (P1 state and parameter on triangles: about two
-    cells per vertex), or None for a checkpoint mesh file until its ``vertices`` are known (once it is read)."""
-    from pdeinv.cases.resources import Size
-
-    vertices = parameter_dofs(cfg) if vertices is None else vertices
-    if vertices is None:
-        return None
-    lc = cfg["laplace"]
-    cells = 2 * cfg["mesh"]["n"] ** 2 if not cfg["mesh"]["file"] else 2 * vertices
-    return Size(cells=cells, state_dofs=vertices, parameter_dofs=vertices, steps=cfg["model"]["steps"],
-                rank_vectors=lc["rank"] + lc["oversampling"])
-
-
-def make_mesh(cfg, comm):
-    if cfg["mesh"]["file"]:
-        from pdeinv.data import read_mesh
-
-        return read_mesh(cfg["mesh"]["file"], comm=comm, name=cfg["mesh"]["name"] or None)
-    return unit_square_mesh(cfg, comm)
-
-
-def build(cfg, mesh):
-    """(model, prior, truth, sensor points) for this configuration."""
+def _truth(V):
+    """Two Gaussian blobs."""
     import firedrake as fd
 
-    from pdeinv.cases.config import ConfigError
-    from pdeinv.forward.heat import HeatModel
-    from pdeinv.observation import ObservationPointsOutsideMesh
-    from pdeinv.prior import BiLaplacianPrior
-
-    obs = _observed(cfg)
-    mc = cfg["model"]
-    if obs is None:
-        rng = np.random.default_rng(cfg["data"]["sensor_seed"])
-        points, times = 0.1 + 0.8 * rng.random((cfg["data"]["sensors"], 2)), mc["observation_times"]
-    else:
-        points, times = obs.points, obs.times.tolist()
-    try:
-        model = HeatModel(mesh, unknown="initial_condition", end_time=mc["end_time"], steps=mc["steps"],
-                          theta=mc["theta"], conductivity=mc["conductivity"], observation_points=points,
-                          observation_times=times,
-                          solver_parameters=solver_parameters(mc["solver"], symmetric=SYMMETRIC))
-    except ObservationPointsOutsideMesh as e:
-        raise ConfigError(f"data: {e}") from None
-    V = model.parameter_space
-    x, y = fd.SpatialCoordinate(mesh)
-    truth = None if obs is not None else fd.Function(V, name="truth").interpolate(
+    x, y = fd.SpatialCoordinate(V.mesh())
+    return fd.Function(V, name="truth").interpolate(
         fd.exp(-40 * ((x - 0.35) ** 2 + (y - 0.6) ** 2)) + 0.6 * fd.exp(-60 * ((x - 0.7) ** 2 + (y - 0.3) ** 2)))
-    pc = cfg["prior"]
-    prior = BiLaplacianPrior.from_correlation(V, correlation_length=pc["correlation_length"],
-                                              variance=pc["variance"], mean=fd.Constant(pc["mean"]))
-    return model, prior, truth, points
-
-
-def observed_data(cfg, model):
-    """(data, noise, source) from ``data.file``, or None for synthetic data."""
-    from types import SimpleNamespace
-
-    from pdeinv.noise import GaussianNoise
-
-    obs = _observed(cfg)
-    if obs is None:
-        return None
-    data = model.observation.from_array(obs.values, name="data")
-    sigma = obs.sigma if obs.sigma is not None else cfg["data"]["noise_fraction"] * float(np.max(np.abs(obs.values)))
-    return SimpleNamespace(data=data, noise=GaussianNoise(model.observation, sigma), source=obs.source)
 
 
 class HeatCase(PhasedCase):
-    """The heat case (this module's functions) as the runner sees it."""
+    """The heat case as the runner sees it (see the module docstring)."""
 
     name = "heat"
     defaults = DEFAULTS
-    symmetric = SYMMETRIC
+    symmetric = True  # the state operator (picks Cholesky/CG or LU/GMRES for model.solver)
 
-    def validate(self, cfg):
-        validate(cfg)
+    def validate(self, cfg) -> None:
+        mc, dc = cfg["model"], cfg["data"]
+        require(shared_problems(cfg, MeshFileSettings) + [
+            (mc["end_time"] > 0, "model.end_time must be > 0"),
+            (mc["steps"] >= 1, "model.steps must be >= 1"),
+            (0.5 <= mc["theta"] <= 1.0, "model.theta must be in [0.5, 1]"),
+            (mc["conductivity"] > 0, "model.conductivity must be > 0"),
+            (dc["sensors"] >= 1, "data.sensors must be >= 1"),
+            (dc["noise_fraction"] > 0, "data.noise_fraction must be > 0"),
+        ] + BiLaplacianSettings.of(cfg).problems())
+        _check_times(mc["observation_times"], cfg, "model.observation_times")
 
-    def size(self, cfg, vertices=None):
-        return size(cfg, vertices)
+    def check_files(self, cfg) -> None:
+        """Read and check the data and mesh files (no Firedrake): before any solve."""
+        from pdeinv.cases.config import ConfigError
+        from pdeinv.data import DataFileError, check_mesh_file
 
-    def check_files(self, cfg):
-        check_files(cfg)
+        obs = _observed(cfg)
+        if obs is not None:
+            if obs.times is None:
+                raise ConfigError(f"data.file: {obs.source} has no observation times (a 't' column or a 'times' "
+                                  "array); the heat case observes time series")
+            _check_times(obs.times, cfg, f"data.file {obs.source} (times)")
+        if cfg["mesh"]["file"]:
+            try:
+                check_mesh_file(cfg["mesh"]["file"])
+            except DataFileError as e:
+                raise ConfigError(f"mesh.file: {e}") from None
 
     def parameter_dofs(self, cfg):
-        return parameter_dofs(cfg)
+        """P1 dofs (mesh vertices): of the generated mesh, or from a Gmsh file's header; None for a
+        checkpoint mesh (known once it is read)."""
+        path = cfg["mesh"]["file"]
+        if not path:
+            return (cfg["mesh"]["n"] + 1) ** 2
+        if path.lower().endswith(".msh"):
+            from pdeinv.cases.config import ConfigError
+            from pdeinv.data import DataFileError, msh_vertex_count
+
+            try:
+                return msh_vertex_count(path)
+            except DataFileError as e:
+                raise ConfigError(f"mesh.file: {e}") from None
+        return None
+
+    def size(self, cfg, vertices=None):
+        """The run's :class:`~pdeinv.cases.resources.Size` (P1 state and parameter on triangles: about two
+        cells per vertex), or None for a checkpoint mesh file until its ``vertices`` are known."""
+        from pdeinv.cases.resources import Size
+
+        vertices = self.parameter_dofs(cfg) if vertices is None else vertices
+        if vertices is None:
+            return None
+        cells = 2 * cfg["mesh"]["n"] ** 2 if not cfg["mesh"]["file"] else 2 * vertices
+        return Size(cells=cells, state_dofs=vertices, parameter_dofs=vertices, steps=cfg["model"]["steps"],
+                    rank_vectors=LaplaceSettings.of(cfg).vectors)
 
     def make_mesh(self, cfg, comm, **kw):
-        return make_mesh(cfg, comm, **kw)
+        ms = MeshFileSettings.of(cfg)
+        if ms.file:
+            from pdeinv.data import read_mesh
+
+            return read_mesh(ms.file, comm=comm, name=ms.name or None)
+        return unit_square_mesh(cfg, comm)
 
     def build(self, cfg, mesh, **kw):
-        return build(cfg, mesh, **kw)
+        """(model, prior, truth, sensor points) for this configuration."""
+        from pdeinv.cases.config import ConfigError
+        from pdeinv.forward.heat import HeatModel
+        from pdeinv.observation import ObservationPointsOutsideMesh
+
+        obs = _observed(cfg)
+        mc = cfg["model"]
+        if obs is None:
+            rng = np.random.default_rng(cfg["data"]["sensor_seed"])
+            points, times = 0.1 + 0.8 * rng.random((cfg["data"]["sensors"], 2)), mc["observation_times"]
+        else:
+            points, times = obs.points, obs.times.tolist()
+        try:
+            model = HeatModel(mesh, unknown="initial_condition", end_time=mc["end_time"], steps=mc["steps"],
+                              theta=mc["theta"], conductivity=mc["conductivity"], observation_points=points,
+                              observation_times=times,
+                              solver_parameters=solver_parameters(mc["solver"], symmetric=self.symmetric))
+        except ObservationPointsOutsideMesh as e:
+            raise ConfigError(f"data: {e}") from None
+        V = model.parameter_space
+        truth = None if obs is not None else _truth(V)
+        return model, BiLaplacianSettings.of(cfg).prior(V), truth, points
 
     def observed_data(self, cfg, model):
-        return observed_data(cfg, model)
+        """(data, noise, source) from ``data.file``, or None for synthetic data."""
+        from types import SimpleNamespace
+
+        from pdeinv.noise import GaussianNoise
+
+        obs = _observed(cfg)
+        if obs is None:
+            return None
+        data = model.observation.from_array(obs.values, name="data")
+        sigma = obs.sigma if obs.sigma is not None else (cfg["data"]["noise_fraction"]
+                                                         * float(np.max(np.abs(obs.values))))
+        return SimpleNamespace(data=data, noise=GaussianNoise(model.observation, sigma), source=obs.source)
 
 
 CASE = HeatCase()

@@ -29,11 +29,12 @@ import numpy as np
 
 from pdeinv.cases.checkpoint_files import PHASES  # out/checkpoint/phases.json: the learned phases
 from pdeinv.cases.common import DriverCase
+from pdeinv.cases.settings import BiLaplacianSettings, MeshSettings
 
-__all__ = ["CASE", "DEFAULTS", "validate", "size", "run_case"]
+__all__ = ["CASE", "LearnRegularizationCase", "run_case"]
 
 DEFAULTS = {
-    "mesh": {"n": 16},
+    "mesh": MeshSettings(n=16).table(),
     "model": {"end_time": 0.05, "steps": 20, "observation_times": [0.01, 0.02, 0.03, 0.04, 0.05]},
     "data": {"sensors": 20, "noise_fraction": 0.02, "seed": 1, "sensor_seed": 0},
     "truths": {"blobs": 3, "width": 0.12, "seed": 100},
@@ -47,53 +48,16 @@ DEFAULTS = {
 }
 
 
-def validate(cfg) -> None:
-    from pdeinv.cases.common import require
-
-    T, N = cfg["model"]["end_time"], cfg["model"]["steps"]
-    g = cfg["classical"]["grid"]
-    br = cfg["classical"]["discrepancy_bracket"]
-    require([
-        (cfg["mesh"]["n"] >= 2, "mesh.n must be >= 2"),
-        (0 < T < float("inf"), "model.end_time must be positive and finite"),
-        (N >= 1, "model.steps must be >= 1"),
-        (all(isinstance(t, (int, float)) for t in cfg["model"]["observation_times"]),
-         "model.observation_times must be numbers"),
-        (cfg["data"]["sensors"] >= 1, "data.sensors must be >= 1"),
-        (0 < cfg["data"]["noise_fraction"] < float("inf"), "data.noise_fraction must be positive and finite"),
-        (cfg["truths"]["blobs"] >= 1 and cfg["truths"]["width"] > 0, "truths.blobs must be >= 1, truths.width > 0"),
-        (cfg["prior"]["correlation_length"] > 0 and cfg["prior"]["variance"] > 0,
-         "prior.correlation_length and prior.variance must be > 0"),
-        (cfg["train"]["pairs"] >= 1 and cfg["test"]["pairs"] >= 1, "train.pairs and test.pairs must be >= 1"),
-        (cfg["learn"]["method"] in ("implicit", "jfb"), "learn.method must be 'implicit' or 'jfb'"),
-        (cfg["learn"]["max_iterations"] >= 1, "learn.max_iterations must be >= 1"),
-        (cfg["learn"]["weight_field"] >= 0, "learn.weight_field must be >= 0 (0: off)"),
-        (len(g) >= 3 and all(isinstance(t, (int, float)) for t in g) and list(g) == sorted(set(g)),
-         "classical.grid must hold at least 3 increasing numbers"),
-        (cfg["lista"]["iterations"] >= 0, "lista.iterations must be >= 0 (0: off)"),
-        (cfg["lista"]["alpha"] > 0 and cfg["lista"]["max_iterations"] >= 1,
-         "lista.alpha must be > 0 and lista.max_iterations >= 1"),
-        (cfg["classical"]["gcv_probes"] >= 1, "classical.gcv_probes must be >= 1"),
-        (cfg["classical"]["discrepancy_tau"] > 0, "classical.discrepancy_tau must be > 0"),
-        (len(br) == 2 and br[0] < br[1], "classical.discrepancy_bracket must be [low, high] with low < high"),
-    ])
+def _check_observation_steps(cfg) -> None:
+    """Observation times on the time grid of ``model``, as a ConfigError."""
+    from pdeinv.cases.config import ConfigError
     from pdeinv.forward.timestepping import observation_steps
 
+    T, N = cfg["model"]["end_time"], cfg["model"]["steps"]
     try:
         observation_steps(cfg["model"]["observation_times"], dt=T / N, steps=N, name="model.observation_times")
     except ValueError as e:
-        from pdeinv.cases.config import ConfigError
-
         raise ConfigError(str(e)) from None
-
-
-def size(cfg):
-    """The run's :class:`~pdeinv.cases.resources.Size`: the heat model's P1 state and parameter."""
-    from pdeinv.cases.resources import Size, square_vertices
-
-    n = cfg["mesh"]["n"]
-    return Size(cells=2 * n * n, state_dofs=square_vertices(n), parameter_dofs=square_vertices(n),
-                steps=cfg["model"]["steps"])
 
 
 def _truths(V, cfg, count, seed):
@@ -164,7 +128,7 @@ def run_case(cfg, out, *, quiet=False, log=None, resume=False, sigterm_after=Non
     K = cfg["lista"]["iterations"]
     if K > 0:
         with c.log.phase("lista"):
-            c.lista = _lista(cfg, c.model, c.noise, c.V, c.train_pairs, c.test_pairs, c.log)
+            c.lista = _lista(c)
             for name in ("fista", "lista"):
                 c.errors[f"{name}_{K}"] = c.lista.pop(f"{name}_errors")
                 c.reconstructions[f"{name}_{K}"] = c.lista.pop(f"{name}_m")
@@ -258,7 +222,14 @@ def _learn(c: _Case) -> None:
 
 
 def _learned(c: _Case, name: str, family, learn) -> None:
-    """The result of learning phase ``name``: from the checkpoint when it was saved there, else ``learn()``
+    """Learning phase ``name`` of the prior ``family``: its result (checkpointed) recorded for the tests."""
+    res = _checkpointed(c, name, learn)
+    c.learned[name] = (family, res.theta)
+    c.histories[name] = res
+
+
+def _checkpointed(c: _Case, name: str, learn):
+    """The LearningResult of phase ``name``: from the checkpoint when it was saved there, else ``learn()``
     and saved (every rank agrees: the file is written by rank 0 between barriers)."""
     from pdeinv.cases.config import config_hash
     from pdeinv.cases.output import atomic_json
@@ -281,8 +252,7 @@ def _learned(c: _Case, name: str, family, learn) -> None:
             import signal
 
             os.kill(os.getpid(), signal.SIGTERM)  # the batch-job path, tested: the phase is on disk
-    c.learned[name] = (family, res.theta)
-    c.histories[name] = res
+    return res
 
 
 def _read_phases(out, cfg) -> dict:
@@ -387,15 +357,17 @@ def _summary(c: _Case, cond, t_start) -> dict:
     return summary
 
 
-def _lista(cfg, model, noise, V, train_pairs, test_pairs, log):
-    """Classical FISTA vs LISTA-trained FISTA after the same number of iterations."""
+def _lista(c: _Case):
+    """Classical FISTA vs LISTA-trained FISTA after the same number of iterations (the training is a
+    checkpointed phase, ``lista_K``, like the learning phases)."""
     from pdeinv.learn import ProximalGradient, learn_unrolled
     from pdeinv.learn.loss import ReconstructionError
     from pdeinv.linalg.spectral import lipschitz_constant
     from pdeinv.maps import Misfit
     from pdeinv.prior import L1
 
-    lc = cfg["lista"]
+    model, noise, V, train_pairs, test_pairs, log = c.model, c.noise, c.V, c.train_pairs, c.test_pairs, c.log
+    lc = c.cfg["lista"]
     K, alpha = lc["iterations"], lc["alpha"]
     l1 = L1(V, alpha=alpha)
     L = lipschitz_constant(Misfit(model, noise, train_pairs[0].data), l1.weights)
@@ -406,7 +378,8 @@ def _lista(cfg, model, noise, V, train_pairs, test_pairs, log):
 
     theta0 = factory(train_pairs[0]).constant_theta(1.0 / L, alpha)
     bounds = [(t - 3.0, t + 3.0) for t in theta0]  # steps within e^{+-3} of 1/L, weights of alpha
-    res = learn_unrolled(factory, train_pairs, theta0, max_iterations=lc["max_iterations"], bounds=bounds, log=log)
+    res = _checkpointed(c, f"lista_{K}", lambda: learn_unrolled(factory, train_pairs, theta0, bounds=bounds, log=log,
+                                                               max_iterations=lc["max_iterations"]))
     out = {"iterations": K, "alpha": alpha, "lipschitz": L,
            "learned_steps_times_L": (np.exp(res.theta[:K]) * L).tolist(),
            "learned_alphas": np.exp(res.theta[K:]).tolist(), "train_loss_classical": res.history[0]["loss"],
@@ -482,11 +455,42 @@ class LearnRegularizationCase(DriverCase):
     name = "learn_regularization"
     defaults = DEFAULTS
 
-    def validate(self, cfg):
-        validate(cfg)
+    def validate(self, cfg) -> None:
+        from pdeinv.cases.common import require
+
+        T, N = cfg["model"]["end_time"], cfg["model"]["steps"]
+        g, br = cfg["classical"]["grid"], cfg["classical"]["discrepancy_bracket"]
+        require(MeshSettings.of(cfg).problems() + [
+            (0 < T < float("inf"), "model.end_time must be positive and finite"),
+            (N >= 1, "model.steps must be >= 1"),
+            (all(isinstance(t, (int, float)) for t in cfg["model"]["observation_times"]),
+             "model.observation_times must be numbers"),
+            (cfg["data"]["sensors"] >= 1, "data.sensors must be >= 1"),
+            (0 < cfg["data"]["noise_fraction"] < float("inf"), "data.noise_fraction must be positive and finite"),
+            (cfg["truths"]["blobs"] >= 1 and cfg["truths"]["width"] > 0, "truths.blobs must be >= 1, truths.width > 0"),
+        ] + BiLaplacianSettings.of(cfg).problems() + [
+            (cfg["train"]["pairs"] >= 1 and cfg["test"]["pairs"] >= 1, "train.pairs and test.pairs must be >= 1"),
+            (cfg["learn"]["method"] in ("implicit", "jfb"), "learn.method must be 'implicit' or 'jfb'"),
+            (cfg["learn"]["max_iterations"] >= 1, "learn.max_iterations must be >= 1"),
+            (cfg["learn"]["weight_field"] >= 0, "learn.weight_field must be >= 0 (0: off)"),
+            (len(g) >= 3 and all(isinstance(t, (int, float)) for t in g) and list(g) == sorted(set(g)),
+             "classical.grid must hold at least 3 increasing numbers"),
+            (cfg["lista"]["iterations"] >= 0, "lista.iterations must be >= 0 (0: off)"),
+            (cfg["lista"]["alpha"] > 0 and cfg["lista"]["max_iterations"] >= 1,
+             "lista.alpha must be > 0 and lista.max_iterations >= 1"),
+            (cfg["classical"]["gcv_probes"] >= 1, "classical.gcv_probes must be >= 1"),
+            (cfg["classical"]["discrepancy_tau"] > 0, "classical.discrepancy_tau must be > 0"),
+            (len(br) == 2 and br[0] < br[1], "classical.discrepancy_bracket must be [low, high] with low < high"),
+        ])
+        _check_observation_steps(cfg)
 
     def size(self, cfg, vertices=None):
-        return size(cfg)
+        """The run's :class:`~pdeinv.cases.resources.Size`: the heat model's P1 state and parameter."""
+        from pdeinv.cases.resources import Size, square_vertices
+
+        n = cfg["mesh"]["n"]
+        return Size(cells=2 * n * n, state_dofs=square_vertices(n), parameter_dofs=square_vertices(n),
+                    steps=cfg["model"]["steps"])
 
     def run_case(self, cfg, out, *, quiet=False, resume=False, sigterm_after=None):
         return run_case(cfg, out, quiet=quiet, resume=resume, sigterm_after=sigterm_after)

@@ -51,12 +51,12 @@ from dataclasses import dataclass, field
 from pdeinv.cases import checkpoint_files, disk, resources, results_dir
 from pdeinv.cases.common import DriverCase, PhasedCase, load_case
 from pdeinv.cases.results_dir import MARKER  # the manifest, written first into every results directory
+from pdeinv.cases.settings import LaplaceSettings, OptimizerSettings
 from pdeinv.cases.signals import EXIT_INTERRUPTED, StopRequest, exit_on_signals
 
 EXIT_CONFIG = 2
 RANKS = "ranks.json"  # in the checkpoint: how many ranks the latest run (fresh or resumed) had
 CASES = ("heat", "tomography", "poisson", "learn_regularization")
-EXACT_VARIANCE_DOFS = 5000  # below this many parameter dofs the prior variance is computed exactly
 # Settings a resumed run may change: they act only after the checkpointed Newton iterations (the
 # Laplace phase is recomputed in full on resume) or only say where to stop.  Everything else changes
 # the iterates, so a changed value is refused.
@@ -239,7 +239,8 @@ def _members(cfg) -> int:
 def _check_rank(cfg, dofs):
     from pdeinv.cases.config import ConfigError
 
-    k, p = cfg["laplace"]["rank"], cfg["laplace"]["oversampling"]
+    lc = LaplaceSettings.of(cfg)
+    k, p = lc.rank, lc.oversampling
     if k + p > dofs:
         raise ConfigError(f"laplace.rank + laplace.oversampling = {k} + {p} exceeds the {dofs} parameter dofs; "
                           f"expected at most {dofs}")
@@ -570,6 +571,7 @@ class _Run:
     mesh_hash: str = ""  # SHA-256 of checkpoint/mesh.h5 (rank 0), recorded in every state.json
     sizes: object = None  # disk.Sizes: what the free-space checks estimate from
     limits: object = None  # resources.Limits: what the size of a mesh read from a file is checked against
+    size: object = None  # resources.Size of the run (None until a mesh file is read: then its vertices tell)
 
     @property
     def ckdir(self) -> str:
@@ -637,9 +639,9 @@ def _start(r: _Run, exit_message) -> None:
     r.t_start = time.perf_counter()
     r.log.info(f"pdeinv case '{r.name}' on {r.comm.size} rank(s) -> {r.out}"
                + (f" ({_members(r.cfg)} ensemble members x {r.space.size} rank(s))" if r.ensemble is not None else ""))
-    size = r.case.size(r.cfg)
-    if size is not None:
-        r.log.info(resources.describe(size, r.comm.size))
+    r.size = r.case.size(r.cfg)
+    if r.size is not None:
+        r.log.info(resources.describe(r.size, r.comm.size))
     if exit_message is not None:
         exit_message.set_message(_signal_message(r.comm, "stopped by a signal before the first checkpoint: nothing "
                                                          "to resume; rerun without --resume"))
@@ -695,15 +697,14 @@ def _make_mesh(r: _Run):
     from a file, whose size preflight could not know, is checked against the limits now."""
     import firedrake as fd
 
-    size = r.case.size(r.cfg)
-    r.log.info("  building the mesh" + (f" ({size.cells} cells)" if size is not None else " (from a file)"))
+    r.log.info("  building the mesh" + (f" ({r.size.cells} cells)" if r.size is not None else " (from a file)"))
     with r.log.phase("mesh"):
         mesh = r.case.make_mesh(r.cfg, r.space, **r.mesh_kw)
         cells = r.space.allreduce(mesh.cell_set.size)
-    if size is None:
-        size = r.case.size(r.cfg, vertices=fd.FunctionSpace(mesh, "CG", 1).dim())
-        r.log.info(resources.describe(size, r.comm.size))
-        resources.check(size, r.limits, ranks=r.comm.size, ranks_per_node=resources.ranks_on_this_node(r.comm))
+    if r.size is None:
+        r.size = r.case.size(r.cfg, vertices=fd.FunctionSpace(mesh, "CG", 1).dim())
+        r.log.info(resources.describe(r.size, r.comm.size))
+        resources.check(r.size, r.limits, ranks=r.comm.size, ranks_per_node=resources.ranks_on_this_node(r.comm))
     r.log.info(f"  mesh: {cells} cells")
     return mesh
 
@@ -778,12 +779,9 @@ def _map_phase(r: _Run, *, quiet, stop_after, sigterm_after, exit_message) -> No
     every iteration."""
     import firedrake as fd
 
-    from pdeinv.optimize import NewtonCGOptions, newton_cg
+    from pdeinv.optimize import newton_cg
 
-    oc = r.cfg["optimizer"]
-    options = NewtonCGOptions(gradient_rtol=oc["gradient_rtol"], max_iterations=oc["max_iterations"],
-                              max_cg_iterations=oc["max_cg_iterations"], globalization=oc["globalization"],
-                              quiet=quiet)
+    options = OptimizerSettings.of(r.cfg).newton_options(quiet=quiet)
     m0, resume_state = r.prior.mean, None
     if r.resume:
         with open(r.state_file) as fh:
@@ -849,15 +847,12 @@ def _laplace_phase(r: _Run) -> None:
 
     from pdeinv.posterior import LaplaceApproximation
 
-    lc = r.cfg["laplace"]
-    r.log.info(f"  Laplace approximation: rank {lc['rank']} + {lc['oversampling']} randomized eigensolver, "
-               f"prior variance ({lc['prior_variance']}), {lc['posterior_samples']} posterior sample(s)")
+    lc = LaplaceSettings.of(r.cfg)
+    r.log.info(f"  Laplace approximation: rank {lc.rank} + {lc.oversampling} randomized eigensolver, "
+               f"prior variance ({lc.prior_variance}), {lc.posterior_samples} posterior sample(s)")
     with r.log.phase("laplace"):
-        r.la = la = LaplaceApproximation(r.problem, r.result.m, rank=lc["rank"], oversampling=lc["oversampling"])
-        method = lc["prior_variance"]
-        if method == "auto":
-            method = "exact" if r.V.dim() <= EXACT_VARIANCE_DOFS else "samples"
-        r.pv = la.prior_variance(method=method, samples=lc["variance_samples"])
+        r.la = la = LaplaceApproximation(r.problem, r.result.m, rank=lc.rank, oversampling=lc.oversampling)
+        r.pv = la.prior_variance(method=lc.variance_method(r.V.dim()), samples=lc.variance_samples)
         r.var = la.pointwise_variance(prior_variance=r.pv)
         std = fd.Function(r.V, name="posterior_std")
         std.dat.data[:] = np.sqrt(np.maximum(r.var.dat.data_ro, 0.0))
@@ -866,7 +861,7 @@ def _laplace_phase(r: _Run) -> None:
                     "variance_reduction": la.variance_reduction(r.var, r.pv)}
         if r.truth is not None:
             r.fields = {"truth": r.truth} | r.fields
-        r.samples = [la.sample(seed=1000 + i, name="posterior_sample") for i in range(lc["posterior_samples"])]
+        r.samples = [la.sample(seed=1000 + i, name="posterior_sample") for i in range(lc.posterior_samples)]
     r.log.info(f"  {la.data_informed_dimension} data-informed directions; {la.hessian_actions} Hessian actions")
 
 
@@ -971,6 +966,6 @@ def _memory_record(r: _Run) -> dict:
     import resource
 
     peak = r.comm.allreduce(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)  # kB on Linux
-    size = r.case.size(r.cfg) or r.case.size(r.cfg, vertices=r.V.dim())
+    size = r.size or r.case.size(r.cfg, vertices=r.V.dim())  # resumed from a file mesh: known only now
     return {"peak_mb": round(peak / resources.MB, 1),
             "estimated_mb": round(resources.memory_bytes(size, r.comm.size) / resources.MB, 1)}
