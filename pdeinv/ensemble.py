@@ -202,3 +202,7 @@ class EnsembleMisfit(MisfitTerm):
     def gauss_newton_action_block(self, m, dms):
         parts = [f.gauss_newton_action_block(m, dms) for f in self.misfits]
         return [self._sum_cofunctions(p[j] for p in parts) for j in range(len(dms))]
+
+    def hessian_action_block(self, m, dms):
+        parts = [f.hessian_action_block(m, dms) for f in self.misfits]
+        return [self._sum_cofunctions(p[j] for p in parts) for j in range(len(dms))]

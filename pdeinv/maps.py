@@ -186,6 +186,21 @@ class ParameterToObservable(ABC):
         self.counts["hessian_vjp"] += 1
         return self._hessian_vjp(w, weight, dm)
 
+    def hessian_vjp_block(self, m, w, weight, dms):
+        """:meth:`hessian_vjp` of several directions at once (one ``w``, one ``weight``); models with a
+        blocked implementation solve all tangents in one pass and all second-order adjoints in another
+        (PETSc ``KSPMatSolve``); the default loops."""
+        check_function(m, self.parameter_space, "m")
+        for i, dm in enumerate(dms):
+            check_function(dm, self.parameter_space, f"dms[{i}]")
+        check_function(w, self.data_space, "w", dual=True)
+        self._linearise(m)
+        self.counts["hessian_vjp"] += len(dms)
+        return self._hessian_vjp_block(w, weight, list(dms))
+
+    def _hessian_vjp_block(self, w, weight, dms):
+        return [self._hessian_vjp(w, weight, dm) for dm in dms]
+
     def _hessian_vjp(self, w, weight, dm):
         self.counts["jvp"] += 1
         self.counts["vjp"] += 1
@@ -303,6 +318,10 @@ class MisfitTerm(ABC):
         """:meth:`gauss_newton_action` of a list of directions (one at a time unless a subclass blocks them)."""
         return [self.gauss_newton_action(m, dm) for dm in dms]
 
+    def hessian_action_block(self, m, dms):
+        """:meth:`hessian_action` of a list of directions (one at a time unless a subclass blocks them)."""
+        return [self.hessian_action(m, dm) for dm in dms]
+
     @property
     def second_derivatives(self) -> bool:
         """Whether :meth:`hessian_action` is available."""
@@ -382,3 +401,9 @@ class Misfit(MisfitTerm):
         pred = self.map.prediction(m)
         return self.map.hessian_vjp(m, self.noise.gradient(pred, self.data),
                                     lambda jdm: self.noise.misfit_hessian(pred, self.data, jdm), dm)
+
+    def hessian_action_block(self, m, dms):
+        """:meth:`hessian_action` for a list of directions, through the map's blocked Hessian products."""
+        pred = self.map.prediction(m)
+        return self.map.hessian_vjp_block(m, self.noise.gradient(pred, self.data),
+                                          lambda jdm: self.noise.misfit_hessian(pred, self.data, jdm), dms)

@@ -104,10 +104,18 @@ class InverseProblem:
         g += self.prior.gradient(m)
         return g
 
-    def hessian_action_block(self, m, dms, *, misfit_only: bool = False):
-        """Gauss–Newton :meth:`hessian_action` of a list of directions (the misfit part blocked: one pass of
-        the forward/adjoint solves for all of them where the model supports it)."""
-        hs = self.misfit.gauss_newton_action_block(m, dms)
+    def hessian_action_block(self, m, dms, *, misfit_only: bool = False, hessian: Hessian = Hessian.GAUSS_NEWTON):
+        """:meth:`hessian_action` of a list of directions, Gauss–Newton or full (``hessian``; AUTO: full where
+        the misfit has second derivatives).  The misfit part is blocked (one pass of the forward/adjoint
+        solves for all of them where the model supports it) — unless a subclass overrides
+        :meth:`hessian_action`, whose own action is then applied to each direction."""
+        full = self.resolve(hessian) is Hessian.FULL
+        if full and not self.full_hessian_available:
+            raise NotImplementedError(f"{type(self.misfit).__name__}: no full Hessian (its map has no second "
+                                      "derivatives); use hessian='gauss_newton'")
+        if type(self).hessian_action is not InverseProblem.hessian_action:  # a user's own action wins
+            return [self.hessian_action(m, dm, misfit_only=misfit_only, gauss_newton=not full) for dm in dms]
+        hs = self.misfit.hessian_action_block(m, dms) if full else self.misfit.gauss_newton_action_block(m, dms)
         if not misfit_only:
             for h, dm in zip(hs, dms, strict=True):
                 h += self.prior.hessian_action(m, dm)

@@ -459,6 +459,37 @@ class StationaryModel(ParameterToObservable):
         self._counts()
         return out
 
+    def _hessian_vjp_block(self, w, weight, dms):
+        r"""The fused full Hessian of :meth:`_hessian_vjp` for a block of directions :math:`\delta M`: one
+        blocked tangent solve :math:`\hat U = -A^{-1}C\,\delta M`, one blocked transpose solve
+        :math:`\Lambda = A^{-T}(B^T\phi''B\hat U - L_{uu}\hat U - L_{um}\delta M)`, and
+        :math:`-(C^T\Lambda + L_{mu}\hat U + L_{mm}\delta M)`: sparse x dense products throughout."""
+        from pdeinv.linalg.multivector import dense_block, from_dense_block
+
+        if not self._matrices_possible:
+            return super()._hessian_vjp_block(w, weight, dms)
+        self.counts["jvp"] += len(dms)
+        self.counts["second_order"] += len(dms)
+        self._adjoint_cached(w)
+        H, C, A = self._second_derivative_matrices(), self._parameter_jacobian(), self._linearisation()
+        D = dense_block(dms)
+        rhs = C.matMult(D)
+        rhs.scale(-1.0)
+        U = rhs.duplicate()
+        A.solve_block(rhs, U)
+        R = self.observation.transpose_block([weight(j) for j in self.observation.observe_block(U, 0)], 0)
+        for key, X in (("uu", U), ("um", D)):
+            if H[key] is not None:
+                R.axpy(-1.0, H[key].petscmat.matMult(X))
+        Lam = R.duplicate()
+        A.solve_block(R, Lam, transpose=True)
+        out = C.transposeMatMult(Lam)
+        for key, X in (("mu", U), ("mm", D)):
+            if H[key] is not None:
+                out.axpy(1.0, H[key].petscmat.matMult(X))
+        self._counts()
+        return from_dense_block(out, self.parameter_space, dual=True, scale=-1.0)
+
     def _second_order_vjp(self, w, dm):
         import firedrake as fd
 

@@ -74,6 +74,8 @@ class MultiFunction:
     def combine(self, C: np.ndarray):
         """The block :math:`X C` (columns :math:`\\sum_i C_{ij} x_i`)."""
         out = MultiFunction.zeros(self.space, C.shape[1])
+        if not self.functions:  # an empty block (rank 0): zero columns
+            return out
         arrays = np.stack([local_values(f) for f in self.functions], axis=-1)  # local (n, k)
         for j, f in enumerate(out.functions):
             set_local_values(f, arrays @ C[:, j])

@@ -70,6 +70,8 @@ def _b_orthonormalize(Ybar: MultiFunction, BY: list):
         G = Q.pair(BQ)  # G_ij = <B q_i, q_j>
         G = 0.5 * (G + G.T)
         w, V = np.linalg.eigh(G)
+        if w.size == 0 or w.max() <= 0.0:  # a zero operator (the data inform nothing): no directions at all
+            return MultiFunction(Q.space, []), []
         keep = w > w.max() * 1e-14  # drop a numerically dependent column instead of failing
         Rinv = V[:, keep] / np.sqrt(w[keep])  # G^{-1/2} restricted: Q Rinv is B-orthonormal
         Q = Q.combine(Rinv)
@@ -115,6 +117,8 @@ def double_pass(apply_A: Callable, apply_B: Callable, apply_Binv: Callable, spac
         actions += len(Y)
         Ybar = MultiFunction(space, Binv_blk(Y))
     Q, BQ = _b_orthonormalize(Ybar, Y)
+    if len(Q) == 0:
+        return EigenResult(np.zeros(0), Q, [], actions, "double pass")
     AQ = A_blk(Q.functions)
     actions += len(AQ)
     T = Q.pair(AQ)
@@ -131,6 +135,8 @@ def single_pass(apply_A: Callable, apply_B: Callable, apply_Binv: Callable, spac
     Y = _blocked(apply_A, apply_A_block)(omega.functions)
     Ybar = MultiFunction(space, _blocked(apply_Binv, apply_Binv_block)(Y))
     Q, BQ = _b_orthonormalize(Ybar, Y)
+    if len(Q) == 0:
+        return EigenResult(np.zeros(0), Q, [], len(Y), "single pass")
     W = omega.pair(BQ)  # W_ij = <B q_i, omega_j> = (Q^T B Omega)_ij
     Z = Q.pair(Y).T  # Z_ij = <y_j, q_i> = (Q^T Y)_ij
     # T W = Z  ->  T = Z W^+ (least squares), then symmetrise

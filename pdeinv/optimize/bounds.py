@@ -269,8 +269,7 @@ def projected_newton_cg(problem, m0, bounds: Bounds, *, options: NewtonCGOptions
     else:
         if pgnorm <= max(opts.gradient_atol, opts.gradient_rtol * pg0):
             reason = "projected gradient tolerance"
-    converged = pgnorm <= max(opts.gradient_atol, opts.gradient_rtol * pg0) or (
-        reason == "cost stagnation" and pgnorm <= max(opts.gradient_atol, 1e3 * opts.gradient_rtol * pg0))
+    converged = pgnorm <= max(opts.gradient_atol, opts.gradient_rtol * pg0)  # the tolerance, nothing else
     log.info(f"projected_newton_cg: {reason} after {k} iterations, {total_cg} CG iterations, "
              f"||Pg|| = {pgnorm:.3e}")
     return OptimizationResult(m=m, cost=cost, converged=converged, reason=reason, iterations=k,

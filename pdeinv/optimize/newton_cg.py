@@ -21,6 +21,14 @@ steepest-descent direction at the first CG step, is used).  The step length sati
 condition :math:`\mathcal J(m_k + \alpha p) \le \mathcal J(m_k) + c_1\alpha\langle g_k, p\rangle`
 by halving.  Everything is matrix-free: one Hessian action costs one JVP and one VJP.
 
+``converged`` means exactly that :math:`\|g\|_P` met the tolerance.  Near the minimum the decrease a
+Newton step predicts, :math:`-\tfrac12\langle g, p\rangle`, falls below what the cost can resolve
+(:func:`~pdeinv.optimize.result.cost_resolution`, ~1e3 ulps of :math:`|\mathcal J|`): Armijo then
+compares round-off with round-off.  There the full step is accepted on a gradient-norm test instead
+(:math:`\|g(m + p)\|_P < \|g(m)\|_P`: the gradient, unlike the cost, still resolves progress; Newton
+converges quadratically in it), and when even that fails the run stops with ``"round-off floor"``,
+not converged: the tolerance asked for more than working precision gives.
+
 Why hand-written: PETSc's TAO has Newton–CG (``nls``/``ntr``) but needs the Hessian as a Mat on the
 Euclidean dof vector with an inner product we would have to inject, and offers neither the
 Eisenstat–Walker forcing with a prior-preconditioner norm nor Function/Cofunction typing.
@@ -35,7 +43,7 @@ from dataclasses import dataclass
 from pdeinv._checks import Choice, choice
 from pdeinv._tape import unannotated
 from pdeinv.linalg.arrays import axpy
-from pdeinv.optimize.result import OptimizationResult
+from pdeinv.optimize.result import OptimizationResult, StopReason, cost_resolution
 from pdeinv.verify import dual_pairing
 
 __all__ = ["NewtonCGOptions", "ForcingRule", "Globalization", "newton_cg", "conjugate_gradient", "CGResult"]
@@ -64,9 +72,10 @@ class NewtonCGOptions:
     max_iterations : int
         Newton iterations at most.
     gradient_rtol, gradient_atol : float
-        Stop when :math:`\|g\|_P \le \max(\text{atol}, \text{rtol}\,\|g_0\|_P)`.
+        Stop, converged, when :math:`\|g\|_P \le \max(\text{atol}, \text{rtol}\,\|g_0\|_P)`.
     stagnation_rtol : float
-        Stop when the cost decreases by less than this fraction in one iteration.
+        Stop, not converged, when an Armijo step decreases the cost by less than this fraction; a step
+        that predicts less than this (or than the cost's round-off) is judged on the gradient instead.
     forcing : float or None
         Constant CG relative tolerance; ``None`` for an adaptive rule (``forcing_rule``).
     forcing_rule : ForcingRule or {"eisenstat_walker", "sqrt"}
@@ -99,7 +108,7 @@ class NewtonCGOptions:
     """
 
     max_iterations: int = 30
-    gradient_rtol: float = 1e-6
+    gradient_rtol: float = 1e-8
     gradient_atol: float = 1e-14
     stagnation_rtol: float = 1e-12
     forcing: float | None = None
@@ -284,18 +293,12 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
     P = preconditioner or problem.preconditioner
     log = log or RankZeroLog(problem.parameter_space.mesh().comm, quiet=opts.quiet)
     it, start = _start(problem, m0, opts, P, resume, log)
-    reason, converged, k = "iteration limit", False, start - 1
+    reason, k = StopReason.ITERATION_LIMIT, start - 1
     for k in range(start, opts.max_iterations + 1):
         if it.gnorm <= it.tolerance(opts):
-            reason, converged, k = "gradient tolerance", True, k - 1
+            reason, k = StopReason.GRADIENT_TOLERANCE, k - 1
             break
-        eta, minus_g = _forcing(opts, it), it.g.copy(deepcopy=True)
-        minus_g *= -1.0
-        gauss_newton = opts.full_newton_after is None or k <= opts.full_newton_after
-        cg = conjugate_gradient(_hessian(problem, it.m, it.mu, gauss_newton), minus_g, P, rtol=eta,
-                                max_iterations=opts.max_cg_iterations, space=problem.parameter_space,
-                                radius=it.radius if opts.globalization is Globalization.TRUST_REGION else None)
-        it.total_cg, it.prev = it.total_cg + cg.iterations, (it.gnorm, cg.residual_norm, eta)
+        eta, minus_g, cg = _newton_direction(problem, it, k, P, opts)
         step, stop = _globalize(problem, it, cg, k, eta, minus_g, P, opts, log)
         if stop is not None:
             reason = stop
@@ -303,18 +306,39 @@ def newton_cg(problem, m0, *, options: NewtonCGOptions | None = None, preconditi
         if step is None:  # a rejected trust-region step: same point, smaller region
             continue
         decrease = it.accept(problem, step, P)
-        entry = _record(it, k, cg, step[0], eta, opts, log)
+        entry = _record(it, k, cg, step.alpha, eta, opts, log)
         if callback is not None:
             callback(k, it.m, {**entry, "state": it.state(k)})
-        if decrease <= opts.stagnation_rtol * abs(it.cost.total):  # converged if within 1e3 x the tolerance
-            reason = "cost stagnation"
-            converged = it.gnorm <= max(opts.gradient_atol, 1e3 * opts.gradient_rtol * it.gnorm0)
+        if _stagnated(it, step, decrease, opts):
+            reason = StopReason.COST_STAGNATION
             break
     else:
         if it.gnorm <= it.tolerance(opts):
-            reason, converged = "gradient tolerance", True
-    log.info(f"newton_cg: {reason} after {k} iterations, {it.total_cg} CG iterations, ||g|| = {it.gnorm:.3e}")
+            reason = StopReason.GRADIENT_TOLERANCE
+    converged = it.gnorm <= it.tolerance(opts)
+    log.info(f"newton_cg: {reason} after {k} iterations, {it.total_cg} CG iterations, ||g|| = {it.gnorm:.3e}"
+             + ("" if converged else f" (tolerance {it.tolerance(opts):.3e} not met)"))
     return it.result(problem, converged, reason, k)
+
+
+def _stagnated(it, step, decrease, opts) -> bool:
+    """The cost fell by less than ``stagnation_rtol`` of itself and the gradient not at a Newton rate either
+    (a step taken on the gradient test changed the cost below its resolution by construction)."""
+    prev_gnorm, _, eta = it.prev
+    tiny = decrease <= opts.stagnation_rtol * abs(it.cost.total)
+    return not step.on_gradient and tiny and it.gnorm > 0.5 * (1.0 + eta) * prev_gnorm
+
+
+@dataclass
+class _Step:
+    """An accepted trial point: its step length, cost terms and (when the acceptance test needed it) its
+    gradient; ``on_gradient``: accepted on the gradient-norm test below the cost's resolution."""
+
+    alpha: float
+    point: object
+    cost: object
+    gradient: object = None
+    on_gradient: bool = False
 
 
 @dataclass
@@ -336,12 +360,11 @@ class _Iterate:
         return max(opts.gradient_atol, opts.gradient_rtol * self.gnorm0)
 
     def accept(self, problem, step, P) -> float:
-        """Move to the accepted trial point; the decrease of the cost."""
-        _, trial, new_cost = step
-        decrease = self.cost.total - new_cost.total
-        self.m.assign(trial)
-        self.cost = new_cost
-        self.g = problem.gradient(self.m)
+        """Move to the accepted trial point (a :class:`_Step`); the decrease of the cost."""
+        decrease = self.cost.total - step.cost.total
+        self.m.assign(step.point)
+        self.cost = step.cost
+        self.g = step.gradient if step.gradient is not None else problem.gradient(self.m)
         self.gnorm = math.sqrt(max(dual_pairing(self.g, P(self.g)), 0.0))
         return decrease
 
@@ -376,6 +399,18 @@ def _start(problem, m0, opts, P, resume, log):
     return it, start
 
 
+def _newton_direction(problem, it, k, P, opts):
+    """(eta, -g, CG result): the inexact Newton step of iteration k, to the forcing tolerance eta."""
+    eta, minus_g = _forcing(opts, it), it.g.copy(deepcopy=True)
+    minus_g *= -1.0
+    gauss_newton = opts.full_newton_after is None or k <= opts.full_newton_after
+    cg = conjugate_gradient(_hessian(problem, it.m, it.mu, gauss_newton), minus_g, P, rtol=eta,
+                            max_iterations=opts.max_cg_iterations, space=problem.parameter_space,
+                            radius=it.radius if opts.globalization is Globalization.TRUST_REGION else None)
+    it.total_cg, it.prev = it.total_cg + cg.iterations, (it.gnorm, cg.residual_norm, eta)
+    return eta, minus_g, cg
+
+
 def _forcing(opts, it) -> float:
     """The CG tolerance of this iteration (see :class:`NewtonCGOptions`)."""
     if opts.forcing is not None:
@@ -403,15 +438,44 @@ def _hessian(problem, m, mu, gauss_newton):
 
 
 def _globalize(problem, it, cg, k, eta, minus_g, P, opts, log):
-    """The globalization (hIPPYlib's split): ``((alpha, trial, cost), None)`` for an accepted step,
-    ``(None, None)`` for a rejected trust-region step, ``(None, reason)`` to stop."""
+    """The globalization (hIPPYlib's split): ``(_Step, None)`` for an accepted step, ``(None, None)`` for a
+    rejected trust-region step, ``(None, reason)`` to stop.  A step whose predicted decrease the cost
+    cannot resolve is judged on the gradient instead (:func:`_roundoff_step`), and so is the Newton step
+    when the line search or trust region gives up: the cost's noise can exceed its estimate (it carries
+    the error of ill-conditioned solves), the gradient's progress still shows."""
+    floor = max(cost_resolution(it.cost), opts.stagnation_rtol * abs(it.cost.total))
+    if -dual_pairing(it.g, cg.solution) <= floor:
+        step = _roundoff_step(problem, it, cg.solution, P, eta, log)
+        return step, (None if step is not None else StopReason.ROUNDOFF_FLOOR)
     if opts.globalization is Globalization.TRUST_REGION:
         step = _trust_region_step(problem, it, cg, k, eta, log)
         if step is None and it.radius < 1e-14:
-            return None, "trust region collapsed"
+            step = _roundoff_step(problem, it, cg.solution, P, eta, log)
+            return step, (None if step is not None else StopReason.TRUST_REGION_COLLAPSED)
         return step, None
     step = _line_search_step(problem, it, cg.solution, minus_g, P, opts, log)
-    return step, (None if step is not None else "line search failed")
+    if step is None:
+        step = _roundoff_step(problem, it, cg.solution, P, eta, log)
+    return step, (None if step is not None else StopReason.LINE_SEARCH_FAILED)
+
+
+def _roundoff_step(problem, it, step, P, eta, log):
+    r"""The full Newton step near the round-off floor, accepted when it reduces :math:`\|g\|_P` as an inexact
+    Newton step does — by at least :math:`(1+\eta)/2` (locally :math:`\|g_+\| \le (\eta + O(\|g\|))\|g\|`),
+    which round-off alone does not — and the cost does not rise beyond its resolution; None when it does
+    not: the floor is reached."""
+    import firedrake as fd
+
+    trial = fd.Function(problem.parameter_space).assign(it.m + step)
+    new_cost = safe_cost(problem, trial, log)
+    if new_cost is None or new_cost.total > it.cost.total + cost_resolution(it.cost):
+        return None
+    g = problem.gradient(trial)
+    gnorm = math.sqrt(max(dual_pairing(g, P(g)), 0.0))
+    if not gnorm <= 0.5 * (1.0 + eta) * it.gnorm:
+        log.info(f"    round-off floor: the Newton step leaves ||g|| at {gnorm:.3e} (from {it.gnorm:.3e})")
+        return None
+    return _Step(1.0, trial, new_cost, gradient=g, on_gradient=True)
 
 
 def _trust_region_step(problem, it, cg, k, eta, log):
@@ -430,7 +494,7 @@ def _trust_region_step(problem, it, cg, k, eta, log):
     elif it.radius is None:
         it.radius = cg.step_norm
     if rho > 1e-4:
-        return 1.0, trial, new_cost
+        return _Step(1.0, trial, new_cost)
     log.info(f"{k:3d} step rejected (rho = {rho:.2e}), radius -> {it.radius:.3e}")
     if it.radius >= 1e-14:
         it.history.append({"iteration": k, "cost": it.cost.total, "misfit": it.cost.misfit,
@@ -449,9 +513,11 @@ def _line_search_step(problem, it, step, minus_g, P, opts, log):
         slope = dual_pairing(it.g, step)
     found = armijo_backtracking(problem, it.m, step, it.cost, slope, c1=opts.armijo_c1,
                                 max_backtracks=opts.max_backtracks, log=log)
-    if found is not None and it.mu > 0:
+    if found is None:
+        return None
+    if it.mu > 0:
         it.mu = it.mu / 3.0 if found[0] == 1.0 else 2.0 * it.mu
-    return found
+    return _Step(*found)
 
 
 def _record(it, k, cg, alpha, eta, opts, log) -> dict:

@@ -48,6 +48,7 @@ from pdeinv._checks import Choice, choice
 from pdeinv._tape import unannotated_methods
 from pdeinv.linalg.arrays import axpy, local_values, set_local_values
 from pdeinv.linalg.randomized import double_pass, residuals, single_pass
+from pdeinv.problem import Hessian
 
 __all__ = ["LaplaceApproximation", "BlockCovariance", "EigenMethod", "VarianceMethod"]
 
@@ -109,18 +110,22 @@ class LaplaceApproximation:
         Double pass only.
     seed : int
         Seed of the random block (partition independent).
+    hessian : pdeinv.problem.Hessian or {"gauss_newton", "full", "auto"}
+        The misfit Hessian :math:`H_{mis}` at the MAP point: Gauss–Newton :math:`J^TWJ` (the default:
+        positive semidefinite, what most posterior codes use), or the full Hessian with the map's
+        second-order term (hIPPYlib's ``gauss_newton_approx=False``; the exact Hessian of the cost, so
+        the Laplace approximation proper — eigenvalues in :math:`(-1, 0)` are then legitimate, one
+        :math:`\\le -1` means ``m_map`` is not a local minimum).  AUTO: full where the map has second
+        derivatives.  Both are applied in blocks where the model supports it.
     """
 
     def __init__(self, problem, m_map, *, rank: int, oversampling: int = 20,
                  method: EigenMethod = EigenMethod.DOUBLE_PASS,
-                 power_iterations: int = 0, seed: int = 0):
+                 power_iterations: int = 0, seed: int = 0, hessian: Hessian = Hessian.GAUSS_NEWTON):
         from pdeinv.maps import check_function
         from pdeinv.prior.base import GaussianPlus, GaussianPrior
-        from pdeinv.problem import InverseProblem
 
-        if not isinstance(problem, InverseProblem):
-            raise TypeError(f"LaplaceApproximation: problem must be a pdeinv InverseProblem, "
-                            f"got {type(problem).__name__}")
+        self.hessian = _checked_hessian(problem, hessian)
         if isinstance(problem.prior, GaussianPlus):
             prior, extras = problem.prior.gaussian, problem.prior  # extra terms join the misfit Hessian
         elif isinstance(problem.prior, GaussianPrior):
@@ -134,17 +139,18 @@ class LaplaceApproximation:
         self.mean = m_map.copy(deepcopy=True)
         self.mean.rename("posterior_mean")
         self._count = 0
+        gauss_newton = self.hessian is Hessian.GAUSS_NEWTON
 
         def apply_A(v):
             self._count += 1
-            h = problem.hessian_action(self.mean, v, misfit_only=True)
+            h = problem.hessian_action(self.mean, v, misfit_only=True, gauss_newton=gauss_newton)
             if extras is not None:
                 axpy(h, 1.0, extras.extras_hessian_action(self.mean, v))
             return h
 
         def apply_A_block(vs):  # all columns through one pass of blocked forward/adjoint solves
             self._count += len(vs)
-            return problem.hessian_action_block(self.mean, vs, misfit_only=True)
+            return problem.hessian_action_block(self.mean, vs, misfit_only=True, hessian=self.hessian)
 
         self._apply_A = apply_A
         blocks = {"apply_A_block": apply_A_block if extras is None else None,
@@ -155,7 +161,7 @@ class LaplaceApproximation:
         else:
             self.eig = single_pass(apply_A, self.prior.precision_action, self.prior.covariance_action, self.space,
                                    k=rank, p=oversampling, seed=seed, **blocks)
-        lam = np.maximum(self.eig.eigenvalues, 0.0)  # round-off can make tiny ones negative
+        lam = _admissible(self.eig.eigenvalues, gauss_newton)
         self.eigenvalues = lam
         self._d = lam / (1.0 + lam)
         self._p = 1.0 - 1.0 / np.sqrt(1.0 + lam)
@@ -349,9 +355,38 @@ class LaplaceApproximation:
         """Numbers for a summary: rank, eigenvalues, data-informed dimension, information."""
         return {"rank": self.eig.rank, "method": self.eig.method, "eigenvalues": self.eigenvalues.tolist(),
                 "data_informed_dim": self.data_informed_dimension, "hessian_actions": self.hessian_actions,
+                "hessian": self.hessian.value,
                 "expected_information_gain": self.expected_information_gain(),
                 "kl_divergence_from_prior": self.kl_divergence_from_prior(),
                 "smallest_retained_ratio": float(self._d[-1]) if len(self._d) else math.nan}
+
+
+def _checked_hessian(problem, hessian):
+    """The problem and the Hessian choice, checked before any solve: one error naming what is wrong."""
+    from pdeinv.problem import InverseProblem
+
+    if not isinstance(problem, InverseProblem):
+        raise TypeError(f"LaplaceApproximation: problem must be a pdeinv InverseProblem, "
+                        f"got {type(problem).__name__}")
+    h = problem.resolve(choice(Hessian, hessian, "LaplaceApproximation", "hessian"))
+    if h is Hessian.FULL and not problem.full_hessian_available:
+        raise ValueError(f"LaplaceApproximation: hessian='full' needs second derivatives of the map, and "
+                         f"{type(problem.misfit).__name__}'s has none; use hessian='gauss_newton'")
+    return h
+
+
+def _admissible(eigenvalues, gauss_newton: bool) -> np.ndarray:
+    r"""The generalized eigenvalues the approximation uses.  Gauss–Newton: PSD, so negative ones are
+    round-off and become 0.  Full Hessian: :math:`\lambda > -1` keeps :math:`H_{mis} + \Gamma_{pr}^{-1}`
+    positive definite (a variance grows where :math:`\lambda < 0`); :math:`\lambda \le -1` does not."""
+    lam = np.asarray(eigenvalues, dtype=float)
+    if gauss_newton:
+        return np.maximum(lam, 0.0)  # round-off can make tiny ones negative
+    if lam.size and lam.min() <= -1.0:
+        raise ValueError(f"LaplaceApproximation: the full Hessian at m_map has a generalized eigenvalue "
+                         f"{lam.min():.3e} <= -1 (the cost's Hessian is not positive definite there): m_map is "
+                         "not a local minimum; converge the optimizer further, or use hessian='gauss_newton'")
+    return lam
 
 
 def _pair(c, x) -> float:
