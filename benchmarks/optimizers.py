@@ -33,7 +33,7 @@ def run_newton(model_name, n):
     problem, model, prior = build(model_name, n)
     s0 = solves(model)
     t0 = time.perf_counter()
-    res = newton_cg(problem, prior.mean, options=NewtonCGOptions(quiet=True))
+    res = newton_cg(problem, prior.mean, options=NewtonCGOptions(gradient_rtol=1e-6, quiet=True))
     return res, solves(model) - s0, time.perf_counter() - t0, problem, model, prior
 
 

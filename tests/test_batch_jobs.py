@@ -178,6 +178,30 @@ def test_results_directory_may_not_hold_the_working_or_home_directory(tmp_path, 
     assert (work / "thesis.tex").read_text() == "precious"
 
 
+def test_a_lock_taken_a_moment_ago_is_described_once_its_holder_has_written(tmp_path):
+    """The winner of a race writes its holder record just after taking the lock; a loser that reads the
+    record in between waits for it instead of printing "holder unknown" (the stop-30 CI failure)."""
+    import fcntl
+    import json as json_
+    import threading
+
+    from pdeinv.cases.config import ConfigError
+    from pdeinv.cases.results_dir import LOCK, RunLock
+
+    path = tmp_path / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # the winner holds it; its record is not written yet
+    record = json_.dumps({"host": "winner-host", "pid": 4242, "started": "2026-12-03 17:00:00"}).encode()
+    writer = threading.Timer(0.3, lambda: os.pwrite(fd, record, 0))
+    writer.start()
+    try:
+        with pytest.raises(ConfigError, match=r"another pdeinv run is using it \(host winner-host, pid 4242"):
+            RunLock(str(tmp_path)).acquire()
+    finally:
+        writer.join()
+        os.close(fd)
+
+
 def test_a_run_that_loses_the_race_leaves_the_winners_directory(tmp_path, monkeypatch, capsys):
     """The window between the lock check and the lock: another run makes the directory and takes its lock
     just after this run looked.  This run must name the holder, and must not take the new directory (a

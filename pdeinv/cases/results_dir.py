@@ -184,13 +184,22 @@ class RunLock:
             self._fd = None
 
 
-def _describe(path) -> str:
-    try:
-        with open(path) as fh:
-            info = json.load(fh)
-        return f"host {info['host']}, pid {info['pid']}, started {info['started']}"
-    except (OSError, ValueError, KeyError, TypeError, RecursionError):
-        return "holder unknown"
+def _describe(path, wait: float = 2.0) -> str:
+    """The holder record of a held lock.  A run that has just taken the lock writes its record right after
+    (microseconds later), so an empty or half-written record is read again for up to ``wait`` seconds before
+    it counts as unknown (measured: a second run started at the same moment read it in that window)."""
+    import time
+
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(path) as fh:
+                info = json.load(fh)
+            return f"host {info['host']}, pid {info['pid']}, started {info['started']}"
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
+            if time.monotonic() >= deadline:
+                return "holder unknown"
+            time.sleep(0.02)
 
 
 def record_failure(out: str, reason: str) -> None:
