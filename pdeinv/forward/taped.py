@@ -1,29 +1,43 @@
 r"""Any user model written in plain Firedrake, differentiated by pyadjoint on a private tape.
 
-:class:`TapedMap` wraps a callable ``forward(m) -> u`` (a state Function) and an observation
-operator :math:`B`.  At each new parameter value it runs ``forward`` while recording on a *private*
-tape (:func:`pdeinv._tape.recording`: the caller's tape and annotation state are restored
-afterwards), and builds a pyadjoint ``ReducedFunctional`` of the state.  Then
+:class:`TapedMap` wraps a callable ``forward(m) -> u`` (a state Function, or a sequence of them: one per
+observation channel, e.g. the states at the observation times of a time loop) and an observation
+operator :math:`B`.  It records ``forward`` once on a *private* tape (:func:`pdeinv._tape.recording`:
+the caller's tape and annotation state are restored afterwards); at a new parameter value the tape is
+*replayed* (its blocks recomputed, as pyadjoint's ``ReducedFunctional.__call__`` does), so the solvers
+pyadjoint built for the blocks — forward, adjoint, tangent — are kept.  Then, with :math:`u_k` the
+returned states,
 
-- JVP: :math:`B\,\dot u` with :math:`\dot u` from pyadjoint's tangent-linear model (``tlm``);
-- VJP: pyadjoint's adjoint with the seed :math:`B^T w` (``derivative(adj_input=...)``);
-- second order: pyadjoint's Hessian action after the adjoint with that seed.
+- JVP: :math:`B_k\,\dot u_k` from one tangent-linear sweep of the tape;
+- VJP: one adjoint sweep seeded with :math:`B_k^T w_k` on every output;
+- second order: pyadjoint's second-order adjoint sweep after the tangent and the adjoint.
 
-This is the universal route — any Firedrake code pyadjoint can record — and the slowest: every
-derivative replays the tape block by block (see ``docs/own-model.md`` for measured costs).  Use
-:class:`~pdeinv.forward.stationary.StationaryModel` or
-:class:`~pdeinv.forward.timestepping.TimeSteppingModel` when the model fits them.
+Replay is exact when the program's structure does not depend on :math:`m` (the same operations in the
+same order: a fixed time loop, Newton solves inside one solve block).  A program whose control flow
+depends on :math:`m` (adaptive time steps, an ``if`` on a computed value) must be recorded afresh at each
+point: ``recording=Recording.EACH_POINT``, or :meth:`TapedMap.record_again` when the user knows it changed.
 
-Re-recording at each new :math:`m` costs about one plain forward run (pyadjoint's annotation
-overhead is small), less than a replay of the old tape.
+Inherited from pyadjoint (what it cannot differentiate, this map cannot either): operations outside
+pyadjoint's overloaded types (NumPy on ``dat.data``, ``petsc4py`` calls, ``Function.dat`` writes) are
+invisible to the tape; blocks without a tangent or second-order rule (some external operators, custom
+blocks) make the JVP or Hessian fail with pyadjoint's own error; second derivatives of non-smooth
+operations (``conditional``, ``abs``) are those of the branch taken.
 """
 
 from __future__ import annotations
 
+from pdeinv._checks import Choice, choice
 from pdeinv._tape import recording
 from pdeinv.maps import ParameterToObservable, check_function
 
-__all__ = ["TapedMap"]
+__all__ = ["TapedMap", "Recording"]
+
+
+class Recording(Choice):
+    """When :class:`TapedMap` records the forward program."""
+
+    REPLAY = "replay"  # record once, replay the tape at every new m (the program's structure is fixed)
+    EACH_POINT = "each_point"  # record afresh at every new m (control flow that depends on m)
 
 
 class TapedMap(ParameterToObservable):
@@ -32,66 +46,160 @@ class TapedMap(ParameterToObservable):
     Parameters
     ----------
     forward : callable
-        ``forward(m) -> u``: plain Firedrake code computing a state Function on
-        ``observation.state_space`` from the parameter Function ``m``.  It must not switch annotation
-        off internally (pdeinv switches it on, on a private tape, around the call).
+        ``forward(m) -> u`` or ``-> [u_0, ..., u_{K-1}]``: plain Firedrake code computing state
+        Functions on ``observation.state_space`` from the parameter Function ``m``, one per observation
+        channel (return copies — ``u.copy(deepcopy=True)`` — of a state that the loop overwrites).  It
+        must not switch annotation off internally (pdeinv switches it on, on a private tape, around it).
     parameter_space : firedrake.FunctionSpace
     observation : observation operator
-        On the state space, one channel (for time series, return the observed quantities from
-        ``forward`` or use :class:`~pdeinv.forward.timestepping.TimeSteppingModel`).
+        On the state space, with as many channels as ``forward`` returns states.
+    recording : Recording or {"replay", "each_point"}
+        Record once and replay (default), or record at every new parameter value.
     """
 
-    def __init__(self, forward, parameter_space, observation):
+    def __init__(self, forward, parameter_space, observation, *, recording: Recording | str = Recording.REPLAY):
         if not callable(forward):
             raise TypeError(f"TapedMap: forward must be a callable m -> state Function, got {type(forward).__name__}")
-        if observation.channels != 1:
-            raise ValueError("TapedMap: the observation must have one channel")
+        self.recording = choice(Recording, recording, "TapedMap", "recording")
         super().__init__(parameter_space, observation)
         self.forward = forward
         self.state_space = observation.state_space
-        self._rf = None
-        self._u = None
+        self._tape = None
+        self.recordings = 0
 
-    def _solve(self, m, prediction):
-        from firedrake.adjoint import Control, ReducedFunctional
+    def record_again(self) -> None:
+        """Record the program afresh at the next evaluation (its structure changed)."""
+        self._tape = None
+        self.invalidate()
 
-        self._rf = None
+    def _outputs(self, u):
+        """The states returned by ``forward`` as a list, checked: one per channel, distinct Functions."""
+        outputs = list(u) if isinstance(u, (list, tuple)) else [u]
+        if len(outputs) != self.observation.channels:
+            raise ValueError(f"TapedMap: forward returned {len(outputs)} states, the observation has "
+                             f"{self.observation.channels} channels")
+        for k, y in enumerate(outputs):
+            check_function(y, self.state_space, f"TapedMap: state {k} returned by forward")
+        if len({id(y) for y in outputs}) != len(outputs):
+            raise ValueError("TapedMap: forward returned one Function several times (a state the loop overwrites: "
+                             "return u.copy(deepcopy=True) at each observation time)")
+        return outputs
+
+    def _record(self, m):
+        from firedrake.adjoint import Control
+
         with recording() as tape:
             control = m.copy(deepcopy=True)
             # the Control is made *before* forward runs: a forward that modifies its argument in place
             # (m.assign(2*m)) is then differentiated from the value it was given, not from the modified one
-            ctrl = Control(control)
-            u = self.forward(control)
-            check_function(u, self.state_space, "TapedMap: the value returned by forward")
-            rf = ReducedFunctional(u, ctrl, tape=tape)
-        self._rf, self._u, self._tape = rf, u, tape
-        with u.dat.vec_ro as x:
-            self.observation.observe(x, prediction, 0)
+            self._control = Control(control)
+            self._outs = self._outputs(self.forward(control))
+        self._tape = tape
+        self.recordings += 1
+
+    def _replay(self, m):
+        from pyadjoint.tape import stop_annotating
+
+        self._control.update(m.copy(deepcopy=True))
+        self._tape.reset_blocks()
+        self._control.mark_as_control()
+        try:
+            with stop_annotating():
+                for block in self._tape.get_blocks():
+                    block.recompute()
+        finally:
+            self._control.unmark_as_control()
+
+    def _solve(self, m, prediction):
+        if self._tape is None or self.recording is Recording.EACH_POINT:
+            self._record(m)
+        else:
+            self._replay(m)
+        for k, y in enumerate(self._states()):
+            with y.dat.vec_ro as x:
+                self.observation.observe(x, prediction, k)
+
+    def _states(self):
+        """The values of the outputs at the current m (after a replay: the recomputed ones)."""
+        return [y.block_variable.saved_output for y in self._outs]
 
     def state(self, m):
-        """The state ``forward(m)`` (a new Function)."""
+        """The state(s) ``forward(m)`` (new Functions: one, or a list of one per channel)."""
         self._linearise(m)
-        return self._u.copy(deepcopy=True)
+        states = [y.copy(deepcopy=True) for y in self._states()]
+        return states[0] if len(states) == 1 else states
 
-    def _seed(self, w):
-        import firedrake as fd
-
-        seed = fd.Cofunction(self.state_space.dual())
-        with seed.dat.vec_wo as b:
-            b.zeroEntries()
-            self.observation.observe_transpose_add(w, 0, b)
-        return seed
+    def _marked(self, stack, *, functional: bool):
+        """Mark the tape's control dependents (and the outputs' dependencies) for a sweep."""
+        tape = self._tape
+        stack.enter_context(tape.marked_control_dependents([self._control]))
+        if functional:
+            for y in self._outs:
+                stack.enter_context(tape.marked_functional_dependencies(y))
 
     def _jvp(self, dm):
-        du = self._rf.tlm(dm)
+        from contextlib import ExitStack
+
+        from pyadjoint.tape import stop_annotating
+
+        self._tape.reset_tlm_values()
+        self._control.tlm_value = dm.copy(deepcopy=True)
+        with stop_annotating(), ExitStack() as stack:
+            self._marked(stack, functional=False)
+            self._tape.evaluate_tlm(markings=True)
         out = self.observation.zero_data(name="jvp")
-        with du.dat.vec_ro as x:
-            self.observation.observe(x, out, 0)
+        for k, y in enumerate(self._outs):
+            du = y.block_variable.tlm_value
+            if du is not None:
+                with du.dat.vec_ro as x:
+                    self.observation.observe(x, out, k)
         return out
 
+    def _adjoint(self, w):
+        """One adjoint sweep seeded with B_k^T w_k on every output; the derivative (a Cofunction)."""
+        from contextlib import ExitStack
+
+        import firedrake as fd
+        from pyadjoint.tape import stop_annotating
+
+        self._tape.reset_variables()
+        for k, y in enumerate(self._outs):
+            seed = fd.Cofunction(self.state_space.dual())
+            with seed.dat.vec_wo as b:
+                b.zeroEntries()
+                self.observation.observe_transpose_add(w, k, b)
+            y.block_variable.adj_value = seed
+        self._control.mark_as_control()
+        try:
+            with stop_annotating(), ExitStack() as stack:
+                self._marked(stack, functional=True)
+                self._tape.evaluate_adj(markings=True)
+        finally:
+            self._control.unmark_as_control()
+        return self._control.get_derivative()
+
     def _vjp(self, w):
-        return self._rf.derivative(adj_input=self._seed(w))
+        return self._copy_or_zero(self._adjoint(w))
 
     def _second_order_vjp(self, w, dm):
-        self._rf.derivative(adj_input=self._seed(w))  # adjoint values for this w on the tape
-        return self._rf.hessian(dm)
+        from contextlib import ExitStack
+
+        from pyadjoint.tape import stop_annotating
+
+        self._adjoint(w)  # adjoint values for this w on the tape
+        self._jvp(dm)  # tangent values for dm
+        self._tape.reset_hessian_values()
+        for y in self._outs:
+            y.block_variable.hessian_value = y.block_variable.output._ad_init_zero(dual=True)
+        with stop_annotating(), ExitStack() as stack:
+            self._marked(stack, functional=True)
+            self._tape.evaluate_hessian(markings=True)
+        return self._copy_or_zero(self._control.get_hessian())
+
+    def _copy_or_zero(self, c):
+        import firedrake as fd
+
+        out = fd.Cofunction(self.parameter_space.dual())
+        if c is not None:
+            out.assign(c)
+        return out

@@ -44,6 +44,7 @@ import math
 import numpy as np
 
 from pdeinv.checkpointing import Checkpointing
+from pdeinv.forward.history import HistoryObservation, Start, stack_history, start_entry
 from pdeinv.forward._forms import (
     at_zero,
     check_bcs,
@@ -57,7 +58,7 @@ from pdeinv.forward._forms import (
     is_zero,
     test_function_of,
 )
-from pdeinv.linalg.arrays import axpy
+from pdeinv.linalg.arrays import axpy, local_values
 from pdeinv.linalg.operator import DirichletOperator, petsc_nullspace
 from pdeinv.maps import ParameterToObservable
 
@@ -83,33 +84,33 @@ def observation_steps(times, *, dt: float, steps: int, name: str) -> list[int]:
     return out
 
 
-def _fixed_initial_state(V, value):
-    """u_0 from a number (every component, any space: mixed too), a Function on V, or a UFL expression."""
+def _check_functions(name, state, previous, parameter):
+    """``previous`` as a list (one Function per previous state), each checked."""
     import firedrake as fd
 
-    if isinstance(value, (int, float, np.floating)):
-        return fd.Function(V).assign(float(value))
-    if isinstance(value, fd.Function) and value.function_space() == V:
-        return value.copy(deepcopy=True)
-    return fd.Function(V).interpolate(value)
+    check_parameter(parameter, name)
+    previous = list(previous) if isinstance(previous, (list, tuple)) else [previous]
+    if not previous:
+        raise ValueError(f"{name}: previous must be a Function u_n, or a sequence (u_n, u_(n-1), ...)")
+    for key, f in [("state", state)] + [("previous", f) for f in previous]:
+        if not isinstance(f, fd.Function):
+            raise TypeError(f"{name}: {key} must be a firedrake.Function, got {type(f).__name__}")
+    functions = [state, parameter, *previous]
+    if len({id(f) for f in functions}) != len(functions):
+        raise ValueError(f"{name}: state, previous and parameter must be different Functions (the same "
+                         "Function passed twice would make a different model: u_{{n+1}} and u_n are two values)")
+    if any(f.function_space() != state.function_space() for f in previous):
+        raise ValueError(f"{name}: state and previous must live on the same space")
+    return previous
 
 
 def _check_inputs(name, residual, state, previous, parameter, *, steps, dt, observation, observation_times,
                   initial_condition, bcs, checkpointing):
-    """One clear error for each malformed input; the test function, the checked conditions, the observed
-    steps and whether the initial condition is the parameter."""
-    import firedrake as fd
+    """One clear error for each malformed input; the previous states (a list), the test function, the
+    checked conditions, the observed steps and the initial states (one entry per previous state)."""
     import ufl
 
-    check_parameter(parameter, name)
-    for key, f in (("state", state), ("previous", previous)):
-        if not isinstance(f, fd.Function):
-            raise TypeError(f"{name}: {key} must be a firedrake.Function, got {type(f).__name__}")
-    if state is previous or parameter is state or parameter is previous:
-        raise ValueError(f"{name}: state, previous and parameter must be three different Functions (the same "
-                         "Function passed twice would make a different model: u_{{n+1}} and u_n are two values)")
-    if previous.function_space() != state.function_space():
-        raise ValueError(f"{name}: state and previous must live on the same space")
+    previous = _check_functions(name, state, previous, parameter)
     if not isinstance(residual, ufl.form.BaseForm):
         raise TypeError(f"{name}: residual must be a UFL Form, got {type(residual).__name__}")
     v = test_function_of(residual, name)
@@ -129,17 +130,23 @@ def _check_inputs(name, residual, state, previous, parameter, *, steps, dt, obse
     if observation.channels != len(obs_steps):
         raise ValueError(f"{name}: the observation has {observation.channels} channels but there are "
                          f"{len(obs_steps)} observation times")
-    ic_is_parameter = isinstance(initial_condition, str)
-    if ic_is_parameter and initial_condition != "parameter":
-        raise ValueError(f"{name}: initial_condition must be 'parameter' or a field, got {initial_condition!r}")
-    if ic_is_parameter and parameter.function_space() != V:
-        raise ValueError(f"{name}: with initial_condition='parameter' the parameter must live on the state space")
-    if not ic_is_parameter and parameter not in residual.coefficients():
+    starts = _starts(initial_condition, V, parameter, len(previous), name)
+    if all(e.kind is Start.FIXED for e in starts) and parameter not in residual.coefficients():
         raise ValueError(f"{name}: the residual does not depend on the parameter and the initial condition "
                          "is fixed")
     bcs = check_bcs(bcs, V, name)
     check_state_space(V, name)
-    return v, bcs, obs_steps, ic_is_parameter
+    return previous, v, bcs, obs_steps, starts
+
+
+def _starts(initial_condition, V, parameter, k, name):
+    """The initial states (u_0, ..., u_{1-k}) of a k-step scheme: a sequence of k values, or one value
+    for all of them (a history at rest)."""
+    values = list(initial_condition) if isinstance(initial_condition, (list, tuple)) else [initial_condition] * k
+    if len(values) != k:
+        raise ValueError(f"{name}: a {k}-step scheme needs {k} initial states (u_0, ..., u_(1-k)), "
+                         f"got {len(values)}")
+    return [start_entry(value, V, parameter, name) for value in values]
 
 
 class TimeSteppingModel(ParameterToObservable):
@@ -185,25 +192,32 @@ class TimeSteppingModel(ParameterToObservable):
     def __init__(self, residual, state, previous, parameter, *, steps: int, dt: float, observation,
                  observation_times=None, initial_condition="parameter", bcs=(), time=None,
                  solver_parameters=None, linear_solver_parameters=None, checkpointing: Checkpointing | None = None,
-                 nullspace=None, transpose_nullspace=None):
+                 nullspace=None, transpose_nullspace=None, keep_linearisations: bool = False):
         name = "TimeSteppingModel"
-        v, bcs, self.obs_steps, self._ic_is_parameter = _check_inputs(
+        previous, v, bcs, self.obs_steps, starts = _check_inputs(
             name, residual, state, previous, parameter, steps=steps, dt=dt, observation=observation,
             observation_times=observation_times, initial_condition=initial_condition, bcs=bcs,
             checkpointing=checkpointing)
-        V = state.function_space()
         self.steps, self.dt = int(steps), float(dt)
-        ns, tns = (petsc_nullspace(b, V, name) for b in (nullspace, transpose_nullspace))
         super().__init__(parameter.function_space(), observation)
+        if len(previous) > 1 and (nullspace is not None or transpose_nullspace is not None):
+            raise ValueError(f"{name}: a nullspace is not supported with a multistep residual")
+        if not isinstance(keep_linearisations, bool):
+            raise TypeError(f"{name}: keep_linearisations must be True or False, got {keep_linearisations!r}")
+        residual, state, previous, v, bcs = self._set_up_history(residual, state, previous, v, bcs, name)
+        V = state.function_space()
+        ns, tns = (petsc_nullspace(b, V, name) for b in (nullspace, transpose_nullspace))
         self.state_space = V
         self._channel = {n: k for k, n in enumerate(self.obs_steps)}
         self._u, self._uo, self._m, self._v, self._time = state, previous, parameter, v, time
         self._bcs, self._hbcs = bcs, homogeneous_bcs(bcs)
-        self._u0 = None if self._ic_is_parameter else _fixed_initial_state(V, initial_condition)
+        self._starts = starts
         self.checkpointing = checkpointing
 
+        self.keep_linearisations = keep_linearisations
+        self._kept, self._kept_counts = {}, [0, 0]
         self._derive_forms(residual)
-        prefix = f"pdeinv_timestepping_{next(_prefix)}_"
+        prefix = self._prefix = f"pdeinv_timestepping_{next(_prefix)}_"
         symmetric = is_symmetric_operator(self._A_form, self._hbcs, (state, previous, parameter))
         if self.constant_operator:
             params = solver_parameters if solver_parameters is not None else linear_solver_parameters
@@ -219,6 +233,17 @@ class TimeSteppingModel(ParameterToObservable):
         self.newton_iterations = 0
         self.recomputed_steps = 0
         self.peak_stored_states = 0
+
+    def _set_up_history(self, residual, state, previous, v, bcs, name):
+        """A multistep residual as the one-step residual of its history (:mod:`pdeinv.forward.history`):
+        the residual, state, previous state, test function and conditions the engine works with."""
+        self._history = None
+        self._obs = self.observation  # what the sweeps observe: the state, or the first copy of a history
+        if len(previous) == 1:
+            return residual, state, previous[0], v, bcs
+        h = self._history = stack_history(residual, state, previous, v, bcs, name)
+        self._obs = HistoryObservation(self.observation, h)
+        return h.residual, h.state, h.previous, test_function_of(h.residual, name), h.bcs
 
     def _derive_forms(self, residual):
         """Step operators A = dF/du_{n+1}, C = dF/du_n, the parameter terms and the adjoint forms (UFL)."""
@@ -341,22 +366,64 @@ class TimeSteppingModel(ParameterToObservable):
         if self._time is not None:
             self._time.assign((n + 1) * self.dt)
 
+    @property
+    def diagonal_step(self) -> bool:
+        """Whether the step operator is diagonal (a lumped mass: an explicit step), applied as a pointwise
+        scaling in the forward, tangent and adjoint sweeps: no factorisation."""
+        return self._A.diagonal
+
     def _counts(self):
-        self.counts["linear_solves"] = self._A.solves
-        self.counts["factorisations"] = self._A.factorisations
+        kept = list(self._kept.values())
+        self.counts["linear_solves"] = self._A.solves + self._kept_counts[0] + sum(op.solves for op in kept)
+        self.counts["factorisations"] = (self._A.factorisations + self._kept_counts[1]
+                                         + sum(op.factorisations for op in kept))
         self.counts["newton_iterations"] = self.newton_iterations
         self.counts["recomputed_steps"] = self.recomputed_steps
 
-    def _initial_state(self, m):
+    def _initial_state(self, m=None):
+        """:math:`u_0` (a multistep scheme's history :math:`z_0`) as a new Vec, at the parameter's value."""
+        return self._from_copies([e.initial() for e in self._starts])
+
+    def _initial_tangent(self, dm):
+        """:math:`\\delta u_0` (or :math:`\\delta z_0`) for the direction ``dm``, as a new Vec."""
+        return self._from_copies([e.tangent(dm) for e in self._starts])
+
+    def _from_copies(self, functions):
+        """A Vec of the state space from one Function on the user's space per copy (None: zero)."""
         x = self._vec()
-        with (m if self._ic_is_parameter else self._u0).dat.vec_ro as s:
-            s.copy(x)
+        if self._history is None:
+            if functions[0] is None:
+                x.zeroEntries()
+            else:
+                with functions[0].dat.vec_ro as s:
+                    s.copy(x)
+            return x
+        values = np.zeros(x.getLocalSize())
+        for index, f in zip(self._history.index, functions):
+            if f is not None:
+                values[index] = local_values(f)
+        x.array[:] = values
         return x
+
+    def _add_start_terms(self, lam, result):
+        """Add the initial states' adjoint terms :math:`(\\partial u_0/\\partial m)^T\\lambda_0` to
+        ``result`` (``lam``: a dual Vec of the state space)."""
+        import firedrake as fd
+
+        user_space = self.state_space if self._history is None else self._history.user_space
+        indices = [slice(None)] if self._history is None else self._history.index
+        for index, entry in zip(indices, self._starts):
+            if entry.kind is Start.FIXED:
+                continue
+            cof = fd.Cofunction(user_space.dual())
+            with cof.dat.vec_wo as c:
+                c.array[:] = lam.array_r[index]
+            entry.adjoint_add(cof, result)
 
     def _observe(self, n, x, data):
         k = self._channel.get(n)
         if k is not None:
-            self.observation.observe(x, data, k)
+            self._obs.observe(x, data, k)
 
     # ---------------------------------------------------------------------------------- forward
     def _prepare(self):
@@ -406,6 +473,7 @@ class TimeSteppingModel(ParameterToObservable):
                 self._A.nullspace.remove(out)
 
     def _solve(self, m, prediction):
+        self._forget_linearisations()
         self._m.assign(m)
         self._prepare()
         keep = self.needs_states and self.checkpointing is None
@@ -431,19 +499,41 @@ class TimeSteppingModel(ParameterToObservable):
         import firedrake as fd
 
         self._linearise(m)
-        out = fd.Function(self.state_space, name="u_end")
-        self._set(out, self._final)
+        if self._history is None:
+            out = fd.Function(self.state_space, name="u_end")
+            self._set(out, self._final)
+            return out
+        out = fd.Function(self._history.user_space, name="u_end")
+        with out.dat.vec_wo as x:
+            x.array[:] = self._final.array_r[self._history.index[0]]
         return out
 
     # --------------------------------------------------------------------------- linearisation
     def _set_step_states(self, n, un, un1):
-        """Put the states of step n (and t_{n+1}) into the form's Functions; reassemble A_n."""
+        """Put the states of step n (and t_{n+1}) into the form's Functions; the operator :math:`A_n` to
+        solve with: the shared one reassembled, or with ``keep_linearisations`` the one kept for step n
+        at this m (assembled and factorised at its first use, then reused by every later sweep)."""
         self._set_time(n)
         if un is not None:
             self._set(self._uo, un)
             self._set(self._u, un1)
-        if not self.constant_operator:
+        if self.constant_operator:
+            return self._A
+        if not self.keep_linearisations:
             self._A.reassemble()
+            return self._A
+        op = self._kept.get(n)
+        if op is None:
+            self._A.reassemble()
+            op = self._kept[n] = self._A.frozen_copy(f"{self._prefix}kept_{n}_")
+        return op
+
+    def _forget_linearisations(self):
+        """A new m: the kept step operators are stale (their counts are kept)."""
+        for op in self._kept.values():
+            self._kept_counts[0] += op.solves
+            self._kept_counts[1] += op.factorisations
+        self._kept = {}
 
     def _states_forward(self, m):
         """Generator of (u_n, u_{n+1}) for n = 0..N-1: from the stored trajectory, or recomputed
@@ -465,9 +555,7 @@ class TimeSteppingModel(ParameterToObservable):
 
         out = self.observation.zero_data(name="jvp")
         self._dm.assign(dm)
-        x = self._initial_state(dm) if self._ic_is_parameter else self._vec()
-        if not self._ic_is_parameter:
-            x.zeroEntries()
+        x = self._initial_tangent(self._dm)
         self._observe(0, x, out)
         nxt, tmp, b = self._work("jvp_next"), self._work("jvp_tmp"), self._work("jvp_rhs")
         const = self.constant_operator
@@ -501,14 +589,14 @@ class TimeSteppingModel(ParameterToObservable):
                 b.scale(-1.0)
                 self._A.solve_homogeneous(b, nxt)
             else:
-                self._set_step_states(n, un, un1)
+                op = self._set_step_states(n, un, un1)
                 self._set(self._du_old, x)
                 if self._tangent_rhs_form is None:
                     self._rhs.zero()
                 else:
                     fd.assemble(self._tangent_rhs_form, tensor=self._rhs)
                 with self._rhs.dat.vec as b:
-                    self._A.solve_homogeneous(b, nxt)
+                    op.solve_homogeneous(b, nxt)
             x, nxt = nxt, x
             self._observe(n + 1, x, out)
         self._counts()
@@ -542,12 +630,15 @@ class TimeSteppingModel(ParameterToObservable):
             fd.assemble(self._Lm, tensor=self._cof_m)
             axpy(result, -1.0, self._cof_m)
         self._end_parameter_terms(result)
-        if self._ic_is_parameter:  # u_0 = m: B^T w_0 - C_0^T mu_1, on all dofs (u_0 need not satisfy bcs)
-            with result.dat.vec as r:
-                r.axpy(-1.0, self._carry)
-                k = self._channel.get(0)
-                if k is not None:
-                    self.observation.observe_transpose_add(w, k, r)
+        if any(e.kind is not Start.FIXED for e in self._starts):
+            # lambda_0 = B^T w_0 - C_0^T mu_1, on all dofs (u_0 need not satisfy the conditions)
+            lam = self._work("vjp_lambda0")
+            self._carry.copy(lam)
+            lam.scale(-1.0)
+            k = self._channel.get(0)
+            if k is not None:
+                self._obs.observe_transpose_add(w, k, lam)
+            self._add_start_terms(lam, result)
         self._counts()
         return result
 
@@ -559,7 +650,7 @@ class TimeSteppingModel(ParameterToObservable):
         rhs.scale(-1.0)
         k = self._channel.get(n + 1)
         if k is not None:
-            self.observation.observe_transpose_add(self._w, k, rhs)
+            self._obs.observe_transpose_add(self._w, k, rhs)
         mu = self._mu_vec
         if self.constant_operator:
             self._set_time(n)
@@ -573,8 +664,7 @@ class TimeSteppingModel(ParameterToObservable):
             elif self._mu_sum is not None:
                 self._mu_sum.axpy(1.0, mu)
         else:
-            self._set_step_states(n, un, un1)
-            self._A.solve_transpose(rhs, mu)
+            self._set_step_states(n, un, un1).solve_transpose(rhs, mu)
             self._set(self._mu, mu)
             if self._C_zero:
                 self._carry.zeroEntries()

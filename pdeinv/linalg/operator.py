@@ -63,6 +63,36 @@ def default_solver_parameters(comm, *, symmetric: bool, space=None, singular: bo
 _prefix_counter = itertools.count()
 
 
+def is_diagonal(mat) -> bool:
+    """Whether the assembled (AIJ) PETSc ``mat`` has no nonzero entry off its diagonal, exactly: the
+    local rows' entries are read (global column indices) and every rank's verdict is combined."""
+    from mpi4py import MPI
+
+    indptr, cols, vals = mat.getValuesCSR()
+    start, _ = mat.getOwnershipRange()
+    rows = np.repeat(np.arange(start, start + len(indptr) - 1), np.diff(indptr))
+    local = bool(np.all((cols == rows) | (vals == 0.0)))
+    return bool(mat.getComm().tompi4py().allreduce(local, op=MPI.LAND))
+
+
+def inverse_diagonal(mat):
+    """The reciprocal of the diagonal of ``mat`` as a PETSc Vec (one clear error for a zero entry)."""
+    d = mat.getDiagonal()
+    if _has_zero(d):
+        from pdeinv.errors import ForwardSolveError
+
+        raise ForwardSolveError("diagonal step operator with a zero entry: not invertible")
+    d.reciprocal()
+    return d
+
+
+def _has_zero(vec) -> bool:
+    from mpi4py import MPI
+
+    local = bool(np.any(vec.array_r == 0.0))
+    return bool(vec.getComm().tompi4py().allreduce(local, op=MPI.LOR))
+
+
 def dirichlet_dofs(V, bcs) -> np.ndarray:
     """Indices, into the local part of a PETSc Vec of ``V``, of the dofs that the Dirichlet conditions
     ``bcs`` constrain.
@@ -121,6 +151,10 @@ class DirichletOperator:
         self.nullspace = nullspace
         self.transpose_nullspace = transpose_nullspace if transpose_nullspace is not None else nullspace
         self._attach_nullspaces()
+        # a diagonal operator (a lumped mass, an explicit step) is inverted by a pointwise scaling, not a
+        # factorisation; only by default (a user's own solver options are used as given)
+        self.diagonal = solver_parameters is None and nullspace is None and is_diagonal(self.matrix.petscmat)
+        self._inv_diag = inverse_diagonal(self.matrix.petscmat) if self.diagonal else None
         if solver_parameters is None:
             solver_parameters = default_solver_parameters(self.comm, symmetric=symmetric, space=V,
                                                           singular=nullspace is not None)
@@ -144,6 +178,26 @@ class DirichletOperator:
         self.solves = 0
         self.factorisations = 0
         self._stale = True
+
+    def frozen_copy(self, options_prefix: str) -> "DirichletOperator":
+        """A copy of the operator as assembled now, with its own solver (factorised at its first solve):
+        the linearisation of one time step kept while the parameter does not change.  It shares the
+        form, conditions and boundary dofs, and must not be reassembled."""
+        import copy
+
+        import petsctools
+        from firedrake.petsc import PETSc
+
+        new = copy.copy(self)
+        new.matrix = _FrozenMatrix(self.matrix.petscmat.copy())
+        new._attach_nullspaces()
+        new.ksp = PETSc.KSP().create(comm=self.comm)
+        new.ksp.setOperators(new.matrix.petscmat)
+        petsctools.set_from_options(new.ksp, parameters=self.solver_parameters, options_prefix=options_prefix)
+        new._inv_diag = self._inv_diag.copy() if self.diagonal else None
+        new.solves = new.factorisations = 0
+        new._stale = True
+        return new
 
     def _attach_nullspaces(self):
         """Hang the nullspaces on the matrix, for Krylov methods (a direct solve is projected by hand)."""
@@ -186,6 +240,9 @@ class DirichletOperator:
         self.ksp.setOperators(self.matrix.petscmat)
         self._update_lift()
         self._stale = True
+        if self.diagonal:  # the same form keeps its pattern; checked, since values can fill it differently
+            self.diagonal = is_diagonal(self.matrix.petscmat)
+            self._inv_diag = inverse_diagonal(self.matrix.petscmat) if self.diagonal else None
 
     def _set_up(self):
         import petsctools
@@ -202,6 +259,10 @@ class DirichletOperator:
         :math:`X = 0` on the boundary.  ``B`` (a dense PETSc Mat, modified) and ``X`` have the operator's
         row layout."""
         B.getDenseArray()[self.bc_dofs, :] = 0.0
+        if self.diagonal:  # A = A^T = diag(d)
+            X.getDenseArray()[:] = B.getDenseArray(readonly=True) * self._inv_diag.array_r[:, None]
+            self.solves += B.getSize()[1]
+            return
         self._project_block(B, transpose_space=not transpose)
         self._set_up()
         (self.ksp.matSolveTranspose if transpose else self.ksp.matSolve)(B, X)
@@ -220,6 +281,10 @@ class DirichletOperator:
     def _ksp_solve(self, b, x, transpose=False):
         import petsctools
 
+        if self.diagonal:  # A = A^T = diag(d): x = b / d
+            x.pointwiseMult(b, self._inv_diag)
+            self.solves += 1
+            return
         if self._stale:
             # Options are read (and a direct solver factorises) at setUp; the solves that follow
             # need no options in the database, so the time loops do not pay for inserting them.
@@ -267,6 +332,13 @@ class DirichletOperator:
         b.getArray()[self.bc_dofs] = 0.0
         self._ksp_solve(b, x, transpose=True)
         x.getArray()[self.bc_dofs] = 0.0
+
+
+class _FrozenMatrix:
+    """The assembled matrix of a :meth:`DirichletOperator.frozen_copy` (a PETSc Mat only)."""
+
+    def __init__(self, petscmat):
+        self.petscmat = petscmat
 
 
 def petsc_nullspace(basis, V, name: str):
