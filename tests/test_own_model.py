@@ -369,6 +369,6 @@ def test_taped_forward_that_modifies_its_argument_and_aliased_functions():
     assert max_rel_diff(jvp, expected) <= 1e-12
     u, m2, v = fd.Function(V), fd.Function(V), fd.TestFunction(V)
     F = (u * v + fd.inner(fd.grad(u), fd.grad(v)) - m2 * v) * fd.dx
-    with pytest.raises(ValueError, match="three different Functions"):
+    with pytest.raises(ValueError, match="must be different Functions"):
         TimeSteppingModel(F, u, u, m2, steps=2, dt=0.1, observation=FieldObservation(V, channels=2),
                           initial_condition=0.0)

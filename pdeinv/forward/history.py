@@ -96,6 +96,24 @@ class StartEntry:
         axpy(result, 1.0, fd.assemble(fd.interpolate(d, lam)))  # the adjoint interpolation of lam
 
 
+    def second_order_add(self, lam, dm, result) -> None:
+        """Add :math:`(P''(m)[\\delta m])^T\\lambda` to ``result`` (zero unless :math:`P` is nonlinear)."""
+        import firedrake as fd
+        import ufl
+        from ufl.algorithms import expand_derivatives
+
+        from pdeinv.linalg.arrays import axpy
+
+        if self.kind is not Start.MAP:
+            return
+        Vm = self.parameter.function_space()
+        d = expand_derivatives(ufl.derivative(ufl.derivative(self.expr, self.parameter, dm), self.parameter,
+                                              fd.TestFunction(Vm)))
+        if isinstance(d, ufl.constantvalue.Zero):
+            return
+        axpy(result, 1.0, fd.assemble(fd.interpolate(d, lam)))
+
+
 def _is_continuous(V) -> bool:
     from ufl.sobolevspace import H1
 

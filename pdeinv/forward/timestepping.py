@@ -98,7 +98,7 @@ def _check_functions(name, state, previous, parameter):
     functions = [state, parameter, *previous]
     if len({id(f) for f in functions}) != len(functions):
         raise ValueError(f"{name}: state, previous and parameter must be different Functions (the same "
-                         "Function passed twice would make a different model: u_{{n+1}} and u_n are two values)")
+                         "Function passed twice would make a different model: u_(n+1) and u_n are two values)")
     if any(f.function_space() != state.function_space() for f in previous):
         raise ValueError(f"{name}: state and previous must live on the same space")
     return previous
@@ -249,6 +249,8 @@ class TimeSteppingModel(ParameterToObservable):
         """Step operators A = dF/du_{n+1}, C = dF/du_n, the parameter terms and the adjoint forms (UFL)."""
         import firedrake as fd
 
+        self._residual = residual
+        self._so = None
         V, state, previous, parameter, time, v = (self.state_space, self._u, self._uo, self._m, self._time,
                                                   self._v)
         trial = fd.TrialFunction(V)
@@ -405,7 +407,7 @@ class TimeSteppingModel(ParameterToObservable):
         x.array[:] = values
         return x
 
-    def _add_start_terms(self, lam, result):
+    def _add_start_terms(self, lam, result, second_order=None):
         """Add the initial states' adjoint terms :math:`(\\partial u_0/\\partial m)^T\\lambda_0` to
         ``result`` (``lam``: a dual Vec of the state space)."""
         import firedrake as fd
@@ -418,7 +420,10 @@ class TimeSteppingModel(ParameterToObservable):
             cof = fd.Cofunction(user_space.dual())
             with cof.dat.vec_wo as c:
                 c.array[:] = lam.array_r[index]
-            entry.adjoint_add(cof, result)
+            if second_order is None:
+                entry.adjoint_add(cof, result)
+            else:
+                entry.second_order_add(cof, second_order, result)
 
     def _observe(self, n, x, data):
         k = self._channel.get(n)
@@ -551,56 +556,63 @@ class TimeSteppingModel(ParameterToObservable):
 
     # ---------------------------------------------------------------------------------- tangent
     def _jvp(self, dm):
-        import firedrake as fd
-
         out = self.observation.zero_data(name="jvp")
         self._dm.assign(dm)
         x = self._initial_tangent(self._dm)
         self._observe(0, x, out)
-        nxt, tmp, b = self._work("jvp_next"), self._work("jvp_tmp"), self._work("jvp_rhs")
-        const = self.constant_operator
-        if const and self._has_Fm:
-            # the parameter terms as matrices in the state, assembled once per direction into
-            # matrices kept between calls (the sparsity is built once)
-            Dn = None if self._Dn_zero else self._assemble_matrix("Dn", self._Dn_form)
-            Do = None if self._Do_zero else self._assemble_matrix("Do", self._Do_form)
-            d0 = None
-            if not self._d0_zero and not self._Fm_time:
-                d0 = self._assemble_d0()
+        nxt = self._work("jvp_next")
+        self._begin_tangent()
         states = self._states_forward(self._m) if self.needs_states else ((None, None) for _ in range(self.steps))
         for n, (un, un1) in enumerate(states):
-            if const:
-                self._set_time(n)
-                if self._C is not None:
-                    self._C.petscmat.mult(x, b)
-                else:
-                    b.zeroEntries()
-                if self._has_Fm:
-                    if Dn is not None:
-                        Dn.mult(un1, tmp)
-                        b.axpy(1.0, tmp)
-                    if Do is not None:
-                        Do.mult(un, tmp)
-                        b.axpy(1.0, tmp)
-                    if d0 is not None:
-                        b.axpy(1.0, d0)
-                    elif not self._d0_zero:  # time-dependent: once per step
-                        b.axpy(1.0, self._assemble_d0())
-                b.scale(-1.0)
-                self._A.solve_homogeneous(b, nxt)
-            else:
-                op = self._set_step_states(n, un, un1)
-                self._set(self._du_old, x)
-                if self._tangent_rhs_form is None:
-                    self._rhs.zero()
-                else:
-                    fd.assemble(self._tangent_rhs_form, tensor=self._rhs)
-                with self._rhs.dat.vec as b:
-                    op.solve_homogeneous(b, nxt)
+            self._tangent_step(n, un, un1, x, nxt)
             x, nxt = nxt, x
             self._observe(n + 1, x, out)
         self._counts()
         return out
+
+    def _begin_tangent(self):
+        """Before a tangent sweep in the direction ``self._dm`` (constant-operator engine): the parameter
+        terms as matrices in the state, assembled once per direction into matrices kept between calls
+        (the sparsity is built once)."""
+        self._tangent_terms = (None, None, None)
+        if self.constant_operator and self._has_Fm:
+            Dn = None if self._Dn_zero else self._assemble_matrix("Dn", self._Dn_form)
+            Do = None if self._Do_zero else self._assemble_matrix("Do", self._Do_form)
+            d0 = self._assemble_d0() if not self._d0_zero and not self._Fm_time else None
+            self._tangent_terms = (Dn, Do, d0)
+
+    def _tangent_step(self, n, un, un1, x, nxt):
+        """:math:`\\delta u_{n+1}` (into ``nxt``) from :math:`\\delta u_n` = ``x`` and the step's states."""
+        import firedrake as fd
+
+        if not self.constant_operator:
+            op = self._set_step_states(n, un, un1)
+            self._set(self._du_old, x)
+            if self._tangent_rhs_form is None:
+                self._rhs.zero()
+            else:
+                fd.assemble(self._tangent_rhs_form, tensor=self._rhs)
+            with self._rhs.dat.vec as b:
+                op.solve_homogeneous(b, nxt)
+            return
+        tmp, b = self._work("jvp_tmp"), self._work("jvp_rhs")
+        self._set_time(n)
+        if self._C is not None:
+            self._C.petscmat.mult(x, b)
+        else:
+            b.zeroEntries()
+        if self._has_Fm:
+            Dn, Do, d0 = self._tangent_terms
+            for mat, state in ((Dn, un1), (Do, un)):
+                if mat is not None:
+                    mat.mult(state, tmp)
+                    b.axpy(1.0, tmp)
+            if d0 is not None:
+                b.axpy(1.0, d0)
+            elif not self._d0_zero:  # time-dependent: once per step
+                b.axpy(1.0, self._assemble_d0())
+        b.scale(-1.0)
+        self._A.solve_homogeneous(b, nxt)
 
     # ---------------------------------------------------------------------------------- adjoint
     def _vjp(self, w):
@@ -696,6 +708,156 @@ class TimeSteppingModel(ParameterToObservable):
 
     def _end_parameter_terms(self, result) -> None:
         """Called after the reverse sweep with the gradient Cofunction."""
+
+    # ---------------------------------------------------------------------------- second order
+    # With l_n = F(u_{n+1}, u_n, m; mu_{n+1}) and D the derivative in the direction
+    # (du_{n+1}, du_n, dm) of all three arguments, the second-order adjoint mu^ solves, backwards,
+    #   A_n^T mu^_{n+1} = -C_{n+1}^T mu^_{n+2} - D d_{u_{n+1}} l_n - D d_{u_{n+1}} l_{n+1}
+    # and  <w, J''[dm, .]> = -sum_n (F^m_n)^T mu^_{n+1} + D d_m l_n   (+ the initial states' terms).
+    def _second_order_forms(self):
+        """The UFL forms of the second-order sweep (derived once, at the first use)."""
+        import firedrake as fd
+
+        if self._so is not None:
+            return self._so
+        V, u, uo, m = self.state_space, self._u, self._uo, self._m
+        du1, du0 = fd.Function(V), fd.Function(V)
+        L = fd.replace(self._residual, {self._v: self._mu})
+        v2, vm = fd.TestFunction(V), fd.TestFunction(self.parameter_space)
+
+        def D(form):
+            terms = [derive(form, f, d) for f, d in ((u, du1), (uo, du0), (m, self._dm))]
+            terms = [t for t in terms if not is_zero(t)]
+            return sum(terms[1:], terms[0]) if terms else None
+
+        self._so = {"du1": du1, "du0": du0, "S": D(derive(L, u, v2)), "P": D(derive(L, uo, v2)),
+                    "M": D(derive(L, m, vm)), "mu_hat": fd.Function(V)}
+        return self._so
+
+    def _assemble_vec(self, form, name):
+        """A 1-form on V assembled into a work Vec (zero for None)."""
+        import firedrake as fd
+
+        out = self._work(name)
+        if form is None:
+            out.zeroEntries()
+            return out
+        fd.assemble(form, tensor=self._rhs)
+        with self._rhs.dat.vec_ro as r:
+            r.copy(out)
+        return out
+
+    def _hessian_vjp(self, w, weight, dm):
+        """Fused: one tangent sweep for :math:`q = \\text{weight}(J\\delta m)`, then one reverse sweep of the
+        first- and second-order adjoints with :math:`B^T q` added to the second-order one's seed."""
+        self.counts["jvp"] += 1
+        self.counts["second_order"] += 1
+        return self._second_order_vjp(w, dm, extra=weight(self._jvp(dm)))
+
+    def _second_order_vjp(self, w, dm, extra=None):
+        import firedrake as fd
+
+        so = self._second_order_forms()
+        self._dm.assign(dm)
+        result = fd.Cofunction(self.parameter_space.dual(), name="second_order_vjp")
+        self._so_result, self._w, self._w2 = result, w, extra
+        self._so_c1, self._so_c2 = self._work("so_c1"), self._work("so_c2")  # C^T mu and C^T mu^ + P
+        self._so_c1.zeroEntries()
+        self._so_c2.zeroEntries()
+        self._begin_tangent()
+        x0 = (self._initial_state(), self._initial_tangent(self._dm))
+        if self._trajectory is not None:
+            tangents = [x0[1]]
+            for n in range(self.steps):
+                self._tangent_step(n, self._trajectory[n], self._trajectory[n + 1], tangents[n], nxt := self._vec())
+                tangents.append(nxt)
+            for n in range(self.steps - 1, -1, -1):
+                self._second_order_step(n, (self._trajectory[n], tangents[n]),
+                                        (self._trajectory[n + 1], tangents[n + 1]))
+        else:
+            self._second_order_schedule(x0)
+        self._second_order_start_terms(so, result)
+        self._counts()
+        return result
+
+    def _second_order_schedule(self, x0):
+        """The second-order reverse sweep over (state, tangent) pairs under the checkpointing schedule (all
+        pairs kept without one): the forward and tangent steps recomputed together."""
+        from pdeinv.checkpointing import SweepStatistics, reverse_sweep
+
+        def advance(n, pair):
+            u, du = pair
+            nu, ndu = self._vec(), self._vec()
+            self._step(n, u, nu)
+            self._tangent_step(n, u, nu, du, ndu)
+            return nu, ndu
+
+        def from_array(a):
+            half = a.size // 2
+            u, du = self._vec(), self._vec()
+            u.array, du.array = a[:half], a[half:]
+            return u, du
+
+        stats = SweepStatistics(self.recomputed_steps, self.peak_stored_states)
+        reverse_sweep(self.steps, self.checkpointing, x0, advance=advance, reverse=self._second_order_step,
+                      copy=lambda p: (p[0].copy(), p[1].copy()),
+                      to_array=lambda p: np.concatenate([p[0].array_r, p[1].array_r]), from_array=from_array,
+                      rank=self.comm.rank, stats=stats)
+        self.recomputed_steps, self.peak_stored_states = stats.recomputed_steps, stats.peak_stored_states
+
+    def _second_order_step(self, n, pair_n, pair_n1):
+        """Reverse step n of the first- and second-order adjoints together (both carries updated)."""
+        import firedrake as fd
+
+        so = self._second_order_forms()
+        (un, dun), (un1, dun1) = pair_n, pair_n1
+        op = self._set_step_states(n, un, un1)
+        mu, mu_hat = self._work("so_mu"), self._work("so_mu_hat")
+        rhs = self._work("so_rhs")
+        self._so_c1.copy(rhs)
+        rhs.scale(-1.0)
+        k = self._channel.get(n + 1)
+        if k is not None:
+            self._obs.observe_transpose_add(self._w, k, rhs)
+        op.solve_transpose(rhs, mu)  # mu_{n+1}
+        self._set(self._mu, mu)
+        self._set(so["du1"], dun1)
+        self._set(so["du0"], dun)
+        rhs2 = self._assemble_vec(so["S"], "so_S")
+        rhs2.axpy(1.0, self._so_c2)
+        rhs2.scale(-1.0)
+        if k is not None and self._w2 is not None:
+            self._obs.observe_transpose_add(self._w2, k, rhs2)
+        op.solve_transpose(rhs2, mu_hat)  # mu^_{n+1}
+        # carries for step n-1 (C_n at this step's states), and this step's terms of the result
+        self._assemble_vec(self._carry_form, "so_c1").copy(self._so_c1)
+        self._assemble_vec(so["P"], "so_P").copy(self._so_c2)
+        if so["M"] is not None:
+            axpy(self._so_result, -1.0, fd.assemble(so["M"]))
+        self._set(self._mu, mu_hat)
+        self._so_c2.axpy(1.0, self._assemble_vec(self._carry_form, "so_cmh"))
+        if self._has_Fm:
+            fd.assemble(self._Lm, tensor=self._cof_m)
+            axpy(self._so_result, -1.0, self._cof_m)
+
+    def _second_order_start_terms(self, so, result):
+        """The initial states' terms: P'^T lambda^_0 + (P''[dm])^T lambda_0, with lambda_0 = B^T w_0 -
+        C_0^T mu_1 and lambda^_0 = -(C_0^T mu^_1 + D d_{u_0} l_0)."""
+        if all(e.kind is Start.FIXED for e in self._starts):
+            return
+        lam = self._work("so_lambda0")
+        self._so_c1.copy(lam)
+        lam.scale(-1.0)
+        k = self._channel.get(0)
+        if k is not None:
+            self._obs.observe_transpose_add(self._w, k, lam)
+        lam_hat = self._work("so_lambda0_hat")
+        self._so_c2.copy(lam_hat)
+        lam_hat.scale(-1.0)
+        if k is not None and self._w2 is not None:
+            self._obs.observe_transpose_add(self._w2, k, lam_hat)
+        self._add_start_terms(lam_hat, result)
+        self._add_start_terms(lam, result, second_order=self._dm)
 
     # ----------------------------------------------------------------------------- checkpointing
     def _run_schedule(self):
