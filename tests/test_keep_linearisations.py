@@ -4,10 +4,10 @@ Gauss-Newton actions at a fixed point factorise nothing after the first; the der
 import firedrake as fd
 import numpy as np
 import pytest
-from multistep_models import bdf2_nonlinear_diffusion
-from mpi4py import MPI
-
 from derivative_checks import directions
+from mpi4py import MPI
+from multistep_models import bdf2_nonlinear_diffusion
+
 from pdeinv.forward.examples import nonlinear_heat
 from pdeinv.maps import Misfit
 from pdeinv.noise import GaussianNoise

@@ -4,11 +4,11 @@ tangent and Gauss-Newton action equal pyadjoint's on the same discrete program, 
 import firedrake as fd
 import numpy as np
 import pytest
-from firedrake.adjoint import Control, ReducedFunctional
-from multistep_models import bdf2_nonlinear_diffusion, leapfrog_wave, mapped_initial_condition
-from mpi4py import MPI
-
 from derivative_checks import assert_derivatives_ok, directions, run_checks
+from firedrake.adjoint import Control, ReducedFunctional
+from mpi4py import MPI
+from multistep_models import bdf2_nonlinear_diffusion, leapfrog_wave, mapped_initial_condition
+
 from pdeinv._tape import recording
 from pdeinv.checkpointing import Checkpointing
 from pdeinv.maps import Misfit
@@ -45,7 +45,8 @@ def reference(case, m, weights):
     with recording() as tape:
         control = m.copy(deepcopy=True)
         observed = case.program(control)
-        J = sum(fd.assemble(W * y * fd.dx) for Ws, ys in zip(weights, observed) for W, y in zip(Ws, ys))
+        pairs = [(W, y) for Ws, ys in zip(weights, observed, strict=True) for W, y in zip(Ws, ys, strict=True)]
+        J = sum(fd.assemble(W * y * fd.dx) for W, y in pairs)
         grad = ReducedFunctional(J, Control(control)).derivative()
     return grad, tape, control, observed
 

@@ -10,11 +10,11 @@ BLOCKS = {m.group(1): m.group(0) for m in re.finditer(r"# example: (\w+)\n.*?(?=
 
 
 def test_the_page_has_the_three_routes():
-    assert set(BLOCKS) == {"stationary", "timestepping", "taped", "stokes", "burgers", "joint"}
+    assert set(BLOCKS) == {"stationary", "timestepping", "wave", "taped", "stokes", "burgers", "joint"}
 
 
 @pytest.mark.parallel(nprocs=[1, 2])
-@pytest.mark.parametrize("name", ["stationary", "timestepping", "taped", "stokes", "burgers", "joint"])
+@pytest.mark.parametrize("name", ["stationary", "timestepping", "wave", "taped", "stokes", "burgers", "joint"])
 def test_example_runs(name, capsys):
     namespace = {"__name__": f"own_model_example_{name}"}
     exec(compile(BLOCKS[name], f"{DOC}:{name}", "exec"), namespace)
@@ -23,6 +23,9 @@ def test_example_runs(name, capsys):
         assert namespace["result"].converged, out
     elif name == "timestepping":
         assert namespace["result"].converged and namespace["model"].counts["factorisations"] == 1, out
+    elif name == "wave":
+        assert float(out.split()[0]) > 1.9, out
+        assert all(f.map.diagonal_step and f.map.counts["factorisations"] == 0 for f in namespace["misfits"]), out
     elif name in ("stokes", "burgers"):
         assert namespace["result"].converged, out
     elif name == "joint":

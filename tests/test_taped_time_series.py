@@ -4,9 +4,9 @@ time-stepping engine on the same discrete program, full-Hessian Taylor rate 3, o
 import firedrake as fd
 import numpy as np
 import pytest
+from derivative_checks import directions
 from mpi4py import MPI
 
-from derivative_checks import directions
 from pdeinv.forward.examples import advection_diffusion, grid_points, nonlinear_heat
 from pdeinv.forward.taped import Recording, TapedMap
 from pdeinv.maps import Misfit

@@ -5,11 +5,11 @@ program, Taylor rate 3, stored and checkpointed equal, the fused action equal to
 import firedrake as fd
 import numpy as np
 import pytest
-from firedrake.adjoint import Control, ReducedFunctional
-from multistep_models import bdf2_nonlinear_diffusion, mapped_initial_condition
-from mpi4py import MPI
-
 from derivative_checks import directions
+from firedrake.adjoint import Control, ReducedFunctional
+from mpi4py import MPI
+from multistep_models import bdf2_nonlinear_diffusion, mapped_initial_condition
+
 from pdeinv._tape import recording
 from pdeinv.checkpointing import Checkpointing
 from pdeinv.forward.examples import nonlinear_heat

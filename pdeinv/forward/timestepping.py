@@ -44,7 +44,6 @@ import math
 import numpy as np
 
 from pdeinv.checkpointing import Checkpointing
-from pdeinv.forward.history import HistoryObservation, Start, stack_history, start_entry
 from pdeinv.forward._forms import (
     at_zero,
     check_bcs,
@@ -58,6 +57,7 @@ from pdeinv.forward._forms import (
     is_zero,
     test_function_of,
 )
+from pdeinv.forward.history import HistoryObservation, Start, stack_history, start_entry
 from pdeinv.linalg.arrays import axpy, local_values
 from pdeinv.linalg.operator import DirichletOperator, petsc_nullspace
 from pdeinv.maps import ParameterToObservable
@@ -401,7 +401,7 @@ class TimeSteppingModel(ParameterToObservable):
                     s.copy(x)
             return x
         values = np.zeros(x.getLocalSize())
-        for index, f in zip(self._history.index, functions):
+        for index, f in zip(self._history.index, functions, strict=True):
             if f is not None:
                 values[index] = local_values(f)
         x.array[:] = values
@@ -414,7 +414,7 @@ class TimeSteppingModel(ParameterToObservable):
 
         user_space = self.state_space if self._history is None else self._history.user_space
         indices = [slice(None)] if self._history is None else self._history.index
-        for index, entry in zip(indices, self._starts):
+        for index, entry in zip(indices, self._starts, strict=True):
             if entry.kind is Start.FIXED:
                 continue
             cof = fd.Cofunction(user_space.dual())
@@ -750,6 +750,8 @@ class TimeSteppingModel(ParameterToObservable):
     def _hessian_vjp(self, w, weight, dm):
         """Fused: one tangent sweep for :math:`q = \\text{weight}(J\\delta m)`, then one reverse sweep of the
         first- and second-order adjoints with :math:`B^T q` added to the second-order one's seed."""
+        if self.is_linear:  # no second-order term: the Gauss-Newton action
+            return super()._hessian_vjp(w, weight, dm)
         self.counts["jvp"] += 1
         self.counts["second_order"] += 1
         return self._second_order_vjp(w, dm, extra=weight(self._jvp(dm)))
@@ -757,6 +759,8 @@ class TimeSteppingModel(ParameterToObservable):
     def _second_order_vjp(self, w, dm, extra=None):
         import firedrake as fd
 
+        if self.is_linear and extra is None:
+            return fd.Cofunction(self.parameter_space.dual())
         so = self._second_order_forms()
         self._dm.assign(dm)
         result = fd.Cofunction(self.parameter_space.dual(), name="second_order_vjp")

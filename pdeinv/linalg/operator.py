@@ -179,7 +179,7 @@ class DirichletOperator:
         self.factorisations = 0
         self._stale = True
 
-    def frozen_copy(self, options_prefix: str) -> "DirichletOperator":
+    def frozen_copy(self, options_prefix: str) -> DirichletOperator:
         """A copy of the operator as assembled now, with its own solver (factorised at its first solve):
         the linearisation of one time step kept while the parameter does not change.  It shares the
         form, conditions and boundary dofs, and must not be reassembled."""
