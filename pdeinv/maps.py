@@ -213,7 +213,7 @@ class ParameterToObservable(ABC):
     @property
     def second_derivatives(self) -> bool:
         """Whether the full Hessian (:meth:`second_order_vjp`) is available: the map is linear in m, or its
-        class implements :meth:`_second_order_vjp` (StationaryModel, TapedMap; not TimeSteppingModel)."""
+        class implements :meth:`_second_order_vjp` (StationaryModel, TimeSteppingModel, TapedMap)."""
         return self.is_linear or type(self)._second_order_vjp is not ParameterToObservable._second_order_vjp
 
     def _second_order_vjp(self, w, dm):

@@ -237,22 +237,27 @@ def test_implicit_on_a_nonlinear_map_matches_finite_differences():
 
 
 def test_default_hessian_follows_what_the_map_supports():
-    """HypergradientOptions() on a time-stepping map nonlinear in m (heat, log-conductivity: no second-order
-    forms) runs with the Gauss-Newton Hessian and says so, instead of raising NotImplementedError."""
+    """HypergradientOptions() takes the full Hessian where the map has second derivatives (heat with
+    log-conductivity: the time-stepping engine's second-order sweep) and runs with the Gauss-Newton
+    Hessian, saying so, where it has none (the hand-written transport sweeps, log-absorption)."""
     from pdeinv.forward.heat import HeatModel
+    from pdeinv.forward.transport import TransportModel, boundary_detectors
 
     mesh = fd.UnitSquareMesh(4, 4)
-    model = HeatModel(mesh, unknown="log_conductivity", end_time=0.02, steps=2, observation_points=grid_points(3))
-    assert not model.second_derivatives
-    Vm = model.parameter_space
-    x, y = fd.SpatialCoordinate(mesh)
-    truth = fd.Function(Vm).interpolate(0.3 * x * y)
-    noise = GaussianNoise(model.observation, 0.01)
-    misfit = Misfit(model, noise, noise.sample(model(truth), seed=2))
-    prior = BiLaplacianPrior.from_correlation(Vm, correlation_length=0.3, variance=0.5)
-    res = hypergradient(HyperProblem(misfit, prior_variance(prior)), ReconstructionError(truth), np.array([0.3]),
-                        method="implicit")
-    assert res.hessian is Hessian.GAUSS_NEWTON and np.all(np.isfinite(res.gradient))
+    heat = HeatModel(mesh, unknown="log_conductivity", end_time=0.02, steps=2, observation_points=grid_points(3))
+    transport = TransportModel(mesh, directions=[(1.0, 0.2), (0.3, 1.0)], detectors=boundary_detectors(4),
+                               unknown="log_absorption", source=0.5, absorption=1.0)
+    for model, expected in ((heat, Hessian.FULL), (transport, Hessian.GAUSS_NEWTON)):
+        assert model.second_derivatives == (expected is Hessian.FULL)
+        Vm = model.parameter_space
+        x, y = fd.SpatialCoordinate(mesh)
+        truth = fd.Function(Vm).interpolate(0.3 * x * y)
+        noise = GaussianNoise(model.observation, 0.01)
+        misfit = Misfit(model, noise, noise.sample(model(truth), seed=2))
+        prior = BiLaplacianPrior.from_correlation(Vm, correlation_length=0.3, variance=0.5)
+        res = hypergradient(HyperProblem(misfit, prior_variance(prior)), ReconstructionError(truth),
+                            np.array([0.3]), method="implicit")
+        assert res.hessian is expected and np.all(np.isfinite(res.gradient))
     with pytest.raises(ValueError, match="hessian must be one of"):
         HypergradientOptions(hessian="newton")
     assert HypergradientOptions(hessian="full").hessian is Hessian.FULL

@@ -1,17 +1,25 @@
-r"""Generic one-step time-dependent models from a user's step residual
-:math:`F(u_{n+1}, u_n, m; v) = 0`, :math:`n = 0, \dots, N-1`.
+r"""Generic time-dependent models from a user's step residual
+:math:`F(u_{n+1}, u_n, m; v) = 0`, :math:`n = 0, \dots, N-1` (or a multistep
+:math:`F(u_{n+1}, u_n, \dots, u_{n-k+1}, m; v)`, written as the one-step residual of its history by
+:mod:`pdeinv.forward.history`).
 
-The user writes one step of any one-step scheme (θ-schemes, IMEX, ...) in UFL with their own
-Functions ``state`` (:math:`u_{n+1}`), ``previous`` (:math:`u_n`) and ``parameter`` (:math:`m`); the
-initial condition :math:`u_0` is either the parameter or fixed.  Tangent and adjoint step forms are
-derived with UFL.  With :math:`A_n = \partial_{u_{n+1}}F`, :math:`C_n = \partial_{u_n}F`,
+The user writes one step of any scheme (θ-schemes, IMEX, BDF2, leapfrog, ...) in UFL with their own
+Functions ``state`` (:math:`u_{n+1}`), ``previous`` (:math:`u_n`, or the tuple of previous states) and
+``parameter`` (:math:`m`); the initial condition :math:`u_0` is the parameter, a UFL map
+:math:`\Pi_V P(m)` of it, or fixed.  Tangent, adjoint and second-order step forms are derived with UFL.
+With :math:`A_n = \partial_{u_{n+1}}F`, :math:`C_n = \partial_{u_n}F`,
 :math:`F^m_n = \partial_m F` at step :math:`n` and :math:`B` the observation at the observed steps:
 
 - tangent: :math:`A_n\,\delta u_{n+1} = -C_n\,\delta u_n - F^m_n\,\delta m`,
-  :math:`\delta u_0 = \delta m` (or 0);
+  :math:`\delta u_0 = u_0'(m)\,\delta m`;
 - adjoint, backwards from :math:`\mu_{N+1} = 0`:
   :math:`A_n^T\mu_{n+1} = B^T w_{n+1} - C_{n+1}^T\mu_{n+2}`, and
-  :math:`J^T w = -\sum_n (F^m_n)^T\mu_{n+1}` (+ :math:`B^T w_0 - C_0^T\mu_1` when :math:`u_0 = m`).
+  :math:`J^T w = -\sum_n (F^m_n)^T\mu_{n+1} + u_0'(m)^T(B^T w_0 - C_0^T\mu_1)`;
+- second order: the same backward recursion for :math:`\hat\mu` with the second derivatives of
+  :math:`\ell_n = F_n(\cdot\,; \mu_{n+1})` in the direction :math:`(\delta u_{n+1}, \delta u_n, \delta m)`
+  as its sources (see :meth:`TimeSteppingModel._second_order_forms`).
+
+A diagonal step operator (a lumped mass: an explicit scheme) is applied as a pointwise scaling.
 
 Two engines, chosen automatically from the form:
 
@@ -150,15 +158,18 @@ def _starts(initial_condition, V, parameter, k, name):
 
 
 class TimeSteppingModel(ParameterToObservable):
-    r"""Parameter-to-observable map of a one-step time-dependent PDE given by its step residual.
+    r"""Parameter-to-observable map of a time-dependent PDE given by its step residual.
 
     Parameters
     ----------
     residual : ufl.Form
         :math:`F(u_{n+1}, u_n, m; v)`, a 1-form written with the Functions ``state``, ``previous``,
         ``parameter`` (and ``time`` if given).
-    state, previous : firedrake.Function
-        :math:`u_{n+1}` and :math:`u_n` on the state space (the model assigns into them).
+    state : firedrake.Function
+        :math:`u_{n+1}` on the state space (the model assigns into it).
+    previous : firedrake.Function or sequence of firedrake.Function
+        :math:`u_n` — or :math:`(u_n, u_{n-1}, \dots, u_{n-k+1})` for a :math:`k`-step scheme — on the
+        state space.
     parameter : firedrake.Function
         :math:`m` as used in the residual (or only the initial condition).
     steps : int
@@ -169,8 +180,10 @@ class TimeSteppingModel(ParameterToObservable):
         With one channel per observation time.
     observation_times : sequence of float, optional
         Multiples of ``dt`` in :math:`[0, N\Delta t]`; default every step :math:`\Delta t..N\Delta t`.
-    initial_condition : "parameter", number, UFL expression or Function
-        :math:`u_0 = m` (the parameter space must be the state space) or a fixed field.
+    initial_condition : "parameter", number, UFL expression or Function, or a sequence of k of them
+        :math:`u_0 = m` (the parameter space must be the state space), :math:`u_0 = \Pi_V P(m)` for a UFL
+        expression :math:`P(m)` of the parameter (on another space of the same mesh too), or a fixed field;
+        for a :math:`k`-step scheme :math:`(u_0, u_{-1}, \dots, u_{1-k})`, or one value for all.
     bcs : sequence of firedrake.DirichletBC, optional
         Conditions on :math:`u_{n+1}` (values must not depend on :math:`m`; on the constant-operator
         engine not on time either).
@@ -186,7 +199,10 @@ class TimeSteppingModel(ParameterToObservable):
         The nullspace of the step operator :math:`\partial_{u_{n+1}}F` (e.g. the constant pressure of an
         enclosed flow) and of its transpose (default: the same).  Every state is returned orthogonal to it
         (e.g. pressure of zero dof mean), and the derivatives are those of that gauge-fixed trajectory;
-        the default linear solver is then MUMPS LU with null-pivot detection.
+        the default linear solver is then MUMPS LU with null-pivot detection (one-step residuals only).
+    keep_linearisations : bool
+        Keep every step's factorised Jacobian at the current m (general engine): the JVPs and VJPs after
+        the first at one m factorise nothing, at the price of N factorisations in memory.
     """
 
     def __init__(self, residual, state, previous, parameter, *, steps: int, dt: float, observation,

@@ -72,7 +72,7 @@ class HypergradientOptions:
     max_cg_iterations : int
     hessian : pdeinv.problem.Hessian or {"auto", "full", "gauss_newton"}
         The Hessian of the implicit solve: ``FULL`` (exact; needs the map's second derivatives — StationaryModel,
-        TapedMap and maps linear in m have them, TimeSteppingModel not), ``GAUSS_NEWTON`` (exact for maps
+        TimeSteppingModel, TapedMap and maps linear in m have them), ``GAUSS_NEWTON`` (exact for maps
         linear in m, an approximation otherwise), or ``AUTO`` (default): the full Hessian where the map has
         it, else Gauss–Newton; :attr:`HypergradientResult.hessian` says which ran.
     jfb_preconditioner : JFBPreconditioner or {"prior", "identity"}
