@@ -248,8 +248,9 @@ def test_blocked_full_hessian_equals_one_action_at_a_time(tiny_poisson_map):
 
 
 def test_full_hessian_refused_where_the_map_has_no_second_derivatives_and_overrides_are_honoured():
-    """hessian="full" for a nonlinear time-stepping parameter (no second-order forms) is one clear error before
-    any solve; an InverseProblem subclass's own hessian_action is what the Laplace approximation applies;
+    """hessian="full" for a map without second derivatives (the hand-written transport sweeps, log-absorption)
+    is one clear error before any solve; an InverseProblem subclass's own hessian_action is what the Laplace
+    approximation applies;
     where the data inform nothing (a zero state: a zero misfit Hessian) the approximation is the prior."""
     from pdeinv.forward.heat import HeatModel
     from pdeinv.maps import Misfit
@@ -267,13 +268,24 @@ def test_full_hessian_refused_where_the_map_has_no_second_derivatives_and_overri
         noise = GaussianNoise(model.observation, 0.01)
         return cls(Misfit(model, noise, model.observation.zero_data()), prior), prior
 
-    problem, prior = problem_of(InverseProblem, 1.0)
+    from pdeinv.forward.transport import TransportModel, boundary_detectors
+
+    mesh = fd.UnitSquareMesh(3, 3)
+    transport = TransportModel(mesh, directions=[(1.0, 0.2), (0.3, 1.0)], detectors=boundary_detectors(3),
+                               unknown="log_absorption", source=0.5, absorption=1.0)
+    t_prior = BiLaplacianPrior(transport.parameter_space, gamma=0.1, delta=0.5)
+    t_noise = GaussianNoise(transport.observation, 0.01)
+    t_problem = InverseProblem(Misfit(transport, t_noise, transport.observation.zero_data()), t_prior)
     with pytest.raises(ValueError, match="hessian='full' needs second derivatives of the map"):
-        LaplaceApproximation(problem, prior.mean, rank=2, hessian="full")
+        LaplaceApproximation(t_problem, t_prior.mean, rank=2, hessian="full")
     with pytest.raises(ValueError, match="hessian must be one of 'auto', 'full', 'gauss_newton'"):
-        LaplaceApproximation(problem, prior.mean, rank=2, hessian="newton")
-    auto = LaplaceApproximation(problem, prior.mean, rank=2, oversampling=2, hessian="auto")
-    assert auto.hessian.value == "gauss_newton" and auto.eig.rank == 2
+        LaplaceApproximation(t_problem, t_prior.mean, rank=2, hessian="newton")
+    t_auto = LaplaceApproximation(t_problem, t_prior.mean, rank=2, oversampling=2, hessian="auto")
+    assert t_auto.hessian.value == "gauss_newton" and t_auto.eig.rank == 2
+
+    problem, prior = problem_of(InverseProblem, 1.0)
+    auto = LaplaceApproximation(problem, prior.mean, rank=2, oversampling=2, hessian="gauss_newton")
+    assert auto.eig.rank == 2
 
     calls = []
 

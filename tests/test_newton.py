@@ -187,9 +187,13 @@ def test_full_newton_after_gauss_newton_steps():
 
 
 def test_full_newton_not_available_is_a_clear_error():
+    from pdeinv.forward.transport import TransportModel, boundary_detectors
+
     mesh = fd.UnitSquareMesh(4, 4)
-    model = HeatModel(mesh, unknown="log_conductivity", end_time=0.1, steps=2, observation_points=OBS)
+    model = TransportModel(mesh, directions=[(1.0, 0.2)], detectors=boundary_detectors(4), unknown="log_absorption",
+                           source=0.5, absorption=1.0)
     V = model.parameter_space
+    assert not model.second_derivatives
     with pytest.raises(NotImplementedError, match="use the Gauss-Newton Hessian"):
         model.second_order_vjp(fd.Function(V), fd.Cofunction(model.data_space.dual()), fd.Function(V))
 

@@ -54,6 +54,20 @@ class StartEntry:
     value: object = None  # FIXED: a Function on space
     expr: object = None  # MAP: a UFL expression of the parameter
 
+    @property
+    def affine(self) -> bool:
+        """Whether :math:`u_0` is affine in the parameter (its second derivative vanishes)."""
+        import firedrake as fd
+        import ufl
+        from ufl.algorithms import expand_derivatives
+
+        if self.kind is not Start.MAP:
+            return True
+        Vm = self.parameter.function_space()
+        d = ufl.derivative(ufl.derivative(self.expr, self.parameter, fd.Function(Vm)), self.parameter,
+                           fd.Function(Vm))
+        return isinstance(expand_derivatives(d), ufl.constantvalue.Zero)
+
     def initial(self):
         """:math:`u_0` as a Function on :attr:`space` (at the parameter Function's current value)."""
         import firedrake as fd

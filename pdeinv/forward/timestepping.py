@@ -294,7 +294,7 @@ class TimeSteppingModel(ParameterToObservable):
         self.needs_states = (not self.constant_operator) or self._Fm_state
         self._operators_depend_on_m = depends_on(self._A_form, parameter) or depends_on(self._C_form, parameter)
         self.is_linear = self.constant_operator and not self._operators_depend_on_m and not (
-            self._has_Fm and depends_on(self._Fm_dm, parameter, *states))
+            self._has_Fm and depends_on(self._Fm_dm, parameter, *states)) and all(e.affine for e in self._starts)
         self._rhs = fd.Cofunction(V.dual())
         self._zero = fd.Function(V)
         self._cof_m = fd.Cofunction(self.parameter_space.dual())

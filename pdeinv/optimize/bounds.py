@@ -50,7 +50,7 @@ from mpi4py import MPI
 from pdeinv._tape import unannotated
 from pdeinv.linalg.arrays import local_values, set_local_values
 from pdeinv.optimize.newton_cg import Globalization, NewtonCGOptions, conjugate_gradient, safe_cost
-from pdeinv.optimize.result import OptimizationResult
+from pdeinv.optimize.result import OptimizationResult, StopReason, cost_resolution
 from pdeinv.verify import dual_pairing
 
 __all__ = ["Bounds", "projected_newton_cg"]
@@ -201,6 +201,31 @@ def _projected_search(problem, m, step, cost, g, bounds, opts, log):
     return None
 
 
+def _unresolved(cost, g, step, opts) -> bool:
+    """Whether the decrease the step predicts is below what the cost can resolve (its round-off)."""
+    return -dual_pairing(g, step) <= max(cost_resolution(cost), opts.stagnation_rtol * abs(cost.total))
+
+
+def _globalized(problem, m, step, cost, g, bounds, opts, eta, pgnorm, log):
+    """Armijo along the projected path, or — where the cost cannot resolve the step's decrease, or Armijo
+    gives up — the full projected step judged on the projected gradient, as
+    :func:`pdeinv.optimize.newton_cg.newton_cg` does: ``(alpha, trial, cost, on_gradient)`` or None."""
+    found = None if _unresolved(cost, g, step, opts) else _projected_search(problem, m, step, cost, g, bounds,
+                                                                            opts, log)
+    if found is not None:
+        return (*found, False)
+    trial = m.copy(deepcopy=True)
+    set_local_values(trial, np.clip(local_values(m) + local_values(step), bounds.lower, bounds.upper))
+    new_cost = safe_cost(problem, trial, log)
+    if new_cost is None or new_cost.total > cost.total + cost_resolution(cost):
+        return None
+    new_pg = _norm(problem, bounds.projected_gradient(trial, problem.gradient(trial)))
+    if not new_pg <= 0.5 * (1.0 + eta) * pgnorm:  # an inexact Newton step's reduction; round-off has none
+        log.info(f"    round-off floor: the projected step leaves ||Pg|| at {new_pg:.3e} (from {pgnorm:.3e})")
+        return None
+    return 1.0, trial, new_cost, True
+
+
 def _forcing(opts, relative: float, comm, bind, previous) -> float:
     r"""CG tolerance: tight (1e-6) while the binding set is still changing — an inexact step there
     misplaces the next binding set, which costs a Newton iteration per wrongly bound region — then
@@ -253,17 +278,20 @@ def projected_newton_cg(problem, m0, bounds: Bounds, *, options: NewtonCGOptions
         previous = bind
         step, cg = _reduced_step(problem, m, g, bounds, bind, eta, opts)
         total_cg += cg.iterations
-        found = _projected_search(problem, m, step, cost, g, bounds, opts, log)
+        found = _globalized(problem, m, step, cost, g, bounds, opts, eta, pgnorm, log)
         if found is None:
-            reason = "line search failed"
+            reason = StopReason.ROUNDOFF_FLOOR if _unresolved(cost, g, step, opts) else "line search failed"
             break
-        alpha, trial, new_cost = found
+        alpha, trial, new_cost, on_gradient = found
         decrease = cost.total - new_cost.total
         m.assign(trial)
         cost, g = new_cost, problem.gradient(trial)
         pgnorm = _norm(problem, bounds.projected_gradient(m, g))
         history.append(_entry(k, cost, pgnorm, cg, alpha, eta, bounds, m, log))
-        if decrease <= opts.stagnation_rtol * abs(cost.total):
+        if pgnorm <= max(opts.gradient_atol, opts.gradient_rtol * pg0):
+            reason = "projected gradient tolerance"
+            break
+        if not on_gradient and decrease <= opts.stagnation_rtol * abs(cost.total):
             reason = "cost stagnation"
             break
     else:
