@@ -23,6 +23,7 @@ from pdeinv.cases.settings import (
     LaplaceSettings,
     MeshFileSettings,
     OptimizerSettings,
+    SamplingSettings,
     shared_problems,
 )
 
@@ -36,6 +37,7 @@ DEFAULTS = {
     "prior": BiLaplacianSettings(correlation_length=0.25, variance=0.5).table(),
     "optimizer": OptimizerSettings(gradient_rtol=1e-10, max_iterations=30, max_cg_iterations=400).table(),
     "laplace": LaplaceSettings(rank=40, oversampling=10).table(),
+    "sampling": SamplingSettings().table(),
 }
 
 

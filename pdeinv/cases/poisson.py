@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from pdeinv.cases.common import PhasedCase, require, solver_parameters, unit_square_mesh
-from pdeinv.cases.settings import LaplaceSettings, MeshSettings, OptimizerSettings, shared_problems
+from pdeinv.cases.settings import LaplaceSettings, MeshSettings, OptimizerSettings, SamplingSettings, shared_problems
 
 __all__ = ["CASE", "PoissonCase", "anisotropy_tensor"]
 
@@ -26,6 +26,7 @@ DEFAULTS = {
               "truth_seed": 7},
     "optimizer": OptimizerSettings(gradient_rtol=1e-9, max_iterations=40, max_cg_iterations=300).table(),
     "laplace": LaplaceSettings(rank=50, oversampling=20).table(),
+    "sampling": SamplingSettings().table(),
 }
 
 

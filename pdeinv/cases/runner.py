@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from pdeinv.cases import checkpoint_files, disk, resources, results_dir
 from pdeinv.cases.common import DriverCase, PhasedCase, load_case
 from pdeinv.cases.results_dir import MARKER  # the manifest, written first into every results directory
-from pdeinv.cases.settings import LaplaceSettings, OptimizerSettings
+from pdeinv.cases.settings import LaplaceSettings, OptimizerSettings, SamplingSettings
 from pdeinv.cases.signals import EXIT_INTERRUPTED, StopRequest, exit_on_signals
 
 EXIT_CONFIG = 2
@@ -93,6 +93,8 @@ def _parser(prog, case=None):
     p.add_argument("--sigterm-after", type=int, metavar="K",
                    help="send this process SIGTERM after checkpoint K (Newton iteration K, or phase K of a case with "
                         "its own driver): tests the batch-job path")
+    p.add_argument("--sigterm-after-samples", type=int, metavar="N",
+                   help="send this process SIGTERM after the sampling checkpoint of step N: tests the batch-job path")
     return p
 
 
@@ -205,6 +207,7 @@ def preflight(name, case, cfg, out, *, resume=False, overwrite=False, ranks: int
     if ranks % members:
         raise ConfigError(f"parallel.ensemble = {members} members cannot share {ranks} MPI rank(s) equally; run on a "
                           f"multiple of {members} ranks (members x ranks per member)")
+    _check_chains(cfg, ranks)
     size = case.size(cfg)
     if size is not None:  # before the results directory: a refused size touches nothing
         resources.check(size, limits or resources.Limits(None), ranks=ranks, ranks_per_node=ranks_per_node)
@@ -234,6 +237,25 @@ def preflight(name, case, cfg, out, *, resume=False, overwrite=False, ranks: int
 
 def _members(cfg) -> int:
     return cfg.get("parallel", {}).get("ensemble", 1)
+
+
+def _chains(cfg) -> int:
+    """Chains of the [sampling] phase that run side by side (1 without sampling)."""
+    if SamplingSettings.TABLE not in cfg or not SamplingSettings.of(cfg).enabled:
+        return 1
+    return SamplingSettings.of(cfg).chains
+
+
+def _check_chains(cfg, ranks) -> None:
+    from pdeinv.cases.config import ConfigError
+
+    chains = _chains(cfg)
+    if chains > 1 and ranks % chains:
+        raise ConfigError(f"sampling.chains = {chains} cannot share {ranks} MPI rank(s) equally; run on a multiple "
+                          f"of {chains} ranks (chains x ranks per chain)")
+    if chains > 1 and _members(cfg) > 1:
+        raise ConfigError("sampling.chains > 1 and parallel.ensemble > 1 cannot be combined: each chain is one "
+                          "ensemble member holding the whole problem")
 
 
 def _check_rank(cfg, dofs):
@@ -361,7 +383,8 @@ def main(argv=None, *, case: str | None = None) -> int:
                 case_, cfg, out, clear, comm, args, exit_message=on_signal), out, comm)
         return _run_under_signals(lambda on_signal: run(
             name, cfg, out, resume=args.resume, quiet=args.quiet, clear=clear, exit_message=on_signal,
-            sigterm_after=args.sigterm_after, checked=True, limits=limits), out, comm)
+            sigterm_after=args.sigterm_after, checked=True, limits=limits,
+            sigterm_after_samples=args.sigterm_after_samples), out, comm)
     except (ConfigError, disk.DiskFull) as e:
         if comm.rank == 0:
             full = isinstance(e, disk.DiskFull)
@@ -572,6 +595,11 @@ class _Run:
     sizes: object = None  # disk.Sizes: what the free-space checks estimate from
     limits: object = None  # resources.Limits: what the size of a mesh read from a file is checked against
     size: object = None  # resources.Size of the run (None until a mesh file is read: then its vertices tell)
+    chain_ensemble: object = None  # sampling.chains > 1: one chain per member, each with the whole problem
+    chains: object = None  # the SamplingResult of the [sampling] phase (None: no sampling)
+    marginals: dict = field(default_factory=dict)  # Laplace marginals of the sampled quantities
+    quantities: object = None  # sampling_phase.Quantities (built in setup: a point outside the mesh fails early)
+    sampling: dict = field(default_factory=dict)  # the summary's sampling entry
 
     @property
     def ckdir(self) -> str:
@@ -592,7 +620,8 @@ class _Run:
 
 def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = False, clear: bool | None = None,
         overwrite: bool = False, stop_after: int | None = None, sigterm_after: int | None = None,
-        exit_message=None, checked: bool = False, limits: resources.Limits | None = None) -> dict:
+        exit_message=None, checked: bool = False, limits: resources.Limits | None = None,
+        sigterm_after_samples: int | None = None) -> dict:
     """Run case ``name`` with configuration ``cfg`` into directory ``out``; returns the summary.
 
     ``resume`` continues from the checkpoint in ``out``; ``overwrite`` replaces an earlier run there.
@@ -601,6 +630,7 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
     path of :func:`main`).  ``exit_message``: the handle of :func:`~pdeinv.cases.signals.exit_on_signals`
     whose message is kept up to date.  Unless ``checked``, runs :func:`preflight` first.  ``limits``:
     what the run may use (:mod:`pdeinv.cases.resources`; default: no memory limit, 168 h per forward solve).
+    ``sigterm_after_samples=N``: SIGTERM once the chains' checkpoint after step N is written (tests).
     """
     from pdeinv._petsc import init_petsc
 
@@ -621,6 +651,7 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
     _data_phase(r)
     _map_phase(r, quiet=quiet, stop_after=stop_after, sigterm_after=sigterm_after, exit_message=exit_message)
     _laplace_phase(r)
+    _sampling_phase(r, quiet=quiet, sigterm_after=sigterm_after_samples, exit_message=exit_message)
     before_output = _contents(out) if comm.rank == 0 else []
     _output_phase(r)
     return _summary_phase(r, before_output)
@@ -636,6 +667,12 @@ def _start(r: _Run, exit_message) -> None:
         r.space, r.writer = r.ensemble.comm, r.ensemble.ensemble_comm.rank == 0
         r.mesh_kw = {"distribution_parameters": ENSEMBLE_DISTRIBUTION}
         r.experiments = experiments_of(r.case.n_experiments(r.cfg), r.ensemble)
+    elif _chains(r.cfg) > 1:  # every member builds the whole problem, the same MAP and Laplace, then its chain
+        from pdeinv.ensemble import ENSEMBLE_DISTRIBUTION, make_ensemble
+
+        r.chain_ensemble = make_ensemble(r.comm, _chains(r.cfg))
+        r.space, r.writer = r.chain_ensemble.comm, r.chain_ensemble.ensemble_comm.rank == 0
+        r.mesh_kw = {"distribution_parameters": ENSEMBLE_DISTRIBUTION}
     r.t_start = time.perf_counter()
     r.log.info(f"pdeinv case '{r.name}' on {r.comm.size} rank(s) -> {r.out}"
                + (f" ({_members(r.cfg)} ensemble members x {r.space.size} rank(s))" if r.ensemble is not None else ""))
@@ -680,6 +717,7 @@ def _setup_phase(r: _Run, clear) -> None:
             r.model, r.prior, r.truth, r.points = r.case.build(r.cfg, r.mesh, **kw)
             r.V = r.model.parameter_space
             r.sizes = disk.Sizes.of(r.mesh, r.V)
+            _sampling_quantities(r)
     except BaseException:
         if prepared:
             _setup_failed(r.out, aside, r.comm)
@@ -690,6 +728,21 @@ def _setup_phase(r: _Run, clear) -> None:
     r.channels = obs.channels if r.ensemble is None else r.ensemble.ensemble_comm.allreduce(obs.channels)
     r.log.info(f"  state dofs {r.model.state_space.dim()}, parameter dofs {r.V.dim()}, "
                f"{obs.n_points} points x {r.channels} channels")
+
+
+def _sampling_quantities(r: _Run) -> None:
+    """The sampled quantities of interest, built now so that a point outside the mesh is refused before any
+    solve (exit 2)."""
+    if SamplingSettings.TABLE not in r.cfg or not SamplingSettings.of(r.cfg).enabled:
+        return
+    from pdeinv.cases import sampling_phase
+    from pdeinv.cases.config import ConfigError
+    from pdeinv.observation import ObservationPointsOutsideMesh
+
+    try:
+        r.quantities = sampling_phase.quantities(r.V, SamplingSettings.of(r.cfg).points)
+    except ObservationPointsOutsideMesh as e:
+        raise ConfigError(f"sampling.points: {e}") from None
 
 
 def _make_mesh(r: _Run):
@@ -865,14 +918,69 @@ def _laplace_phase(r: _Run) -> None:
     r.log.info(f"  {la.data_informed_dimension} data-informed directions; {la.hessian_actions} Hessian actions")
 
 
+def _map_solves(r: _Run) -> int:
+    """Solves of the parameter-to-observable map so far (forward, tangent, adjoint, second order), all members."""
+    c = r.model.counts
+    return r.total(sum(c.get(k, 0) for k in ("forward", "jvp", "vjp", "second_order")))
+
+
+def _sampling_phase(r: _Run, *, quiet, sigterm_after, exit_message) -> None:
+    """MCMC chains from the MAP point ([sampling]; none by default), checkpointed every
+    ``sampling.checkpoint_every`` steps: SIGUSR1 stops after the next checkpoint, SIGTERM at once (both exit
+    75; ``--resume`` goes on from the chains' checkpoints after redoing the Laplace approximation)."""
+    if r.quantities is None:  # no [sampling], or kernel = "none"
+        return
+    import firedrake as fd
+    import numpy as np
+
+    from pdeinv.cases import sampling_phase
+
+    s = SamplingSettings.of(r.cfg)
+    r.marginals = r.quantities.laplace_marginals(r.la)
+    setup = _map_solves(r)
+    r.log.info(f"  sampling: {s.chains} chain(s) of {s.kernel}" + (" with delayed acceptance" if s.delayed_acceptance
+               else "") + f", {s.burn_in} burn-in + {s.samples} kept steps, step {s.step}")
+    with StopRequest() as stop, r.log.phase("sampling"):
+        r.chains = sampling_phase.run_chains(
+            s, r.problem, r.la, r.result.m, r.quantities, ckdir=r.ckdir, ensemble=r.chain_ensemble, resume=r.resume,
+            quiet=quiet, on_checkpoint=_chains_checkpointed(r, stop, sigterm_after, exit_message))
+    r.sampling = sampling_phase.summary_entry(r.chains, r.marginals, setup)
+    std = fd.Function(r.V, name="sample_std")
+    std.dat.data[:] = np.sqrt(np.maximum(r.chains.variance.dat.data_ro, 0.0))
+    r.fields |= {"sample_mean": r.chains.mean, "sample_std": std}
+    q = r.sampling["quantities"]
+    r.log.info(f"  chains: acceptance {np.round(r.chains.acceptance, 3).tolist()}, ESS (bulk) "
+               + ", ".join(f"{n} {d['ess_bulk']:.0f}" for n, d in q.items()) + f", {sum(r.sampling['pde_solves'])} "
+               f"PDE solves kept, {r.chains.seconds:.1f} s")
+
+
+def _chains_checkpointed(r: _Run, stop, sigterm_after, exit_message):
+    """Called on every rank after each checkpoint of the chains: the signal message, the test's SIGTERM,
+    and the agreed SIGUSR1 stop."""
+    def on_checkpoint(done):
+        if exit_message is not None:
+            exit_message.set_message(_signal_message(
+                r.comm, f"stopped by a signal; the chains' checkpoint after step {done} in {r.ckdir} is complete: "
+                        f"rerun with --resume (exit {EXIT_INTERRUPTED})"))
+        if sigterm_after is not None and done == sigterm_after:
+            r.comm.barrier()  # every chain's file is complete
+            os.kill(os.getpid(), signal.SIGTERM)
+        if stop.agreed(r.comm):
+            r.log.result(f"SIGUSR1: the chains' checkpoint after step {done} is written; rerun with --resume")
+            raise Interrupted
+
+    return on_checkpoint
+
+
 def _output_phase(r: _Run) -> None:
     """ParaView files, the sensor VTK file and the PNG plots (fields, convergence, spectrum, data fit)."""
     from pdeinv.cases import output
     from pdeinv.ensemble import gather_channels
 
     out = r.out
-    disk.ensure_space(out, disk.estimate(r.sizes, disk.Write.OUTPUTS, fields=len(r.fields) + len(r.samples)), r.comm)
-    r.log.info(f"  writing {len(r.fields) + len(r.samples)} fields (ParaView, HDF5) and 4 plots to {out}")
+    n_fields = len(r.fields) + len(r.samples) + (len(r.chains.fields) if r.chains is not None else 0)
+    disk.ensure_space(out, disk.estimate(r.sizes, disk.Write.OUTPUTS, fields=n_fields), r.comm)
+    r.log.info(f"  writing {n_fields} fields (ParaView, HDF5) and {4 if r.chains is None else 7} plots to {out}")
     with r.log.phase("output"):
         if r.writer:
             output.write_fields(out, r.mesh, r.fields, r.samples)
@@ -893,7 +1001,31 @@ def _output_phase(r: _Run) -> None:
             output.plot_history(os.path.join(out, "convergence.png"), r.result.history)
             output.plot_spectrum(os.path.join(out, "eigenvalues.png"), r.la.eigenvalues)
             output.plot_data_fit(os.path.join(out, "data_fit.png"), observed, predicted, noise_free)
+        if r.chains is not None:
+            _sampling_outputs(r)
         r.comm.barrier()
+
+
+def _sampling_outputs(r: _Run) -> None:
+    """traces.csv, chains.png, marginals.png, sampling_fields.png (rank 0) and the thinned samples of chain 0
+    (mcmc_samples.pvd, its writer member)."""
+    import firedrake as fd
+
+    from pdeinv.cases import sampling_phase
+    from pdeinv.cases.output import plot_fields
+
+    out = r.out
+    if r.writer and r.chains.fields:
+        pvd = fd.VTKFile(os.path.join(out, "mcmc_samples.pvd"), comm=r.space)
+        for f in r.chains.fields:
+            pvd.write(f)
+    if r.comm.rank == 0:
+        sampling_phase.write_traces(os.path.join(out, "traces.csv"), r.chains)
+        sampling_phase.plot_chains(os.path.join(out, "chains.png"), r.chains)
+        sampling_phase.plot_marginals(os.path.join(out, "marginals.png"), r.chains, r.marginals)
+        plot_fields(os.path.join(out, "sampling_fields.png"), os.path.join(out, "results.h5"),
+                    ["map", "sample_mean", "posterior_std", "sample_std"],
+                    ["MAP", "MCMC mean", "Laplace posterior std", "MCMC std"], mesh_name=r.mesh.name)
 
 
 def _summary_phase(r: _Run, before_output) -> dict:
@@ -957,7 +1089,7 @@ def _summary(r: _Run) -> dict:
         "posterior_variance_trace": float(fd.assemble(r.var * fd.dx)),
         "timings": dict(r.log.timings), "resumed": bool(r.resume),
         "memory": _memory_record(r),
-    }
+    } | ({"sampling": r.sampling} if r.sampling else {})
 
 
 def _memory_record(r: _Run) -> dict:

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 __all__ = ["Settings", "MeshSettings", "MeshFileSettings", "OptimizerSettings", "LaplaceSettings",
-           "BiLaplacianSettings", "TomographyPriorSettings", "shared_problems", "EXACT_VARIANCE_DOFS"]
+           "BiLaplacianSettings", "TomographyPriorSettings", "SamplingSettings", "shared_problems",
+           "EXACT_VARIANCE_DOFS"]
 
 # laplace.prior_variance = "auto": exact prior variance (one solve per dof) up to this many parameter dofs
 EXACT_VARIANCE_DOFS = 5000
@@ -134,6 +136,69 @@ class LaplaceSettings(Settings):
 
 
 @dataclass(frozen=True)
+class SamplingSettings(Settings):
+    """``[sampling]``: MCMC after the Laplace approximation (:func:`pdeinv.sampling.sample`) — ``kernel``
+    ``"none"`` (no sampling), ``"pcn"``, ``"gpcn"``, ``"mala"`` or ``"hmala"`` (gpCN and h-MALA around the
+    Laplace approximation), optionally screened by ``delayed_acceptance`` with the Laplace surrogate;
+    ``chains`` chains in parallel (ensemble members of ranks / chains ranks each), ``samples`` kept after
+    ``burn_in`` steps (the step size ``step`` adapted during burn-in with ``adapt``), every ``thin``-th kept
+    sample written as a field (0: none), a checkpoint every ``checkpoint_every`` steps; the quantities of
+    interest are the parameter's domain mean and its values at ``points``."""
+
+    TABLE: ClassVar[str] = "sampling"
+    kernel: str = "none"
+    delayed_acceptance: bool = False
+    samples: int = 1000
+    burn_in: int = 100
+    chains: int = 1
+    step: float = 0.2
+    adapt: bool = False
+    seed: int = 0
+    thin: int = 0
+    checkpoint_every: int = 100
+    points: list = dataclasses.field(default_factory=lambda: [[0.5, 0.5]])
+
+    def problems(self):
+        from pdeinv.sampling.kernels import KernelKind
+
+        kinds = ["none"] + [k.value for k in KernelKind]
+        pts = self.points
+        return [
+            (self.kernel in kinds,
+             f"sampling.kernel must be one of {', '.join(map(repr, kinds))}, got {self.kernel!r}"),
+            (0 < self.step <= 1, f"sampling.step must be in (0, 1], got {self.step!r}"),
+            (self.samples >= 1, f"sampling.samples must be >= 1, got {self.samples!r}"),
+            (0 <= self.burn_in < self.samples,
+             f"sampling.burn_in must be >= 0 and smaller than sampling.samples ({self.samples}), got {self.burn_in!r}"),
+            (not self.adapt or self.burn_in > 0, "sampling.adapt = true needs sampling.burn_in > 0"),
+            (self.chains >= 1 and self.thin >= 0 and self.checkpoint_every >= 1,
+             "sampling.chains and sampling.checkpoint_every must be >= 1 and sampling.thin >= 0"),
+            (all(isinstance(p, list) and len(p) == 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool)
+                                                              and math.isfinite(c) for c in p) for p in pts),
+             f"sampling.points must be a list of [x, y] pairs of finite numbers, got {pts!r}"),
+        ]
+
+    @property
+    def enabled(self) -> bool:
+        return self.kernel != "none"
+
+    def options(self, *, quiet: bool):
+        """The :class:`~pdeinv.sampling.SamplingOptions` of this table."""
+        from pdeinv.sampling import SamplingOptions
+
+        return SamplingOptions(samples=self.samples, burn_in=self.burn_in, thin=self.thin, adapt=self.adapt,
+                               seed=self.seed, quiet=quiet, checkpoint_every=self.checkpoint_every,
+                               progress_every=max(1, (self.burn_in + self.samples) // 10))
+
+    def kernel_for(self, laplace):
+        """The configured kernel (around ``laplace``; screened by its Laplace surrogate if asked)."""
+        from pdeinv.sampling import LaplaceSurrogate, make_kernel
+
+        return make_kernel(self.kernel, self.step, laplace=laplace,
+                           surrogate=LaplaceSurrogate(laplace) if self.delayed_acceptance else None)
+
+
+@dataclass(frozen=True)
 class BiLaplacianSettings(Settings):
     """``[prior]``: a BiLaplacian Gaussian prior from its ``correlation_length`` and marginal
     ``variance`` (:meth:`pdeinv.prior.BiLaplacianPrior.from_correlation`), constant ``mean``."""
@@ -181,4 +246,5 @@ class TomographyPriorSettings(BiLaplacianSettings):
 
 def shared_problems(cfg, mesh: type[MeshSettings] = MeshSettings) -> list[tuple[bool, str]]:
     """The range checks of the ``[optimizer]``, ``[mesh]`` and ``[laplace]`` tables of a phased case."""
-    return OptimizerSettings.of(cfg).problems() + mesh.of(cfg).problems() + LaplaceSettings.of(cfg).problems()
+    checks = OptimizerSettings.of(cfg).problems() + mesh.of(cfg).problems() + LaplaceSettings.of(cfg).problems()
+    return checks + (SamplingSettings.of(cfg).problems() if SamplingSettings.TABLE in cfg else [])

@@ -241,6 +241,18 @@ def _norm(problem, pg) -> float:
 
 
 @unannotated
+def _check_projected(problem, m0, bounds, opts) -> None:
+    """One clear error for an argument :func:`projected_newton_cg` cannot take."""
+    from pdeinv.maps import check_function
+
+    check_function(m0, problem.parameter_space, "projected_newton_cg: m0")
+    if not isinstance(bounds, Bounds) or bounds.space != problem.parameter_space:
+        raise ValueError("projected_newton_cg: bounds must be Bounds.on(the problem's parameter space, ...)")
+    if opts.globalization is not Globalization.LINE_SEARCH or opts.levenberg_marquardt or \
+            opts.full_newton_after is not None:
+        raise ValueError("projected_newton_cg: only the line-search Gauss–Newton options apply with bounds")
+
+
 def projected_newton_cg(problem, m0, bounds: Bounds, *, options: NewtonCGOptions | None = None,
                         log=None) -> OptimizationResult:
     """Minimise ``problem`` subject to ``bounds`` from ``m0`` (projected into the box; not modified).
@@ -250,15 +262,9 @@ def projected_newton_cg(problem, m0, bounds: Bounds, *, options: NewtonCGOptions
     ``active_lower`` / ``active_upper``, the numbers of dofs at each bound.
     """
     from pdeinv.log import RankZeroLog
-    from pdeinv.maps import check_function
 
     opts = options or NewtonCGOptions()
-    check_function(m0, problem.parameter_space, "projected_newton_cg: m0")
-    if not isinstance(bounds, Bounds) or bounds.space != problem.parameter_space:
-        raise ValueError("projected_newton_cg: bounds must be Bounds.on(the problem's parameter space, ...)")
-    if opts.globalization is not Globalization.LINE_SEARCH or opts.levenberg_marquardt or \
-            opts.full_newton_after is not None:
-        raise ValueError("projected_newton_cg: only the line-search Gauss–Newton options apply with bounds")
+    _check_projected(problem, m0, bounds, opts)
     log = log or RankZeroLog(bounds.comm, quiet=opts.quiet)
     m = m0.copy(deepcopy=True)
     m.rename("m")

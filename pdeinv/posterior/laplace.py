@@ -202,14 +202,33 @@ class LaplaceApproximation:
         axpy(out, 1.0, combine_cofunctions(self.eig.B_eigenvectors, coef[:, None])[0])
         return out
 
-    def sample(self, *, seed: int, name: str = "posterior_sample"):
-        """A draw of the Laplace approximation (prior sample corrected by the low-rank update)."""
+    def sample_centered(self, *, seed: int):
+        """A draw of :math:`\\mathcal N(0, \\Gamma_{post})`: a prior sample corrected by the low-rank update."""
         s = self.prior.sample_centered(seed=seed)
         coef = self._p * np.array([_pair(Bu, s) for Bu in self.eig.B_eigenvectors])
         axpy(s, -1.0, self.eig.eigenvectors.combine(coef[:, None])[0])
+        return s
+
+    def sample(self, *, seed: int, name: str = "posterior_sample"):
+        """A draw of the Laplace approximation :math:`\\mathcal N(m_{MAP}, \\Gamma_{post})`."""
+        s = self.sample_centered(seed=seed)
         axpy(s, 1.0, self.mean)
         s.rename(name)
         return s
+
+    def misfit_hessian_form(self, x) -> float:
+        """:math:`\\tfrac12\\sum_i\\lambda_i\\,(u_i^T\\Gamma_{pr}^{-1}x)^2`: half the low-rank misfit Hessian's
+        quadratic form at ``x`` (so that :math:`\\tfrac12\\|x\\|^2_{\\Gamma_{post}^{-1}} = \\tfrac12\\|x\\|^2_
+        {\\Gamma_{pr}^{-1}} +` this), and its gradient as a Cofunction: ``(value, gradient)``."""
+        import firedrake as fd
+
+        from pdeinv.linalg.multivector import combine_cofunctions
+
+        if not len(self.eigenvalues):
+            return 0.0, fd.Cofunction(self.space.dual())
+        coef = np.array([_pair(Bu, x) for Bu in self.eig.B_eigenvectors])
+        grad = combine_cofunctions(self.eig.B_eigenvectors, (self.eigenvalues * coef)[:, None])[0]
+        return 0.5 * float(np.sum(self.eigenvalues * coef**2)), grad
 
     def block_covariance(self, subs) -> BlockCovariance:
         """:class:`BlockCovariance` of one sub-space (``W.sub(i)``) or several (``[W.sub(1), W.sub(2),
