@@ -29,6 +29,7 @@ from pdeinv._petsc import init_petsc
 init_petsc()
 
 import firedrake as fd  # noqa: E402
+import numpy as np  # noqa: E402
 
 from pdeinv.cases.config import load_config  # noqa: E402
 from pdeinv.maps import Misfit  # noqa: E402
@@ -82,7 +83,7 @@ def run_kernel(name, step, problem, la, m_map, qs, opts, ensemble):
     diag = res.diagnostics()
     ess = min(d.ess_bulk for d in diag.values())
     return res, seconds, {
-        "kernel": res.kernel, "step": step, "acceptance": res.acceptance.tolist(),
+        "kernel": res.kernel, "step": step, "step_used": res.step.tolist(), "acceptance": res.acceptance.tolist(),
         "stage1_acceptance": None if res.stage1_acceptance is None else res.stage1_acceptance.tolist(),
         "pde_solves": int(res.pde_solves.sum()), "burn_in_solves": int(res.burn_in_solves.sum()),
         "quantities": {q: {"ess_bulk": d.ess_bulk, "iact": d.iact, "rhat": d.rhat, "mean": d.mean, "sd": d.sd}
@@ -91,44 +92,67 @@ def run_kernel(name, step, problem, la, m_map, qs, opts, ensemble):
         "ess_per_second": ess / seconds}
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--case", choices=["poisson", "heat"], default="poisson")
-    p.add_argument("--n", type=int, default=32)
-    p.add_argument("--rank", type=int, default=50)
-    p.add_argument("--samples", type=int, default=2000)
-    p.add_argument("--burn-in", type=int, default=100)
-    p.add_argument("--chains", type=int, default=1, help="chains side by side (ensemble members)")
-    p.add_argument("--kernels", nargs="+", default=["pcn", "mala", "gpcn", "hmala", "da-gpcn"])
-    p.add_argument("--steps", nargs="+", type=float, default=None,
-                   help="step per kernel (default: pcn/mala 0.05, gpcn/da-gpcn 0.5, hmala 0.5)")
-    p.add_argument("--json", help="also write the JSON to this file")
-    args = p.parse_args()
-    default_steps = {"pcn": 0.05, "mala": 0.05, "gpcn": 0.5, "hmala": 0.5}
-    steps = args.steps or [default_steps[k.removeprefix("da-")] for k in args.kernels]
-    world = fd.COMM_WORLD
-    ensemble = fd.Ensemble(world, world.size // args.chains) if args.chains > 1 else None
-    comm = ensemble.comm if ensemble is not None else world
-    problem, model, prior = build(args.case, args.n, comm)
+def measure(args, n, steps, ensemble):
+    """Setup and every kernel on the n x n mesh: the JSON entry of one mesh."""
+    comm = ensemble.comm if ensemble is not None else fd.COMM_WORLD
+    problem, model, prior = build(args.case, n, comm)
     t0 = time.perf_counter()
     m_map = newton_cg(problem, prior.mean, options=NewtonCGOptions(gradient_rtol=1e-6, quiet=True)).m
     map_solves, map_s = solves(model), time.perf_counter() - t0
     t0 = time.perf_counter()
     la = LaplaceApproximation(problem, m_map, rank=args.rank, oversampling=20)
     setup = solves(model)
-    out = {"case": args.case, "n": args.n, "parameter_dofs": model.parameter_space.dim(), "ranks": world.size,
-           "chains": args.chains, "samples": args.samples, "burn_in": args.burn_in,
+    out = {"n": n, "parameter_dofs": model.parameter_space.dim(), "state_dofs": model.state_space.dim(),
            "setup": {"map_solves": map_solves, "laplace_solves": setup - map_solves, "map_s": map_s,
                      "laplace_s": time.perf_counter() - t0, "rank": args.rank,
                      "data_informed_dim": la.data_informed_dimension},
            "kernels": []}
     qs = quantities(args.case, model, model.parameter_space)
-    opts = SamplingOptions(samples=args.samples, burn_in=args.burn_in, seed=1)
+    opts = SamplingOptions(samples=args.samples, burn_in=args.burn_in, seed=1, adapt=args.adapt)
     for name, step in zip(args.kernels, steps, strict=True):
         _, _, entry = run_kernel(name, step, problem, la, m_map, qs, opts, ensemble)
         total = entry["pde_solves"] + entry["burn_in_solves"] + setup * args.chains
         entry["ess_per_pde_solve_with_setup"] = entry["ess_min"] / total
         out["kernels"].append(entry)
+    return out
+
+
+def spread(meshes) -> dict:
+    """Per kernel, the largest relative deviation of acceptance and of each quantity's IACT from their
+    mean over the meshes (the mesh-independence figure: the issue's target is 25 %)."""
+    out = {}
+    for j, k in enumerate(meshes[0]["kernels"]):
+        acc = np.array([np.mean(m["kernels"][j]["acceptance"]) for m in meshes])
+        iact = {q: np.array([m["kernels"][j]["quantities"][q]["iact"] for m in meshes]) for q in k["quantities"]}
+        out[k["kernel"]] = {"acceptance": acc.tolist(),
+                            "acceptance_deviation": float(np.max(np.abs(acc / acc.mean() - 1))),
+                            "iact_deviation": {q: float(np.max(np.abs(v / v.mean() - 1))) for q, v in iact.items()}}
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--case", choices=["poisson", "heat"], default="poisson")
+    p.add_argument("--n", type=int, nargs="+", default=[32], help="meshes (several: the mesh-independence table)")
+    p.add_argument("--rank", type=int, default=50)
+    p.add_argument("--samples", type=int, default=2000)
+    p.add_argument("--burn-in", type=int, default=100)
+    p.add_argument("--chains", type=int, default=1, help="chains side by side (ensemble members)")
+    p.add_argument("--kernels", nargs="+", default=["pcn", "mala", "gpcn", "hmala", "da-pcn"])
+    p.add_argument("--steps", nargs="+", type=float, default=None,
+                   help="step per kernel (default: pcn/mala 0.01, gpcn/hmala 0.5)")
+    p.add_argument("--adapt", action="store_true", help="adapt the steps during burn-in (then frozen)")
+    p.add_argument("--json", help="also write the JSON to this file")
+    args = p.parse_args()
+    default_steps = {"pcn": 0.01, "mala": 0.01, "gpcn": 0.5, "hmala": 0.5}
+    steps = args.steps or [default_steps[k.removeprefix("da-")] for k in args.kernels]
+    world = fd.COMM_WORLD
+    ensemble = fd.Ensemble(world, world.size // args.chains) if args.chains > 1 else None
+    meshes = [measure(args, n, steps, ensemble) for n in args.n]
+    out = {"case": args.case, "ranks": world.size, "chains": args.chains, "samples": args.samples,
+           "burn_in": args.burn_in, "meshes": meshes}
+    if len(meshes) > 1:
+        out["mesh_independence"] = spread(meshes)
     if world.rank == 0:
         text = json.dumps(out, indent=2)
         print(text)

@@ -241,3 +241,12 @@ def test_a_store_is_never_overwritten_and_resumes_only_its_own_run(gaussian_prob
     with pytest.raises(ValueError, match="not a readable pdeinv chain checkpoint"):
         sample(problem, PCN(0.2), m_map, options=opts, store=str(tmp_path / "bad"), resume=True)
     assert dict(problem.counts) == before and (tmp_path / "chain-0.h5").read_bytes() == written
+
+
+def test_diagnostics_of_a_chain_that_never_moved_say_so():
+    stuck = summarize({"q": np.full((1, 50), 0.3)})["q"]
+    assert stuck.ess_bulk == 0.0 and stuck.iact == np.inf and np.isnan(stuck.rhat)
+    # one chain: split-R-hat over its halves (ArviZ alone gives NaN); a drifting chain is flagged
+    rng = np.random.default_rng(0)
+    assert summarize({"q": rng.normal(size=(1, 400))})["q"].rhat < 1.05
+    assert summarize({"q": np.linspace(0, 1, 400)[None, :]})["q"].rhat > 1.5

@@ -965,7 +965,9 @@ def _chains_checkpointed(r: _Run, stop, sigterm_after, exit_message):
         if sigterm_after is not None and done == sigterm_after:
             r.comm.barrier()  # every chain's file is complete
             os.kill(os.getpid(), signal.SIGTERM)
-        if stop.agreed(r.comm):
+        # agreed within the chain's own ranks: after a resume the chains may checkpoint at different steps
+        # (a SIGTERM can fall between two chains' writes), so a collective over every chain could hang
+        if stop.agreed(r.space):
             r.log.result(f"SIGUSR1: the chains' checkpoint after step {done} is written; rerun with --resume")
             raise Interrupted
 

@@ -5,6 +5,7 @@ the integrated autocorrelation time is :math:`\tau = N_{\text{total}}/\text{ESS}
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -49,13 +50,18 @@ def _halves(x):
 
 def summarize(quantities: dict) -> dict:
     """:class:`QuantityDiagnostics` per name of ``quantities`` (arrays of shape ``(chains, draws)``).
-    split-:math:`\\hat R` needs at least 4 draws per chain; one chain is given to it as its two halves."""
+    split-:math:`\\hat R` needs at least 4 draws per chain; one chain is given to it as its two halves.  A
+    quantity that never changed (every proposal rejected) has ESS 0 and IACT inf, not ArviZ's N."""
     a = _stats()
     out = {}
     for name, x in quantities.items():
         x = np.asarray(x, dtype=float)
         if x.ndim != 2 or x.shape[1] < 4:
             raise ValueError(f"summarize: {name!r} must be an array (chains, draws) with >= 4 draws, got {x.shape}")
+        if np.all(x == x.flat[0]):  # never moved: ArviZ would call N equal draws N independent ones
+            out[name] = QuantityDiagnostics(mean=float(x.flat[0]), sd=0.0, mcse_mean=math.nan, mcse_sd=math.nan,
+                                            ess_bulk=0.0, ess_tail=0.0, ess_mean=0.0, iact=math.inf, rhat=math.nan)
+            continue
         kw = {"chain_axis": 0, "draw_axis": 1}
         ess_mean = float(a.ess(x, method="mean", **kw))
         out[name] = QuantityDiagnostics(
