@@ -2,6 +2,8 @@
 variance of probes within 3 MCSE of the closed form), gpCN around the exact posterior and delayed acceptance
 with an exact surrogate never reject, chains over an ensemble, bad input refused before any solve."""
 
+import os
+
 import firedrake as fd
 import numpy as np
 import pytest
@@ -217,6 +219,31 @@ def test_a_stopped_chain_resumed_from_its_checkpoint_equals_the_uninterrupted_on
     # a finished store resumes to the same result without a step
     again = sample(problem, make(la), m_map, quantities=qs, options=opts, store=store, resume=True)
     np.testing.assert_array_equal(again.quantities["probe0"], whole.quantities["probe0"])
+    if opts.thin:
+        _check_field_segments(store, len(whole.fields), problem, make(la), m_map, qs, opts)
+
+
+def _check_field_segments(store, fields, problem, kernel, m_map, qs, opts):
+    """Each thinned field is written once, in the segment of the checkpoint after it was kept; a missing
+    segment is one clear error on resume."""
+    import json
+
+    import h5py
+
+    with h5py.File(os.path.join(store, "chain-0.h5"), "r") as fh:
+        segments = json.loads(fh.attrs["progress"])["segments"]
+    assert len(segments) > 2 and segments[0][0] == 0 and segments[-1][1] == fields
+    assert [s[0] for s in segments[1:]] == [s[1] for s in segments[:-1]]
+    for first, end in segments:
+        with h5py.File(os.path.join(store, f"chain-0.fields-{first}.h5"), "r") as fh:
+            assert sorted(fh) == sorted(f"field-{j}" for j in range(first, end))
+    comm = problem.parameter_space.mesh().comm
+    comm.barrier()
+    if comm.rank == 0:
+        os.remove(os.path.join(store, f"chain-0.fields-{segments[1][0]}.h5"))
+    comm.barrier()
+    with pytest.raises(ValueError, match="thinned fields' segment .* is missing"):
+        sample(problem, kernel, m_map, quantities=qs, options=opts, store=store, resume=True)
 
 
 def test_a_store_is_never_overwritten_and_resumes_only_its_own_run(gaussian_problem, tmp_path):

@@ -239,11 +239,18 @@ def _members(cfg) -> int:
     return cfg.get("parallel", {}).get("ensemble", 1)
 
 
+def _sampling(cfg) -> SamplingSettings | None:
+    """The [sampling] settings, or None where the case samples nothing (no table, or kernel "none")."""
+    if SamplingSettings.TABLE not in cfg:
+        return None
+    settings = SamplingSettings.of(cfg)
+    return settings if settings.enabled else None
+
+
 def _chains(cfg) -> int:
     """Chains of the [sampling] phase that run side by side (1 without sampling)."""
-    if SamplingSettings.TABLE not in cfg or not SamplingSettings.of(cfg).enabled:
-        return 1
-    return SamplingSettings.of(cfg).chains
+    settings = _sampling(cfg)
+    return 1 if settings is None else settings.chains
 
 
 def _check_chains(cfg, ranks) -> None:
@@ -733,14 +740,15 @@ def _setup_phase(r: _Run, clear) -> None:
 def _sampling_quantities(r: _Run) -> None:
     """The sampled quantities of interest, built now so that a point outside the mesh is refused before any
     solve (exit 2)."""
-    if SamplingSettings.TABLE not in r.cfg or not SamplingSettings.of(r.cfg).enabled:
+    settings = _sampling(r.cfg)
+    if settings is None:
         return
     from pdeinv.cases import sampling_phase
     from pdeinv.cases.config import ConfigError
     from pdeinv.observation import ObservationPointsOutsideMesh
 
     try:
-        r.quantities = sampling_phase.quantities(r.V, SamplingSettings.of(r.cfg).points)
+        r.quantities = sampling_phase.quantities(r.V, settings.points)
     except ObservationPointsOutsideMesh as e:
         raise ConfigError(f"sampling.points: {e}") from None
 

@@ -291,7 +291,8 @@ def _step(chain: _Chain, opts: SamplingOptions, quantities, progress: Progress, 
     progress.accepted, progress.passed = progress.accepted + a, progress.passed + p
     m = chain.u_fine.m
     for name, q in quantities.items():
-        progress.traces[name][k] = float(q(m))
+        # A rejected step leaves the chain where it was: its quantities are the previous sample's (exactly).
+        progress.traces[name][k] = progress.traces[name][k - 1] if k > 0 and not a else float(q(m))
     progress.moments.add(m)
     if opts.thin and k % opts.thin == 0:
         f = m.copy(deepcopy=True)
@@ -367,7 +368,8 @@ def sample(problem, kernel, m0, *, options: SamplingOptions | None = None, quant
         Starting point (the MAP point is a good one: the burn-in is then short).
     options : SamplingOptions
     quantities : dict of str to callable, optional
-        Quantities of interest ``q(m) -> float``, evaluated on every kept sample (collectively: every
+        Quantities of interest ``q(m) -> float``, evaluated on every kept sample that moved the chain
+        (a rejected step repeats the previous values; collectively: every
         rank of the member calls them).
     ensemble : firedrake.Ensemble, optional
         One chain per member (chain index = member index), the problem built on ``ensemble.comm``.

@@ -103,13 +103,12 @@ class Kernel:
 
 
 def _rho(reference, u: Evaluation, v: Evaluation, delta: float) -> float:
-    import firedrake as fd
-
+    r""":math:`\Phi(u) + \tfrac12\langle g, v-u\rangle + \tfrac\delta4\langle g, u+v-2\mu\rangle
+    + \tfrac\delta4\langle g, \mathcal K g\rangle` (:math:`g` the gradient at u), as pairings of g with
+    u, v and :math:`\mu` alone: no Function is allocated per step."""
     g = u.gradient
-    diff = fd.Function(u.m.function_space()).assign(v.m - u.m)
-    mid = fd.Function(u.m.function_space()).assign(u.m + v.m - 2.0 * reference.mean)
-    return (u.psi + 0.5 * dual_pairing(g, diff) + 0.25 * delta * dual_pairing(g, mid)
-            + 0.25 * delta * dual_pairing(g, u.k_gradient))
+    return (u.psi + (0.25 * delta - 0.5) * dual_pairing(g, u.m) + (0.5 + 0.25 * delta) * dual_pairing(g, v.m)
+            - 0.5 * delta * dual_pairing(g, reference.mean) + 0.25 * delta * dual_pairing(g, u.k_gradient))
 
 
 class PCN(Kernel):
