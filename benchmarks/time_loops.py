@@ -77,7 +77,10 @@ def wave(n, steps):
                               initial_condition=0.0, observation=obs)
 
     def program(m, d):
-        a, b, uu, tt = fd.Function(V), fd.Function(V), fd.Function(V), fd.Constant(0.0)
+        # the clock a Function on the real space, which the tape records (a Constant is not taped: a replay
+        # would see its last value at every step)
+        a, b, uu = fd.Function(V), fd.Function(V), fd.Function(V)
+        tt = fd.Function(fd.FunctionSpace(mesh, "R", 0))
         F = fd.replace(residual(uu, a, b, m, fd.TestFunction(V), tt), {uu: fd.TrialFunction(V)})
         solver = fd.LinearVariationalSolver(fd.LinearVariationalProblem(fd.lhs(F), fd.rhs(F), uu),
                                             solver_parameters={"ksp_type": "preonly", "pc_type": "jacobi"})
