@@ -105,7 +105,7 @@ def test_config_errors_stop_before_any_solve(tmp_path, override, message):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("case", ["heat", "tomography", "poisson", "learn_regularization"])
+@pytest.mark.parametrize("case", ["heat", "tomography", "poisson", "learn_regularization", "design"])
 def test_shipped_config_files_are_the_defaults(case):
     import importlib
 
@@ -256,10 +256,10 @@ def _cases():
     import importlib
 
     return {c: importlib.import_module(f"pdeinv.cases.{c}") for c in ("heat", "tomography", "poisson",
-                                                                        "learn_regularization")}
+                                                                        "learn_regularization", "design")}
 
 
-@pytest.mark.parametrize("case", ["heat", "tomography", "poisson", "learn_regularization"])
+@pytest.mark.parametrize("case", ["heat", "tomography", "poisson", "learn_regularization", "design"])
 def test_every_key_is_checked(case):
     """Table over every key of every case: a value of the wrong type is one ConfigError naming the key;
     numeric keys reject non-finite values and (unless any value is meaningful) negative ones."""

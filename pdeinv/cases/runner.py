@@ -56,7 +56,7 @@ from pdeinv.cases.signals import EXIT_INTERRUPTED, StopRequest, exit_on_signals
 
 EXIT_CONFIG = 2
 RANKS = "ranks.json"  # in the checkpoint: how many ranks the latest run (fresh or resumed) had
-CASES = ("heat", "tomography", "poisson", "learn_regularization")
+CASES = ("heat", "tomography", "poisson", "learn_regularization", "design")
 # Settings a resumed run may change: they act only after the checkpointed Newton iterations (the
 # Laplace phase is recomputed in full on resume) or only say where to stop.  Everything else changes
 # the iterates, so a changed value is refused.
