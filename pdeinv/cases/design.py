@@ -22,7 +22,7 @@ import numpy as np
 from pdeinv.cases.common import DriverCase, require
 from pdeinv.cases.settings import BiLaplacianSettings, MeshSettings
 
-__all__ = ["CASE", "DesignCase", "run_case"]
+__all__ = ["CASE", "DesignCase", "run_case", "candidate_points", "heat_model"]
 
 DEFAULTS = {
     "mesh": MeshSettings(n=32).table(),
@@ -33,13 +33,13 @@ DEFAULTS = {
 }
 
 
-def _candidates(cfg) -> np.ndarray:
+def candidate_points(cfg) -> np.ndarray:
     g, a = cfg["design"]["grid"], cfg["design"]["margin"]
     t = np.linspace(a, 1 - a, g)
     return np.array([(x, y) for y in t for x in t])
 
 
-def _model(cfg, mesh, points):
+def heat_model(cfg, mesh, points):
     from pdeinv.forward.heat import HeatModel
 
     mc = cfg["model"]
@@ -48,8 +48,8 @@ def _model(cfg, mesh, points):
 
 
 def run_case(cfg, out, *, quiet=False, resume=False, sigterm_after=None):
-    """Run the case into ``out``; returns the summary.  Nothing is checkpointed: a rerun (or ``--resume``)
-    computes everything again, minutes at most."""
+    """Run the case into ``out``; returns the summary.  Nothing is checkpointed (the runner refuses
+    ``--resume``): a rerun with ``--overwrite`` computes everything again, seconds to minutes."""
     import firedrake as fd
 
     from pdeinv.log import RankZeroLog
@@ -57,12 +57,12 @@ def run_case(cfg, out, *, quiet=False, resume=False, sigterm_after=None):
     comm = fd.COMM_WORLD
     log = RankZeroLog(comm, quiet=quiet, announce_phases=True)
     t0 = time.perf_counter()
-    points = _candidates(cfg)
+    points = candidate_points(cfg)
     mesh = fd.UnitSquareMesh(cfg["mesh"]["n"], cfg["mesh"]["n"], comm=comm, name="mesh")
     log.info(f"pdeinv case 'design' on {comm.size} rank(s) -> {out}: {len(points)} candidates, "
              f"k = {cfg['design']['k']}")
     with log.phase("offline"):
-        model = _model(cfg, mesh, points)
+        model = heat_model(cfg, mesh, points)
         prior = BiLaplacianSettings.of(cfg).prior(model.parameter_space)
         op = _operator(cfg, model, prior)
         log.info(f"offline: {op.offline_solves} in {time.perf_counter() - t0:.1f} s, eigenvalues "
@@ -125,7 +125,7 @@ def _check(cfg, mesh, prior, points, chosen, op) -> dict:
     out, fields = {"eig": {}, "random_design": [int(c) for c in other]}, {}
     la = None
     for name, design in (("chosen", chosen), ("random", other)):
-        model = _model(cfg, mesh, points[list(design)])
+        model = heat_model(cfg, mesh, points[list(design)])
         data = model.observation.zero_data()
         problem = InverseProblem(Misfit(model, GaussianNoise(model.observation, cfg["design"]["sigma"]), data), prior)
         rows = model.observation.n_points * model.observation.channels
@@ -244,11 +244,10 @@ class DesignCase(DriverCase):
         ])
 
     def size(self, cfg, vertices=None):
-        from pdeinv.cases.resources import Size, square_vertices
+        """The run's :class:`~pdeinv.cases.resources.Size`: the heat model's P1 state and parameter."""
+        from pdeinv.cases.resources import square_p1_size
 
-        n = cfg["mesh"]["n"]
-        return Size(cells=2 * n * n, state_dofs=square_vertices(n), parameter_dofs=square_vertices(n),
-                    steps=cfg["model"]["steps"])
+        return square_p1_size(cfg)
 
     def run_case(self, cfg, out, *, quiet=False, resume=False, sigterm_after=None):
         return run_case(cfg, out, quiet=quiet, resume=resume, sigterm_after=sigterm_after)

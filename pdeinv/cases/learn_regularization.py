@@ -486,11 +486,9 @@ class LearnRegularizationCase(DriverCase):
 
     def size(self, cfg, vertices=None):
         """The run's :class:`~pdeinv.cases.resources.Size`: the heat model's P1 state and parameter."""
-        from pdeinv.cases.resources import Size, square_vertices
+        from pdeinv.cases.resources import square_p1_size
 
-        n = cfg["mesh"]["n"]
-        return Size(cells=2 * n * n, state_dofs=square_vertices(n), parameter_dofs=square_vertices(n),
-                    steps=cfg["model"]["steps"])
+        return square_p1_size(cfg)
 
     def run_case(self, cfg, out, *, quiet=False, resume=False, sigterm_after=None):
         return run_case(cfg, out, quiet=quiet, resume=resume, sigterm_after=sigterm_after)

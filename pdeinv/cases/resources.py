@@ -25,8 +25,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Size", "Limits", "square_vertices", "memory_bytes", "forward_seconds", "check", "describe",
-           "available_memory", "parse_memory", "ranks_on_this_node"]
+__all__ = ["Size", "Limits", "square_vertices", "square_p1_size", "memory_bytes", "forward_seconds", "check",
+           "describe", "available_memory", "parse_memory", "ranks_on_this_node"]
 
 MB = 1024 ** 2
 GB = 1024 ** 3
@@ -70,6 +70,14 @@ class Limits:
 def square_vertices(n: int) -> int:
     """Vertices of ``UnitSquareMesh(n, n)`` (cells: twice ``n**2``)."""
     return (n + 1) ** 2
+
+
+def square_p1_size(cfg) -> Size:
+    """The :class:`Size` of a time-stepping P1 state and parameter on ``UnitSquareMesh(mesh.n, mesh.n)``
+    (``model.steps`` steps): the heat model of the learning and design cases."""
+    n = cfg["mesh"]["n"]
+    return Size(cells=2 * n * n, state_dofs=square_vertices(n), parameter_dofs=square_vertices(n),
+                steps=cfg["model"]["steps"])
 
 
 def memory_bytes(size: Size, ranks: int = 1) -> int:
