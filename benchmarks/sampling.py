@@ -101,11 +101,11 @@ def measure(args, n, steps, ensemble):
     m_map = newton_cg(problem, prior.mean, options=NewtonCGOptions(gradient_rtol=1e-6, quiet=True)).m
     map_solves, map_s = solves(model), time.perf_counter() - t0
     t0 = time.perf_counter()
-    la = LaplaceApproximation(problem, m_map, rank=args.rank, oversampling=20)
+    la = LaplaceApproximation(problem, m_map, rank=args.rank, oversampling=20, hessian=args.hessian)
     setup = solves(model)
     out = {"n": n, "parameter_dofs": model.parameter_space.dim(), "state_dofs": model.state_space.dim(),
            "setup": {"map_solves": map_solves, "laplace_solves": setup - map_solves, "map_s": map_s,
-                     "laplace_s": time.perf_counter() - t0, "rank": args.rank,
+                     "laplace_s": time.perf_counter() - t0, "rank": args.rank, "hessian": args.hessian,
                      "data_informed_dim": la.data_informed_dimension},
            "kernels": []}
     qs = quantities(args.case, model, model.parameter_space)
@@ -136,6 +136,8 @@ def main():
     p.add_argument("--case", choices=["poisson", "heat"], default="poisson")
     p.add_argument("--n", type=int, nargs="+", default=[32], help="meshes (several: the mesh-independence table)")
     p.add_argument("--rank", type=int, default=50)
+    p.add_argument("--hessian", choices=["gauss_newton", "full"], default="gauss_newton",
+                   help="the Laplace approximation's Hessian at the MAP (the gpCN/h-MALA geometry)")
     p.add_argument("--samples", type=int, default=2000)
     p.add_argument("--burn-in", type=int, default=100)
     p.add_argument("--chains", type=int, default=1, help="chains side by side (ensemble members)")

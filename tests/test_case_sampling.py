@@ -120,3 +120,19 @@ def test_sampling_is_off_by_default_and_other_cases_refuse_the_table():
 
     with pytest.raises(ConfigError, match="unknown key 'sampling'"):
         load_config(tomography.CASE.defaults, None, ["sampling.kernel=\"pcn\""])
+
+
+def test_laplace_hessian_full_is_the_sampling_geometry_and_refused_without_second_derivatives(tmp_path):
+    """laplace.hessian = "full": the heat map is linear in its initial condition (the full Hessian is
+    Gauss-Newton's), so the eigenvalues agree; the tomography model has no second derivatives in its
+    log-absorption, so "full" is one line and exit 2 before any solve."""
+    gn = run("heat", tiny_config(*SAMPLING), str(tmp_path / "gn"), quiet=True)
+    full = run("heat", tiny_config(*SAMPLING, "laplace.hessian=\"full\""), str(tmp_path / "full"), quiet=True)
+    np.testing.assert_allclose(full["eigenvalues"], gn["eigenvalues"], rtol=1e-8)
+    config = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cases", "tomography",
+                          "config.toml")
+    p = subprocess.run([sys.executable, "-m", "pdeinv", "run", config, "--quiet", "--out", str(tmp_path / "t"),
+                        "--set", "laplace.hessian=\"full\""], capture_output=True, text=True)
+    assert p.returncode == EXIT_CONFIG and "laplace.hessian = 'full'" in p.stderr
+    assert "no second derivatives" in p.stderr and p.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "t" / "summary.json").exists()

@@ -725,6 +725,7 @@ def _setup_phase(r: _Run, clear) -> None:
             r.V = r.model.parameter_space
             r.sizes = disk.Sizes.of(r.mesh, r.V)
             _sampling_quantities(r)
+            _check_laplace_hessian(r)
     except BaseException:
         if prepared:
             _setup_failed(r.out, aside, r.comm)
@@ -735,6 +736,15 @@ def _setup_phase(r: _Run, clear) -> None:
     r.channels = obs.channels if r.ensemble is None else r.ensemble.ensemble_comm.allreduce(obs.channels)
     r.log.info(f"  state dofs {r.model.state_space.dim()}, parameter dofs {r.V.dim()}, "
                f"{obs.n_points} points x {r.channels} channels")
+
+
+def _check_laplace_hessian(r: _Run) -> None:
+    """laplace.hessian = "full" needs a model with second derivatives: refused before any solve (exit 2)."""
+    from pdeinv.cases.config import ConfigError
+
+    if LaplaceSettings.of(r.cfg).hessian == "full" and not r.model.second_derivatives:
+        raise ConfigError(f"laplace.hessian = 'full': the {r.case.name} case's model has no second derivatives "
+                          "for this parameter; use 'gauss_newton' (or 'auto')")
 
 
 def _sampling_quantities(r: _Run) -> None:
@@ -912,7 +922,8 @@ def _laplace_phase(r: _Run) -> None:
     r.log.info(f"  Laplace approximation: rank {lc.rank} + {lc.oversampling} randomized eigensolver, "
                f"prior variance ({lc.prior_variance}), {lc.posterior_samples} posterior sample(s)")
     with r.log.phase("laplace"):
-        r.la = la = LaplaceApproximation(r.problem, r.result.m, rank=lc.rank, oversampling=lc.oversampling)
+        r.la = la = LaplaceApproximation(r.problem, r.result.m, rank=lc.rank, oversampling=lc.oversampling,
+                                         hessian=lc.hessian)
         r.pv = la.prior_variance(method=lc.variance_method(r.V.dim()), samples=lc.variance_samples)
         r.var = la.pointwise_variance(prior_variance=r.pv)
         std = fd.Function(r.V, name="posterior_std")

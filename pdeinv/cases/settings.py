@@ -103,7 +103,9 @@ class LaplaceSettings(Settings):
     """``[laplace]``: the low-rank Laplace posterior at the MAP point — ``rank`` eigenpairs of the
     prior-preconditioned Hessian from ``rank + oversampling`` random probes; the prior's pointwise
     variance ``"exact"``, from ``variance_samples`` samples, or ``"auto"`` (exact up to
-    :data:`EXACT_VARIANCE_DOFS` dofs); ``posterior_samples`` samples written out."""
+    :data:`EXACT_VARIANCE_DOFS` dofs); ``posterior_samples`` samples written out; ``hessian`` the
+    Hessian at the MAP: ``"gauss_newton"``, ``"full"`` (the better geometry for the [sampling] kernels
+    gpCN and h-MALA where the model has second derivatives: docs/sampling.md) or ``"auto"``."""
 
     TABLE: ClassVar[str] = "laplace"
     rank: int = 40
@@ -111,12 +113,16 @@ class LaplaceSettings(Settings):
     prior_variance: str = "auto"
     variance_samples: int = 100
     posterior_samples: int = 3
+    hessian: str = "gauss_newton"
 
     def problems(self):
         from pdeinv.posterior.laplace import VarianceMethod
+        from pdeinv.problem import Hessian
 
         return [
             (self.rank >= 1 and self.oversampling >= 0, "laplace.rank must be >= 1 and laplace.oversampling >= 0"),
+            (self.hessian in [h.value for h in Hessian],
+             f"laplace.hessian must be one of {', '.join(repr(h.value) for h in Hessian)}, got {self.hessian!r}"),
             (self.prior_variance in ["auto"] + [v.value for v in VarianceMethod],
              "laplace.prior_variance must be 'auto', 'exact' or 'samples'"),
             (self.variance_samples >= 2 and self.posterior_samples >= 0,
