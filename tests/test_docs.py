@@ -12,7 +12,8 @@ def test_sphinx_build(tmp_path):
     assert "ERROR" not in p.stderr, p.stderr
     api = (out / "api.html").read_text()
     for name in ("HeatModel", "LaplaceApproximation", "newton_cg", "dot_test", "BiLaplacianPrior", "StationaryModel",
-                 "TimeSteppingModel", "TapedMap", "IntegralObservation", "FieldGaussianNoise"):
+                 "TimeSteppingModel", "TapedMap", "IntegralObservation", "FieldGaussianNoise", "SamplingOptions",
+                 "DesignOperator", "swap_greedy"):
         assert name in api, name
     assert (out / "cases" / "poisson.html").exists()
     assert (out / "own-model.html").exists()
