@@ -6,6 +6,10 @@ SHELL := /bin/bash
 
 PY      := .venv/bin/python
 MPIEXEC ?= mpiexec
+# GPU=cuda: the CUDA variant of the stack (tools/stack/spec-cuda.sh; docs/gpu.md), e.g.
+# `make stack GPU=cuda`, `make test GPU=cuda`.  ./.venv is on the stack of the last call.
+GPU     ?= $(PDEINV_GPU)
+export PDEINV_GPU := $(GPU)
 NPROCS  ?= 2
 PYTEST_ARGS ?=
 
@@ -19,7 +23,7 @@ endif
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 16
 
-stack:  ## build the stack if missing (cached), link .venv, install pdeinv editable
+stack:  ## build the stack if missing (cached), link .venv, install pdeinv editable (GPU=cuda: CUDA variant)
 	@tools/stack/ensure.sh
 
 test: stack  ## the whole test suite: serial, then 2 MPI ranks; fails if either fails

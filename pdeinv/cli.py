@@ -80,6 +80,11 @@ def _cmd_info(args) -> int:
     log.result("PETSc      {}.{}.{}".format(*PETSc.Sys.getVersion()))
     log.result(f"PETSC_DIR  {petsc4py.get_config().get('PETSC_DIR')}")
     log.result(f"MPI ranks  {COMM_WORLD.size}")
+    from pdeinv.linalg.device import device_status
+
+    status = device_status(COMM_WORLD)  # model.solver = "gpu" works where this says "available"
+    log.result("CUDA       " + ("available (every rank has a device)" if status.available else
+                               f"not available: {status.reason}"))
     return 0
 
 

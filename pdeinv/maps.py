@@ -73,7 +73,8 @@ class ParameterToObservable(ABC):
         ``observation.space``.
     counts : collections.Counter
         ``forward``, ``jvp``, ``vjp`` calls that did work, and ``linear_solves`` (factorised
-        solves) and ``factorisations`` — the cost model in numbers.
+        solves), ``factorisations`` and ``krylov_iterations`` (over all linear solves; one per solve
+        for a direct solver) — the cost model in numbers.
     linear_solver : dict or None
         The PETSc options the state's linear solves run with, defaults resolved (what a run record
         reports); None for a map without one such solver.

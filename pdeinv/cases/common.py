@@ -111,9 +111,15 @@ ITERATIVE = {True: {"ksp_type": "cg", "pc_type": "gamg", "ksp_rtol": 1e-12, "ksp
 def solver_parameters(setting, *, symmetric: bool):
     """The PETSc options of ``model.solver``: None (pdeinv's default direct solver, see
     :func:`pdeinv.linalg.operator.default_solver_parameters`) for ``{}`` or ``"direct"``, the Krylov
-    configuration of :data:`ITERATIVE` for ``"iterative"``, the table itself otherwise."""
+    configuration of :data:`ITERATIVE` for ``"iterative"``, the device Krylov solve of
+    :func:`pdeinv.linalg.device.device_solver_parameters` for ``"gpu"`` (checked for a device by the
+    runner before any solve), the table itself otherwise."""
     if setting in ({}, "direct"):
         return None
     if setting == "iterative":
         return dict(ITERATIVE[symmetric])
+    if setting == "gpu":
+        from pdeinv.linalg.device import device_solver_parameters
+
+        return device_solver_parameters(symmetric=symmetric)
     return dict(setting)

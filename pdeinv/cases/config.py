@@ -15,7 +15,7 @@ import tomllib
 __all__ = ["ConfigError", "read_toml", "load_config", "parse_override", "flatten", "config_hash", "differences"]
 
 
-SOLVER_CHOICES = ("direct", "iterative")  # model.solver: a name, or a table of PETSc options
+SOLVER_CHOICES = ("direct", "iterative", "gpu")  # model.solver: a name, or a table of PETSc options
 
 
 class ConfigError(ValueError):

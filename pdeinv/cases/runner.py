@@ -216,6 +216,8 @@ def preflight(name, case, cfg, out, *, resume=False, overwrite=False, ranks: int
         _check_resume_config(name, cfg, out)
         _check_checkpoint_files(out)
     solver = cfg.get("model", {}).get("solver")
+    if solver == "gpu":  # pdeinv's own device options (tested); the device itself: check_solver_device
+        solver = None
     if isinstance(solver, str):
         from pdeinv.cases.common import solver_parameters
 
@@ -233,6 +235,22 @@ def preflight(name, case, cfg, out, *, resume=False, overwrite=False, ranks: int
     if dofs is not None and "laplace" in cfg:
         _check_rank(cfg, dofs)
     return clear
+
+
+def check_solver_device(cfg, comm) -> None:
+    """``model.solver = "gpu"``: every rank of ``comm`` must have a CUDA device, checked before any solve;
+    one ConfigError (exit 2) saying why not (PETSc without CUDA, or no device), never a CPU fallback.
+    Collective."""
+    if cfg.get("model", {}).get("solver") != "gpu":
+        return
+    from pdeinv.cases.config import ConfigError
+    from pdeinv.errors import DeviceError
+    from pdeinv.linalg.device import require_device
+
+    try:
+        require_device(comm, 'model.solver = "gpu"')
+    except DeviceError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _members(cfg) -> int:
@@ -380,6 +398,7 @@ def main(argv=None, *, case: str | None = None) -> int:
         _on_rank0(comm, lambda: preflight(name, case_, cfg, out, resume=args.resume, overwrite=args.overwrite,
                                           ranks=comm.size, allow_code=args.allow_code_options, limits=limits,
                                           ranks_per_node=per_node))
+        check_solver_device(cfg, comm)  # collective: every rank needs its device
         held = []  # rank 0's lock stays on rank 0 (an open file descriptor cannot be broadcast)
         _on_rank0(comm, lambda: held.append(_lock(out)))
         lock, made = held[0] if held else (None, False)
@@ -651,6 +670,7 @@ def run(name: str, cfg: dict, out: str, *, resume: bool = False, quiet: bool = F
     if not checked:
         clear = _on_rank0(comm, lambda: preflight(name, case, cfg, out, resume=resume, overwrite=overwrite,
                                                   ranks=comm.size, limits=limits))
+        check_solver_device(cfg, comm)
     r = _Run(name, cfg, out, case, comm, RankZeroLog(comm, quiet=quiet, announce_phases=True), resume,
              limits=limits or resources.Limits(None))
     _start(r, exit_message)

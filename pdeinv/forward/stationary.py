@@ -48,6 +48,7 @@ from pdeinv.forward._forms import (
     is_zero,
 )
 from pdeinv.linalg.arrays import local_values
+from pdeinv.linalg.device import check_device, linear_parameters
 from pdeinv.linalg.operator import DirichletOperator, default_solver_parameters, petsc_nullspace
 from pdeinv.maps import ParameterToObservable
 
@@ -212,6 +213,9 @@ class StationaryModel(ParameterToObservable):
         else:
             params = default_newton_parameters(self.comm, space=V, singular=ns is not None) \
                 if solver_parameters is None else solver_parameters
+            check_device(params, self.comm, f"{name}: solver_parameters")  # OffloadPC alone would run on the CPU
+            if linear_solver_parameters is None:  # device Newton solves: device tangent and adjoint solves too
+                linear_solver_parameters = linear_parameters(params)
             problem = fd.NonlinearVariationalProblem(residual, state, bcs=self._bcs, J=self._J_form)
             self._nonlinear = fd.NonlinearVariationalSolver(
                 problem, solver_parameters=params, options_prefix=self._prefix + "forward_",
@@ -225,6 +229,7 @@ class StationaryModel(ParameterToObservable):
     def _counts(self):
         self.counts["linear_solves"] = self._A.solves
         self.counts["factorisations"] = self._A.factorisations
+        self.counts["krylov_iterations"] = self._A.iterations
         self.counts["newton_iterations"] = self.newton_iterations
 
     def _solve(self, m, prediction):

@@ -67,6 +67,7 @@ from pdeinv.forward._forms import (
 )
 from pdeinv.forward.history import HistoryObservation, Start, stack_history, start_entry
 from pdeinv.linalg.arrays import axpy, local_values
+from pdeinv.linalg.device import check_device, linear_parameters
 from pdeinv.linalg.operator import DirichletOperator, petsc_nullspace
 from pdeinv.maps import ParameterToObservable
 
@@ -338,6 +339,9 @@ class TimeSteppingModel(ParameterToObservable):
             solver_parameters = default_newton_parameters(self.comm, space=V, singular=ns is not None)
             if not depends_on(self._A_form, state):
                 solver_parameters = {**solver_parameters, "snes_type": "ksponly"}
+        check_device(solver_parameters, self.comm, "solver_parameters")  # OffloadPC alone would run on the CPU
+        if linear_solver_parameters is None:  # device Newton solves: device tangent and adjoint solves too
+            linear_solver_parameters = linear_parameters(solver_parameters)
         problem = fd.NonlinearVariationalProblem(residual, state, bcs=bcs, J=self._A_form)
         self._solver = fd.NonlinearVariationalSolver(problem, solver_parameters=solver_parameters,
                                                      options_prefix=prefix + "forward_", nullspace=nullspace,
@@ -395,6 +399,7 @@ class TimeSteppingModel(ParameterToObservable):
         self.counts["linear_solves"] = self._A.solves + self._kept_counts[0] + sum(op.solves for op in kept)
         self.counts["factorisations"] = (self._A.factorisations + self._kept_counts[1]
                                          + sum(op.factorisations for op in kept))
+        self.counts["krylov_iterations"] = self._A.iterations + sum(op.iterations for op in kept)
         self.counts["newton_iterations"] = self.newton_iterations
         self.counts["recomputed_steps"] = self.recomputed_steps
 

@@ -204,6 +204,7 @@ class TransportModel(ParameterToObservable):
     def _counts(self):
         self.counts["linear_solves"] = sum(op.solves for op in self._ops)
         self.counts["factorisations"] = sum(op.factorisations for op in self._ops)
+        self.counts["krylov_iterations"] = sum(op.iterations for op in self._ops)
 
     def _solve(self, m, prediction):
         import firedrake as fd

@@ -20,6 +20,8 @@ import itertools
 
 import numpy as np
 
+from pdeinv.linalg.device import DeviceKSP, require_device, wants_device
+
 MUMPS_LU = {"ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
 
 
@@ -138,8 +140,6 @@ class DirichletOperator:
     def __init__(self, a, bcs=(), *, solver_parameters=None, options_prefix=None, symmetric=False,
                  lift: bool = True, nullspace=None, transpose_nullspace=None):
         import firedrake as fd
-        import petsctools
-        from firedrake.petsc import PETSc
 
         self.a = a
         self.bcs = list(bcs)
@@ -158,11 +158,10 @@ class DirichletOperator:
         if solver_parameters is None:
             solver_parameters = default_solver_parameters(self.comm, symmetric=symmetric, space=V,
                                                           singular=nullspace is not None)
-        params = self.solver_parameters = dict(solver_parameters)
-        self.ksp = PETSc.KSP().create(comm=self.comm)
-        self.ksp.setOperators(self.matrix.petscmat)
-        prefix = options_prefix or f"pdeinv_{next(_prefix_counter)}_"
-        petsctools.set_from_options(self.ksp, parameters=params, options_prefix=prefix)
+        self.solver_parameters = dict(solver_parameters)
+        # device solves are checked here, before any solve: no device is one clear error (DeviceError)
+        self.device_types = require_device(self.comm, "solver_parameters") if wants_device(solver_parameters) else None
+        self.ksp = self._make_ksp(self.matrix.petscmat, options_prefix or f"pdeinv_{next(_prefix_counter)}_")
         # Boundary dofs owned by this rank (indices into the state's PETSc Vec), and their values.
         self.bc_dofs = dirichlet_dofs(V, self.bcs)
         g = fd.Function(V)
@@ -177,6 +176,7 @@ class DirichletOperator:
         self._update_lift()
         self.solves = 0
         self.factorisations = 0
+        self.iterations = 0  # Krylov iterations over all solves (1 per solve for a direct solver)
         self._stale = True
 
     def frozen_copy(self, options_prefix: str) -> DirichletOperator:
@@ -185,19 +185,28 @@ class DirichletOperator:
         form, conditions and boundary dofs, and must not be reassembled."""
         import copy
 
-        import petsctools
-        from firedrake.petsc import PETSc
-
         new = copy.copy(self)
         new.matrix = _FrozenMatrix(self.matrix.petscmat.copy())
         new._attach_nullspaces()
-        new.ksp = PETSc.KSP().create(comm=self.comm)
-        new.ksp.setOperators(new.matrix.petscmat)
-        petsctools.set_from_options(new.ksp, parameters=self.solver_parameters, options_prefix=options_prefix)
+        new.ksp = new._make_ksp(new.matrix.petscmat, options_prefix)
         new._inv_diag = self._inv_diag.copy() if self.diagonal else None
-        new.solves = new.factorisations = 0
+        new.solves = new.factorisations = new.iterations = 0
         new._stale = True
         return new
+
+    def _make_ksp(self, mat, options_prefix: str):
+        """The solver of ``mat``: a PETSc KSP with the solver options, or for device options a
+        :class:`~pdeinv.linalg.device.DeviceKSP` (the same calls; the iterations run on the device)."""
+        import petsctools
+        from firedrake.petsc import PETSc
+
+        if self.device_types is not None:
+            ksp = DeviceKSP(self.comm, self.solver_parameters, options_prefix, self.device_types)
+        else:
+            ksp = PETSc.KSP().create(comm=self.comm)
+            petsctools.set_from_options(ksp, parameters=self.solver_parameters, options_prefix=options_prefix)
+        ksp.setOperators(mat)
+        return ksp
 
     def _attach_nullspaces(self):
         """Hang the nullspaces on the matrix, for Krylov methods (a direct solve is projected by hand)."""
@@ -248,10 +257,19 @@ class DirichletOperator:
         import petsctools
 
         if self._stale:
-            with petsctools.inserted_options(self.ksp):
+            # Options are read (and a direct solver factorises) at setUp; the solves that follow
+            # need no options in the database, so the time loops do not pay for inserting them.
+            if isinstance(self.ksp, DeviceKSP):
                 self.ksp.setUp()
+            else:
+                with petsctools.inserted_options(self.ksp):
+                    self.ksp.setUp()
             self.factorisations += 1
             self._stale = False
+
+    def _last_iterations(self) -> int:
+        """Krylov iterations of the last solve (of the device KSP's inner Krylov method)."""
+        return self.ksp.iterations() if isinstance(self.ksp, DeviceKSP) else self.ksp.getIterationNumber()
 
     def solve_block(self, B, X, *, transpose: bool = False) -> None:
         """Solve :math:`A X = B` (or :math:`A^T X = B`) for a dense block of right-hand sides at once
@@ -267,6 +285,7 @@ class DirichletOperator:
         self._set_up()
         (self.ksp.matSolveTranspose if transpose else self.ksp.matSolve)(B, X)
         self.solves += B.getSize()[1]
+        self.iterations += self._last_iterations() * B.getSize()[1]
         reason = self.ksp.getConvergedReason()
         if reason < 0:
             from pdeinv.errors import ForwardSolveError
@@ -279,25 +298,18 @@ class DirichletOperator:
         self._project_block(X, transpose_space=transpose)
 
     def _ksp_solve(self, b, x, transpose=False):
-        import petsctools
-
         if self.diagonal:  # A = A^T = diag(d): x = b / d
             x.pointwiseMult(b, self._inv_diag)
             self.solves += 1
             return
-        if self._stale:
-            # Options are read (and a direct solver factorises) at setUp; the solves that follow
-            # need no options in the database, so the time loops do not pay for inserting them.
-            with petsctools.inserted_options(self.ksp):
-                self.ksp.setUp()
-            self.factorisations += 1
-            self._stale = False
+        self._set_up()
         # A x = b needs b orthogonal to the transpose nullspace, A^T x = b orthogonal to the nullspace; the
         # solution is returned orthogonal to the nullspace (of A, or of A^T for the transpose solve).
         self._project(b, transpose_space=not transpose)
         (self.ksp.solveTranspose if transpose else self.ksp.solve)(b, x)
         self._project(x, transpose_space=transpose)
         self.solves += 1
+        self.iterations += self._last_iterations()
         reason = self.ksp.getConvergedReason()
         if reason < 0:
             from pdeinv.errors import ForwardSolveError

@@ -12,6 +12,8 @@
 #                  nothing is built, ./.venv points at it, pdeinv and the test tools are added to it
 #   PDEINV_PYTHON  interpreter the new environment is made from (default: python3)
 #   PDEINV_JOBS    parallel make jobs for PETSc (default: number of cores)
+#   PDEINV_GPU     "" (default: the CPU stack) or "cuda": the CUDA variant (tools/stack/spec-cuda.sh),
+#                  its own cache key; `make stack GPU=cuda` sets it.  ./.venv follows the last call.
 #
 # Layout of the cache (KEY = hash of tools/stack/spec.sh + OS + Python version):
 #   stack-KEY.d/          the build: petsc/ (PETSC_DIR), venv/, logs/, stamps/, env.sh
@@ -27,6 +29,13 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 # shellcheck source=spec.sh
 source "$HERE/spec.sh"
+GPU=${PDEINV_GPU:-}
+case "$GPU" in
+  "") ;;
+  # shellcheck source=spec-cuda.sh
+  cuda) source "$HERE/spec-cuda.sh";;
+  *) printf '[stack] ERROR: GPU=%s: expected nothing (the CPU stack) or GPU=cuda\n' "$GPU" >&2; exit 2;;
+esac
 
 # Firedrake points XDG_CACHE_HOME into its environment (.venv/.cache) inside a Python process that
 # imported it; a `make` started from there must still find the shared stack, not build a new one.
@@ -50,7 +59,9 @@ stack_key() {
   os=$( (. /etc/os-release 2>/dev/null && echo "${ID:-unknown}-${VERSION_ID:-0}") || echo unknown)
   pyv=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) \
     || die "cannot run '$PY' (set PDEINV_PYTHON to a Python >= 3.10 interpreter)"
-  { cat "$HERE/spec.sh"; echo "$os $pyv $(uname -m)"; } | sha256sum | cut -c1-12
+  # the CPU stack's key is the hash of spec.sh alone; the CUDA variant adds its own files
+  { cat "$HERE/spec.sh"; [ "$GPU" = cuda ] && cat "$HERE/spec-cuda.sh" "$HERE/cuda_stubs.py"
+    echo "$os $pyv $(uname -m)"; } | sha256sum | cut -c1-12
 }
 
 # ----------------------------------------------------------------------------------- system packages
@@ -102,7 +113,12 @@ stage_petsc() {
   mv "$D/petsc-$PETSC_VERSION" "$D/petsc"
   rm -rf "$D/downloads"
   cd "$D/petsc"
-  ./configure PETSC_ARCH="$PETSC_ARCH_NAME" "${PETSC_CONFIGURE_OPTIONS[@]}"
+  local opts=("${PETSC_CONFIGURE_OPTIONS[@]}")
+  if [ "$GPU" = cuda ]; then
+    opts=("${opts[@]/--with-cuda=0}")
+    mapfile -t -O "${#opts[@]}" opts < <(cuda_configure_options "$D/cuda")
+  fi
+  ./configure PETSC_ARCH="$PETSC_ARCH_NAME" "${opts[@]}"
   make PETSC_DIR="$D/petsc" PETSC_ARCH="$PETSC_ARCH_NAME" MAKE_NP="$JOBS" all
   rm -rf "$D/petsc/$PETSC_ARCH_NAME/obj"   # object files: ~1 GB, not needed once the library is linked
 }
@@ -113,6 +129,45 @@ stage_petsc4py() {
   PETSC_DIR="$D/petsc" PETSC_ARCH="$PETSC_ARCH_NAME" \
     "$D/venv/bin/python" -m pip install --no-cache-dir --no-build-isolation --no-deps \
       "petsc4py==$PETSC4PY_VERSION"
+}
+
+stage_cuda() {
+  # The CUDA toolkit from NVIDIA's wheels, laid out as a toolkit directory (bin/ include/ lib/ and the
+  # targets/<arch>-linux links nvcc.profile looks for), with the unversioned library names the linker
+  # wants and link-time stubs of the driver libraries (tools/stack/cuda_stubs.py).
+  rm -rf "$D/cuda" "$D/cuda-wheels"
+  "$PY" -m pip install --no-deps --no-compile --target "$D/cuda-wheels" "${CUDA_WHEELS[@]}"
+  mv "$D/cuda-wheels/nvidia/cu13" "$D/cuda"
+  rm -rf "$D/cuda-wheels"
+  ln -sfn lib "$D/cuda/lib64"
+  mkdir -p "$D/cuda/targets/$(uname -m)-linux"
+  ln -sfn ../../include "$D/cuda/targets/$(uname -m)-linux/include"
+  ln -sfn ../../lib "$D/cuda/targets/$(uname -m)-linux/lib"
+  local f
+  for f in "$D/cuda/lib/"lib*.so.*; do
+    ln -sfn "$(basename "$f")" "${f%%.so.*}.so"
+  done
+  "$PY" "$HERE/cuda_stubs.py" "$D/cuda"
+  "$D/cuda/bin/nvcc" --version
+}
+
+stage_cuda_unstub() {
+  # libpetsc names libcuda.so.1 and libnvidia-ml.so.1 as needed libraries (configure links the stubs),
+  # yet calls none of their functions (checked here): without the names it also loads on a machine
+  # with no GPU driver, and the CUDA runtime still finds the real driver where there is one.
+  local lib="$D/petsc/$PETSC_ARCH_NAME/lib/libpetsc.so" stubbed used
+  lib=$(readlink -f "$lib")
+  stubbed=$( { nm -D --defined-only "$D/cuda/lib/stubs/libcuda.so"
+               nm -D --defined-only "$D/cuda/lib/stubs/libnvidia-ml.so"; } | awk '{print $3}' | sort -u)
+  used=$(comm -12 <(nm -D --undefined-only "$lib" | awk '{print $2}' | sed 's/@.*//' | sort -u) \
+                  <(echo "$stubbed"))
+  if [ -n "$used" ]; then
+    echo "libpetsc calls driver functions: $used"
+    return 1
+  fi
+  patchelf --remove-needed libcuda.so.1 --remove-needed libnvidia-ml.so.1 "$lib"
+  ! readelf -d "$lib" | grep -E "libcuda\.so|libnvidia-ml\.so"
+  readelf -d "$lib" | grep -E "NEEDED.*(cudart|cublas|cusparse)"
 }
 
 stage_h5py() {
@@ -158,12 +213,20 @@ h = Function(V).assign(0.1)
 rate = taylor_test(ReducedFunctional(J, Control(m)), m, h)
 assert rate > 1.9, rate
 import h5py; assert h5py.get_config().mpi
+import os
+if os.environ.get("PDEINV_GPU") == "cuda":  # the CUDA variant: PETSc has CUDA; a device is optional
+    assert PETSc.Sys.hasExternalPackage("cuda"), "the CUDA stack's PETSc was built without CUDA"
+    try:
+        PETSc.Device.create(PETSc.Device.Type.CUDA).destroy()
+        PETSc.Sys.Print("stack check: a CUDA device is present")
+    except PETSc.Error:
+        PETSc.Sys.Print("stack check: PETSc has CUDA; no CUDA device here (CPU runs only)")
 PETSc.Sys.Print("stack check passed: taylor rate %.3f on %d rank(s)" % (rate, mesh.comm.size))
 EOF
   # shellcheck disable=SC1091
   source "$D/env.sh"
-  "$D/venv/bin/python" "$chk"
-  mpiexec -n 2 "$D/venv/bin/python" "$chk"
+  PDEINV_GPU="$GPU" "$D/venv/bin/python" "$chk"
+  PDEINV_GPU="$GPU" mpiexec -n 2 "$D/venv/bin/python" "$chk"
 }
 
 run_stage() {  # run_stage NAME: run stage_NAME with its output in logs/NAME.log, stamp on success
@@ -197,7 +260,9 @@ build_stack() {
   # The venv's wheel installs overlap PETSc's configure/build; petsc4py (one huge C file, one core)
   # overlaps h5py.  Nothing is compiled twice.
   run_stage venv & local p_venv=$!
+  [ "$GPU" = cuda ] && run_stage cuda
   run_stage petsc
+  [ "$GPU" = cuda ] && run_stage cuda_unstub
   wait_stage $p_venv venv
   run_stage h5py & local p_h5py=$!
   run_stage petsc4py
