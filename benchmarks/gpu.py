@@ -91,14 +91,18 @@ def phase(model, fn, comm):
     return res, value
 
 
-def gathered(vec_like) -> np.ndarray:
-    """The global values of a Function/Cofunction (or a NumPy prediction), on every rank."""
-    if isinstance(vec_like, np.ndarray):
-        return vec_like
-    with vec_like.dat.vec_ro as v:
-        scatter, out = PETSc.Scatter.toAll(v)
-        scatter.scatter(v, out, addv=PETSc.InsertMode.INSERT, mode=PETSc.ScatterMode.FORWARD)
-        return np.array(out.array_r)
+def gathered(f) -> np.ndarray:
+    """The values of a parameter-space Function/Cofunction on every rank, sorted by the coordinates of
+    their dofs: the same array on any number of ranks (PETSc's numbering follows the partition)."""
+    V = f.function_space()
+    V = V.dual() if isinstance(f, fd.Cofunction) else V
+    mesh = V.mesh()
+    X = fd.Function(fd.VectorFunctionSpace(mesh, V.ufl_element())).interpolate(fd.SpatialCoordinate(mesh))
+    n = V.dof_dset.size  # owned dofs
+    comm = mesh.comm
+    xs = np.concatenate(comm.allgather(np.array(X.dat.data_ro[:n])))
+    vals = np.concatenate(comm.allgather(np.array(f.dat.data_ro[:n])))
+    return vals[np.lexsort(xs.T[::-1])]
 
 
 def measure(args, comm):
@@ -120,7 +124,9 @@ def measure(args, comm):
         res["laplace"], la = phase(model, lambda: LaplaceApproximation(problem, m, rank=args.rank,
                                                                        oversampling=args.oversampling), comm)
         res["laplace"]["rank"], res["laplace"]["largest_eigenvalue"] = args.rank, float(la.eigenvalues[0])
-    return res, {k: gathered(v) for k, v in values.items()}
+    arrays = {"prediction": model.observation.to_array(values.pop("prediction")).ravel()}
+    arrays.update({k: gathered(v) for k, v in values.items()})
+    return res, arrays
 
 
 def compare(values, reference_file) -> dict:
