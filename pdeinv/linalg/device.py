@@ -113,16 +113,14 @@ def device_status(comm, kind: DeviceKind = DeviceKind.CUDA) -> DeviceStatus:
 
     if not PETSc.Sys.hasExternalPackage(kind.value):
         return DeviceStatus(False, False, f"this PETSc ({_petsc_location()}) was built without {kind.name}")
-    error = ""
-    try:
-        PETSc.Device.create({DeviceKind.CUDA: PETSc.Device.Type.CUDA}[kind]).destroy()
-    except PETSc.Error as e:
-        error = f"PETSc error {e.ierr}"
-    failed = comm.allgather(error)
-    bad = [r for r, e in enumerate(failed) if e]
+    # Firedrake's own probe (initialises PETSc's default device once; None where that fails)
+    from firedrake.utils import get_device_type
+
+    found = comm.allgather(get_device_type() == kind.name)
+    bad = [r for r, ok in enumerate(found) if not ok]
     if bad:
         return DeviceStatus(True, False, f"PETSc has {kind.name} but rank(s) {bad} of {comm.size} found no {kind.name} "
-                                         f"device ({failed[bad[0]]}: no GPU, or no driver)")
+                                         "device (no GPU, or no driver)")
     return DeviceStatus(True, True, "")
 
 
@@ -174,7 +172,7 @@ class DeviceKSP:
     (the host matrix; its values are copied into the device matrix, whose sparsity is kept),
     :meth:`setUp`, :meth:`solve` / :meth:`solveTranspose` (host Vecs: one copy to the device, one back),
     :meth:`matSolve` / :meth:`matSolveTranspose` (dense host blocks: one copy each way per block),
-    :meth:`getConvergedReason`, :meth:`reset`.  :attr:`ksp` is the PETSc KSP on the device.
+    :meth:`getConvergedReason`, :meth:`getIterationNumber`, :meth:`reset`.  :attr:`ksp` is the PETSc KSP on the device.
 
     Parameters
     ----------
@@ -264,8 +262,8 @@ class DeviceKSP:
         pc = self.ksp.getPC()
         return pc.getKSP() if pc.getType() == "ksp" else self.ksp
 
-    def iterations(self) -> int:
-        """Krylov iterations of the last solve."""
+    def getIterationNumber(self) -> int:  # noqa: N802
+        """Krylov iterations of the last solve (of the inner Krylov method)."""
         return self.inner_ksp().getIterationNumber()
 
     def device_matrix_type(self) -> str | None:

@@ -269,7 +269,7 @@ class DirichletOperator:
 
     def _last_iterations(self) -> int:
         """Krylov iterations of the last solve (of the device KSP's inner Krylov method)."""
-        return self.ksp.iterations() if isinstance(self.ksp, DeviceKSP) else self.ksp.getIterationNumber()
+        return self.ksp.getIterationNumber()
 
     def solve_block(self, B, X, *, transpose: bool = False) -> None:
         """Solve :math:`A X = B` (or :math:`A^T X = B`) for a dense block of right-hand sides at once
